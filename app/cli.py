@@ -1,0 +1,321 @@
+"""Command line: `python -m app train|runs|methods|backbones|datasets|export|compress`.
+
+Every subcommand takes `--runs-dir` (default: `$LAB_RUNS_DIR` or `runs/`). With `--json` the last
+line of stdout is one JSON object. Bad input exits with status 2 and a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import LabError
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+
+
+def _runs_dir(args) -> Path:
+    from .manager import default_runs_dir
+
+    return Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+
+
+def _store(args):
+    from .store import RunStore
+
+    return RunStore(_runs_dir(args))
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, default=str))
+
+
+def parse_sets(pairs: list[str] | None) -> dict:
+    values = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise LabError(f"--set expects KEY=VALUE, got '{pair}'")
+        values[key.strip()] = value
+    return values
+
+
+def run_summary(record: dict) -> dict:
+    """The JSON contract of `train --json` for a stored run."""
+    summary, metrics = record.get("summary", {}), record.get("metrics", {})
+    out = {
+        "run_id": record["id"],
+        "status": record["status"],
+        "method": record["method"],
+        "backbone": record["backbone"],
+        "dataset": record["dataset"],
+        "steps": record["config"].get("steps"),
+        "steps_done": record.get("step"),
+        "metrics": {k: metrics.get(k) for k in (
+            "val_accuracy", "val_macro_f1", "val_loss", "test_accuracy", "test_macro_f1", "test_loss")},
+        "trainable_params": summary.get("trainable_params"),
+        "total_params": summary.get("total_params"),
+        "peak_memory_bytes": metrics.get("peak_memory_bytes"),
+        "memory_breakdown": metrics.get("memory_breakdown"),
+        "train_seconds": metrics.get("train_seconds"),
+        "steps_per_second": metrics.get("steps_per_second"),
+        "run_dir": None,
+    }
+    if "cuda_max_allocated_bytes" in metrics:
+        out["cuda_max_allocated_bytes"] = metrics["cuda_max_allocated_bytes"]
+    if record.get("error"):
+        out["error"] = record["error"]
+    return out
+
+
+# --- subcommands -----------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .config import RunConfig
+    from .store import RunStore
+    from .training import LoopHooks, execute_run, prepare_run
+
+    values = dict(
+        backbone=args.backbone, dataset=args.dataset, method=args.method, steps=args.steps,
+        method_config=parse_sets(args.set), text_column=args.text_column,
+        text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
+        device=args.device, name=args.name or "",
+    )
+    for key in ("batch_size", "max_length", "lr", "eval_every", "max_train_examples", "max_eval_examples",
+                "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    if args.bf16:
+        values["bf16"] = True
+    config = RunConfig.from_dict(values)
+    store = RunStore(_runs_dir(args))
+    store.mark_orphans_interrupted()
+    prepared = prepare_run(config, store)
+    run_id = store.create_run(config.as_dict())
+    bar = tqdm(total=config.steps, desc=f"{config.method} {run_id}", unit="step", file=sys.stderr,
+               disable=args.quiet, dynamic_ncols=True)
+
+    def on_step(step, total, loss):
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.update(step - bar.n)
+
+    def on_message(message):
+        bar.set_description_str(f"{config.method} {run_id}: {message}")
+
+    hooks = LoopHooks(on_step=on_step, on_message=on_message)
+    try:
+        record = execute_run(store, run_id, hooks, prepared=prepared)
+    finally:
+        bar.close()
+    result = run_summary(record)
+    result["run_dir"] = str(store.run_dir(run_id))
+    if args.json:
+        _print_json(result)
+    else:
+        _print_human(result)
+    if record["status"] != "finished":
+        print(f"run {run_id} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return 0
+
+
+def _print_human(result: dict) -> None:
+    metrics = result["metrics"]
+    lines = [f"run {result['run_id']}: {result['status']}"]
+    if metrics.get("test_accuracy") is not None:
+        lines.append(f"  validation accuracy {metrics['val_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}")
+    if result.get("trainable_params") is not None:
+        lines.append(f"  trainable parameters {result['trainable_params']:,} of {result['total_params']:,}")
+    if result.get("peak_memory_bytes"):
+        lines.append(f"  peak training memory {result['peak_memory_bytes'] / 2**20:.1f} MiB "
+                     + str({k: f"{v / 2**20:.1f} MiB" for k, v in (result['memory_breakdown'] or {}).items()}))
+    if result.get("train_seconds") is not None:
+        lines.append(f"  {result['train_seconds']:.1f} s, {result['steps_per_second']:.2f} steps/s")
+    if result.get("error"):
+        lines.append(f"  error: {result['error']}")
+    print("\n".join(lines))
+
+
+def cmd_runs(args) -> int:
+    store = _store(args)
+    if args.runs_command == "list":
+        store.mark_orphans_interrupted()
+        runs = [run_summary(r) for r in store.list_runs(status=args.status, method=args.method)]
+        if args.json:
+            _print_json({"runs": runs})
+        else:
+            for run in runs:
+                acc = run["metrics"].get("test_accuracy")
+                print(f"{run['run_id']}  {run['status']:<11} {run['method']:<14} {run['backbone']:<12} "
+                      f"{run['dataset']:<16} test_acc={'-' if acc is None else f'{acc:.4f}'}")
+        return 0
+    if args.runs_command == "show":
+        record = store.get_run(args.run_id)
+        detail = dict(run_summary(record))
+        detail.update(
+            config=record["config"],
+            summary=record["summary"],
+            metrics_all=record["metrics"],
+            traceback=record.get("traceback"),
+            step_series=store.steps(args.run_id),
+            eval_series=store.evals(args.run_id),
+            telemetry_keys=sorted(store.telemetry_kinds(args.run_id)),
+            records={kind: store.records(args.run_id, kind) for kind in ("compress",)},
+        )
+        if args.json:
+            _print_json(detail)
+        else:
+            print(json.dumps({k: v for k, v in detail.items() if k not in ("step_series", "eval_series")},
+                             indent=2, default=str))
+        return 0
+    if args.runs_command == "delete":
+        store.delete_run(args.run_id)
+        if args.json:
+            _print_json({"deleted": args.run_id})
+        return 0
+    raise LabError(f"unknown runs command {args.runs_command}")
+
+
+def cmd_methods(args) -> int:
+    from .methods import describe_methods
+
+    methods = describe_methods()
+    if args.json:
+        _print_json({"methods": methods})
+    else:
+        for m in methods:
+            print(f"{m['name']:<14} {m['summary']}")
+            for f in m["fields"]:
+                print(f"    {f['name']} = {f['default']!r}: {f['help']}")
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from .backbones import list_backbones
+
+    rows = list_backbones()
+    if args.json:
+        _print_json({"backbones": rows})
+    else:
+        for row in rows:
+            if row["available"]:
+                print(f"{row['name']:<12} {row['num_layers']} layers, hidden {row['hidden_size']}, "
+                      f"{row['num_heads']} heads, {row['num_params']:,} parameters: {row['description']}")
+            else:
+                print(f"{row['name']:<12} not installed; install with: {row['install']}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import list_datasets
+
+    rows = list_datasets()
+    if args.json:
+        _print_json({"datasets": rows})
+    else:
+        for row in rows:
+            state = f"{row['examples']} examples, classes {row['label_names']}" if row["available"] else \
+                f"not installed; install with: {row['install']}"
+            print(f"{row['name']:<16} {state}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    result = export_run(_store(args), args.run_id, args.out)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"exported run {args.run_id} to {result['path']} ({result['format']}); load with {result['load']}")
+    return 0
+
+
+SUBCOMMANDS = {
+    "train": cmd_train,
+    "runs": cmd_runs,
+    "methods": cmd_methods,
+    "backbones": cmd_backbones,
+    "datasets": cmd_datasets,
+    "export": cmd_export,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbones import DEFAULT_BACKBONE
+    from .data import DEFAULT_DATASET
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs-dir", help="runs folder (default: $LAB_RUNS_DIR or ./runs)")
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+    parser = argparse.ArgumentParser(prog="python -m app", description="Ladder & Theseus Lab engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", parents=[common], help="train one run in the foreground")
+    train.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    train.add_argument("--dataset", default=DEFAULT_DATASET, help="registry name or a CSV/TSV/JSONL path")
+    train.add_argument("--method", default="full_ft")
+    train.add_argument("--steps", type=int, default=100)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--max-length", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--warmup-ratio", type=float)
+    train.add_argument("--grad-clip", type=float)
+    train.add_argument("--eval-every", type=int)
+    train.add_argument("--max-train-examples", type=int)
+    train.add_argument("--max-eval-examples", type=int)
+    train.add_argument("--memory-every", type=int)
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--bf16", action="store_true")
+    train.add_argument("--name")
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--text-pair-column")
+    train.add_argument("--label-column", default="label")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    runs = sub.add_parser("runs", help="list, show or delete stored runs")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_sub.add_parser("list", parents=[common])
+    runs_list.add_argument("--status")
+    runs_list.add_argument("--method")
+    runs_show = runs_sub.add_parser("show", parents=[common])
+    runs_show.add_argument("run_id")
+    runs_delete = runs_sub.add_parser("delete", parents=[common])
+    runs_delete.add_argument("run_id")
+
+    for name, help_text in (("methods", "training methods and their settings"),
+                            ("backbones", "registered backbones"), ("datasets", "registered datasets")):
+        sub.add_parser(name, parents=[common], help=help_text)
+
+    export = sub.add_parser("export", parents=[common], help="write a finished run's trained model")
+    export.add_argument("run_id")
+    export.add_argument("--out", required=True)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = SUBCOMMANDS[args.command]
+    try:
+        return handler(args)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,78 @@
+"""Exporting a trained model: a plain transformers folder where the result is one, else the
+trained state as safetensors with its config and a note on how to load it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import LabError
+
+
+def _is_plain_transformer(model) -> bool:
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel) and type(model).__name__.endswith("ForSequenceClassification")
+
+
+def export_plain_or_state(method, model: torch.nn.Module, out_dir: Path, ctx) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if _is_plain_transformer(model):
+        model.save_pretrained(out_dir, safe_serialization=True)
+        ctx.backbone.tokenizer.save_pretrained(out_dir)
+        return {"format": "transformers", "path": str(out_dir),
+                "load": f"AutoModelForSequenceClassification.from_pretrained('{out_dir}')"}
+    state = {}
+    seen = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen and tensor.numel() > 0:
+            continue  # tied weights: safetensors stores each storage once
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().to("cpu").contiguous()
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"method": method.name})
+    ctx.backbone.tokenizer.save_pretrained(out_dir)
+    (out_dir / "lab_config.json").write_text(json.dumps(
+        {"method": method.name, "method_config": method.config.as_dict(), "backbone": ctx.backbone.name,
+         "label_names": ctx.label_names}, indent=2))
+    (out_dir / "README.md").write_text(
+        f"# Exported {method.name} model\n\n"
+        f"This method's result is not a plain transformers model. `model.safetensors` holds its full state dict;\n"
+        f"`lab_config.json` its method, settings, backbone and class names. Load it with this lab:\n\n"
+        f"    from app.export import load_exported\n    model = load_exported('{out_dir.name}')\n\n"
+        f"or rebuild the module yourself and call `load_state_dict(safetensors.torch.load_file(...))`.\n"
+    )
+    return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}
+
+
+def load_exported(folder: str | Path) -> torch.nn.Module:
+    """Rebuild a model exported as a state dict (the non-plain case) with this lab's code."""
+    from safetensors.torch import load_file
+
+    from .backbones import get_backbone
+    from .methods import create_method
+    from .methods.base import BuildContext
+
+    folder = Path(folder)
+    info = json.loads((folder / "lab_config.json").read_text())
+    method = create_method(info["method"], info["method_config"])
+    ctx = BuildContext(backbone=get_backbone(info["backbone"]), label_names=info["label_names"],
+                       device=torch.device("cpu"), seed=0, restoring=True)
+    model = method.inference_model(method.build(ctx))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    return model.eval()
+
+
+def export_run(store, run_id: str, out_dir: str | Path) -> dict:
+    from .checkpoints import load_run_model
+
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise LabError(f"'{out_dir}' exists and is not empty; choose a new folder")
+    loaded = load_run_model(store, run_id, "cpu")
+    result = loaded.method.export(loaded.model, out_dir, loaded.context)
+    result["run_id"] = run_id
+    return result

@@ -1,0 +1,185 @@
+"""The process-wide run manager: a queue, worker threads, start, cancel, status.
+
+Runs belong to the manager and the store, not to whoever submitted them: a browser tab that
+closes or a page that reloads changes nothing. A chain (e.g. "fine-tune a predecessor, then
+Theseus it") is one queue item whose runs execute in order; a run whose reference did not
+finish is failed with that reason instead of starting.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import ConfigError, LabError, RunNotFound
+from .store import ACTIVE_STATUSES, RunStore, new_run_id
+from .training import LoopHooks, execute_run, prepare_run
+
+CHAIN_REF = re.compile(r"^@chain:(\d+)$")
+DEFAULT_RUNS_DIR = "runs"
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("LAB_RUNS_DIR") or DEFAULT_RUNS_DIR)
+
+
+@dataclass
+class _QueueItem:
+    run_ids: list[str]
+
+
+class RunManager:
+    def __init__(self, store: RunStore, workers: int = 1):
+        self.store = store
+        self.interrupted_at_start = store.mark_orphans_interrupted()
+        self._queue: queue.Queue[_QueueItem | None] = queue.Queue()
+        self._cancel: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"lab-worker-{i}", daemon=True) for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- submitting ---------------------------------------------------------------------------
+    def submit(self, config: RunConfig | dict) -> str:
+        """Check a run's configuration, store it as queued and enqueue it; returns its id."""
+        return self.submit_chain([config])[0]
+
+    def submit_chain(self, configs: list[RunConfig | dict]) -> list[str]:
+        """Queue runs that execute in order; a method setting '@chain:N' names run N of the chain."""
+        if not configs:
+            raise ConfigError("nothing to run")
+        ids = [new_run_id() for _ in configs]
+        resolved = []
+        for position, config in enumerate(configs):
+            values = config.as_dict() if isinstance(config, RunConfig) else dict(config)
+            method_config = dict(values.get("method_config") or {})
+            for key, value in method_config.items():
+                match = CHAIN_REF.match(str(value))
+                if match:
+                    index = int(match.group(1))
+                    if index >= position:
+                        raise ConfigError(f"run {position} of the chain refers to run {index}, which is not before it")
+                    method_config[key] = ids[index]
+            values["method_config"] = method_config
+            prepared = prepare_run(values, self.store, pending_ids=set(ids[:position]))  # raises before storing
+            resolved.append(prepared.config.as_dict())
+        chain_id = ids[0] if len(ids) > 1 else None
+        for run_id, values in zip(ids, resolved):
+            self.store.create_run(values, run_id=run_id, chain_id=chain_id)
+            with self._lock:
+                self._cancel[run_id] = threading.Event()
+        self._queue.put(_QueueItem(ids))
+        return ids
+
+    # -- control ------------------------------------------------------------------------------
+    def cancel(self, run_id: str) -> bool:
+        """Ask a queued or running run to stop; True if it was active."""
+        record = self.store.get_run(run_id)
+        if record["status"] not in ACTIVE_STATUSES:
+            return False
+        with self._lock:
+            event = self._cancel.get(run_id)
+            running = run_id in self._running
+        if event is None:
+            raise LabError(f"run '{run_id}' belongs to another process; cancel it there")
+        event.set()
+        if not running and record["status"] == "queued":
+            self.store.set_status(run_id, "cancelled", error="cancelled before it started")
+        return True
+
+    def status(self, run_id: str) -> str:
+        return self.store.get_run(run_id)["status"]
+
+    def active_ids(self) -> list[str]:
+        with self._lock:
+            return [rid for rid, event in self._cancel.items()]
+
+    def is_busy(self) -> bool:
+        return bool(self.active_ids())
+
+    def wait(self, run_id: str, timeout: float | None = None) -> dict:
+        """Block until a run reaches a final state (for tests and scripts)."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.store.get_run(run_id)
+            if record["status"] not in ACTIVE_STATUSES:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {record['status']} after {timeout}s")
+            time.sleep(0.05)
+
+    def shutdown(self, wait: bool = True, cancel_running: bool = True) -> None:
+        if cancel_running:
+            with self._lock:
+                events = list(self._cancel.values())
+            for event in events:
+                event.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join(timeout=60)
+
+    # -- workers ------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            failed: dict[str, str] = {}
+            for run_id in item.run_ids:
+                try:
+                    self._run_one(run_id, failed)
+                except Exception as exc:  # the manager must outlive any run
+                    failed[run_id] = str(exc)
+                finally:
+                    with self._lock:
+                        self._cancel.pop(run_id, None)
+                        self._running.discard(run_id)
+
+    def _run_one(self, run_id: str, failed_in_chain: dict[str, str]) -> None:
+        with self._lock:
+            event = self._cancel.get(run_id)
+        if event is None:
+            return
+        record = self.store.get_run(run_id)
+        if record["status"] != "queued":
+            return  # cancelled while waiting
+        blockers = [v for v in record["config"].get("method_config", {}).values() if v in failed_in_chain]
+        if blockers:
+            self.store.set_status(
+                run_id, "failed", error=f"run '{blockers[0]}' it builds on did not finish ({failed_in_chain[blockers[0]]})"
+            )
+            failed_in_chain[run_id] = "its reference did not finish"
+            return
+        with self._lock:
+            self._running.add(run_id)
+        final = execute_run(self.store, run_id, LoopHooks(cancel=event))
+        if final.get("status") != "finished":
+            failed_in_chain[run_id] = final.get("status", "failed")
+
+
+_managers: dict[str, RunManager] = {}
+_managers_lock = threading.Lock()
+
+
+def get_manager(runs_dir: str | Path | None = None, workers: int | None = None) -> RunManager:
+    """The one manager of this process for a runs folder (created on first use)."""
+    path = str(Path(runs_dir or default_runs_dir()).expanduser().resolve())
+    with _managers_lock:
+        manager = _managers.get(path)
+        if manager is None:
+            count = workers if workers is not None else int(os.environ.get("LAB_WORKERS", "1"))
+            manager = RunManager(RunStore(path), workers=count)
+            _managers[path] = manager
+        return manager

@@ -1,0 +1,135 @@
+"""Measured training memory: weights, gradients, optimizer state, activations saved for backward.
+
+Without a CUDA allocator there is no peak to read, so the parts are measured directly: the
+storages of parameters and buffers, of the gradients that backward really allocated, of the
+optimizer's state tensors, and of every tensor autograd saves for backward during the forward
+pass (through `saved_tensors_hooks`). Each storage is counted once; storages that belong to
+parameters are left out of activations (a weight saved for backward is not an activation).
+The peak estimate is their sum: what is alive at the end of the forward pass of a step once the
+optimizer state and gradient buffers exist. On CUDA the allocator's own peak is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PARTS = ("weights", "gradients", "optimizer", "activations")
+
+
+def _storage_key(tensor: torch.Tensor):
+    try:
+        storage = tensor.untyped_storage()
+        return (storage.device.type, storage.data_ptr()), storage.nbytes()
+    except (RuntimeError, NotImplementedError):  # sparse, meta or other storage-less tensors
+        return None, 0
+
+
+def unique_storage_bytes(tensors) -> int:
+    seen: dict = {}
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        key, nbytes = _storage_key(tensor)
+        if key is not None and key[1] != 0:
+            seen[key] = max(seen.get(key, 0), nbytes)
+    return sum(seen.values())
+
+
+@dataclass
+class MemorySample:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    cuda_peak: int | None = None
+
+    @property
+    def peak(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def as_dict(self) -> dict:
+        out = {part: getattr(self, part) for part in PARTS}
+        out["peak"] = self.peak
+        if self.cuda_peak is not None:
+            out["cuda_max_allocated"] = self.cuda_peak
+        return out
+
+
+class SavedActivationMeter:
+    """Counts the bytes of distinct storages autograd saves for backward inside `track()`."""
+
+    def __init__(self, excluded_keys: set):
+        self.excluded = excluded_keys
+        self.seen: dict = {}
+
+    def _pack(self, tensor: torch.Tensor):
+        key, nbytes = _storage_key(tensor)
+        if key is not None and key not in self.excluded:
+            previous = self.seen.get(key, 0)
+            if nbytes > previous:
+                self.seen[key] = nbytes
+        return tensor
+
+    @staticmethod
+    def _unpack(tensor: torch.Tensor):
+        return tensor
+
+    @contextlib.contextmanager
+    def track(self):
+        self.seen = {}
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            yield self
+
+    @property
+    def total(self) -> int:
+        return sum(self.seen.values())
+
+
+class MemoryMeter:
+    """Measures one training step's memory when asked; costs nothing on the other steps."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+        self.model = model
+        self.optimizer = optimizer
+        self.device = device
+        self._param_keys = {
+            _storage_key(p)[0] for p in model.parameters()
+        } | {_storage_key(b)[0] for b in model.buffers()}
+        self._param_keys.discard(None)
+        self.weights = unique_storage_bytes(list(model.parameters()) + list(model.buffers()))
+        self.activations = SavedActivationMeter(self._param_keys)
+
+    @contextlib.contextmanager
+    def forward(self, active: bool):
+        """Wrap the forward pass of a step; records saved activations when `active`."""
+        if not active:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with self.activations.track():
+            yield
+
+    def gradients_bytes(self) -> int:
+        return unique_storage_bytes(p.grad for p in self.model.parameters() if p.grad is not None)
+
+    def optimizer_bytes(self) -> int:
+        tensors = []
+        for state in self.optimizer.state.values():
+            tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+        return unique_storage_bytes(tensors)
+
+    def sample(self, gradients: int) -> MemorySample:
+        """Call after the optimizer step; `gradients` was read right after backward."""
+        cuda_peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return MemorySample(
+            weights=self.weights,
+            gradients=gradients,
+            optimizer=self.optimizer_bytes(),
+            activations=self.activations.total,
+            cuda_peak=cuda_peak,
+        )

@@ -1,0 +1,43 @@
+"""The method registry: adding a method is one module and one line here."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Method, describe_fields, parse_config
+from .full_ft import FullFineTuning
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        FullFineTuning,
+    )
+}
+DEFAULT_METHOD = "full_ft"
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}") from None
+
+
+def create_method(name: str, values: dict | None = None) -> Method:
+    """A method instance with its config parsed and validated from user values."""
+    cls = method_class(name)
+    return cls(parse_config(cls.Config, values))
+
+
+def describe_methods() -> list[dict]:
+    return [
+        {
+            "name": cls.name,
+            "title": cls.title,
+            "summary": cls.summary,
+            "default_lr": cls.default_lr,
+            "exports_plain_model": cls.exports_plain_model,
+            "reference_fields": list(cls.reference_fields),
+            "fields": describe_fields(cls.Config),
+        }
+        for cls in METHODS.values()
+    ]

@@ -1,0 +1,298 @@
+"""The interface every training method implements, and how method configs are parsed.
+
+A method is one module holding a `Method` subclass and its config dataclass. Config fields
+carry `metadata={"help": ..., "choices": [...], "min": ..., "max": ...}`: the CLI's `--set`,
+`python -m app methods` and the launch page's form are all built from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def option(default, help: str, **metadata):
+    """A config field with its help text (and optional choices/min/max) for forms and the CLI."""
+    meta = {"help": help, **metadata}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class MethodConfig:
+    """Base class of method configs; subclasses add fields made with `option`."""
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_type(config_cls, f: dataclasses.Field):
+    hints = typing.get_type_hints(config_cls)
+    return hints.get(f.name, str)
+
+
+def _unwrap_optional(tp):
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else str), True
+    return tp, False
+
+
+def describe_fields(config_cls) -> list[dict]:
+    """Plain-data description of a config's fields: name, type, default, help, choices, bounds."""
+    rows = []
+    default_instance = config_cls()
+    for f in dataclasses.fields(config_cls):
+        tp, optional = _unwrap_optional(_field_type(config_cls, f))
+        kind = getattr(tp, "__name__", str(tp))
+        if typing.get_origin(tp) is list:
+            kind = "list"
+        row = {
+            "name": f.name,
+            "type": kind,
+            "optional": optional,
+            "default": getattr(default_instance, f.name),
+            "help": f.metadata.get("help", ""),
+        }
+        for key in ("choices", "min", "max", "advanced"):
+            if key in f.metadata:
+                row[key] = f.metadata[key]
+        rows.append(row)
+    return rows
+
+
+def _convert(name: str, tp, value):
+    """Turn a CLI/form value into the field's type, with a message that names the field."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"'{name}' needs a value")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
+            return int(str(value).strip())
+        if tp is float:
+            result = float(value)
+            if not math.isfinite(result):
+                raise ConfigError(f"'{name}' must be a finite number, got {value!r}")
+            return result
+        if typing.get_origin(tp) is list:
+            (item_type,) = typing.get_args(tp) or (str,)
+            if isinstance(value, str):
+                text = value.strip()
+                items = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            else:
+                items = list(value)
+            return [_convert(name, item_type, item) for item in items]
+        if tp is str:
+            return str(value).strip()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise ConfigError(f"'{name}' expects {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    return value
+
+
+def parse_config(config_cls, values: dict[str, Any] | None = None):
+    """A validated config from user values (strings from `--set` or typed values from a form)."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {', '.join(repr(u) for u in unknown)} for this method; "
+            f"its settings are: {', '.join(fields) or '(none)'}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        f = fields[name]
+        converted = _convert(name, _field_type(config_cls, f), value)
+        check_bounds(name, converted, f.metadata)
+        kwargs[name] = converted
+    config = config_cls(**kwargs)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def check_bounds(name: str, value, metadata) -> None:
+    if value is None:
+        return
+    choices = metadata.get("choices")
+    items = value if isinstance(value, list) else [value]
+    if choices is not None:
+        bad = [v for v in items if v not in choices]
+        if bad:
+            raise ConfigError(f"'{name}' must be one of {', '.join(map(str, choices))}; got {bad[0]!r}")
+    for bound, test, word in (("min", lambda v, b: v < b, "at least"), ("max", lambda v, b: v > b, "at most")):
+        if bound in metadata:
+            for v in items:
+                if isinstance(v, (int, float)) and test(v, metadata[bound]):
+                    raise ConfigError(f"'{name}' must be {word} {metadata[bound]}, got {v}")
+
+
+# --- what a method sees while it builds and trains --------------------------------------------
+
+
+@dataclass
+class BuildContext:
+    """Everything a method may use to build its model."""
+
+    backbone: Any  # app.backbones.Backbone
+    label_names: list[str]
+    device: torch.device
+    seed: int
+    # Rebuilding a finished run to load its weights: skip expensive initialisation.
+    restoring: bool = False
+    # Yields training batches (dicts of tensors on `device`); used e.g. for Fisher importance.
+    train_batches: Callable[[], typing.Iterator[dict]] | None = None
+    # Loads another finished run or a model folder named by a config field (predecessor, teacher).
+    load_reference: Callable[[str], "Reference"] | None = None
+    # Reports what a long build is doing ("scoring importance 120/1000").
+    progress: Callable[[str], None] = lambda message: None
+    max_length: int = 128
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+@dataclass
+class Reference:
+    """Another run's trained model (or a model folder) used as predecessor or teacher."""
+
+    model: nn.Module  # forward(**inputs) -> logits, in eval mode, no grad needed
+    label_names: list[str]
+    source: str  # run id or folder
+    plain_model: nn.Module | None = None  # an AutoModelForSequenceClassification when there is one
+    record: dict | None = None
+
+
+@dataclass
+class TrainState:
+    step: int  # 1-based index of the step being taken
+    total_steps: int
+    device: torch.device
+    generator: torch.Generator  # seeded; for any randomness a method draws (e.g. Theseus)
+    phase: str = "train"
+    stop_requested: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    terms: dict[str, float] = field(default_factory=dict)  # named loss terms to log
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def logits_of(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+class Method:
+    """Base of every training method. Subclasses set the class attributes and `build`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    default_lr: ClassVar[float] = 2e-5
+    # Config fields that name another run or a model folder (validated before a run starts).
+    reference_fields: ClassVar[tuple[str, ...]] = ()
+    # True when `export` writes a plain transformers folder that loads without this project.
+    exports_plain_model: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    # -- building -------------------------------------------------------------------------
+    def build(self, ctx: BuildContext) -> nn.Module:
+        """The model to train: `model(**inputs)` returns logits (or an output with `.logits`)."""
+        raise NotImplementedError
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def check_compatible(self, backbone, label_names: list[str]) -> None:
+        """Raise ConfigError when this config cannot work with this backbone or dataset."""
+
+    # -- training -------------------------------------------------------------------------
+    def on_train_start(self, model: nn.Module, state: TrainState) -> None:
+        pass
+
+    def on_step_start(self, model: nn.Module, state: TrainState) -> None:
+        pass
+
+    def training_step(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
+        logits = logits_of(model(**model_inputs(batch)))
+        return StepOutput(F.cross_entropy(logits.float(), batch["labels"]), logits)
+
+    def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return logits_of(model(**model_inputs(batch)))
+
+    def step_telemetry(self, model: nn.Module, state: TrainState) -> dict | None:
+        """Plain data (numbers, lists) to record for this step, or None."""
+        return None
+
+    def eval_telemetry(self, model: nn.Module, batch: dict, state: TrainState) -> dict | None:
+        """Plain data recorded with each validation pass; `batch` is a fixed validation sample."""
+        return None
+
+    def after_eval(self, model: nn.Module, state: TrainState, metrics: dict) -> None:
+        """Called after each validation pass; may set `state.stop_requested`."""
+
+    def on_train_end(self, model: nn.Module, state: TrainState) -> None:
+        pass
+
+    def run_summary(self, model: nn.Module) -> dict:
+        """Extra plain data stored with the finished run."""
+        return {}
+
+    # -- after training -------------------------------------------------------------------
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """The part that serves predictions (e.g. the Theseus successor alone)."""
+        return model
+
+    def export(self, model: nn.Module, out_dir: Path, ctx: BuildContext) -> dict:
+        """Write the trained model. Default: a plain transformers folder when the model is one,
+        else the full state as safetensors with a loading note."""
+        from ..export import export_plain_or_state
+
+        return export_plain_or_state(self, self.inference_model(model), out_dir, ctx)

@@ -1,0 +1,31 @@
+"""Full fine-tuning: every weight of the backbone and a new classification head train."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import BuildContext, Method, MethodConfig, option
+
+
+@dataclass
+class FullFineTuningConfig(MethodConfig):
+    classifier_dropout: float = option(
+        0.1, "Dropout before the classification head.", min=0.0, max=0.9
+    )
+
+
+class FullFineTuning(Method):
+    name = "full_ft"
+    title = "Full fine-tuning"
+    summary = "Every backbone weight and a new classification head train (the reference point)."
+    Config = FullFineTuningConfig
+    default_lr = 5e-5
+    exports_plain_model = True
+
+    def build(self, ctx: BuildContext):
+        model = ctx.backbone.load_for_classification(
+            ctx.label_names, classifier_dropout=self.config.classifier_dropout
+        )
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model

@@ -1,0 +1,458 @@
+"""Preparing and running one training run: checks first, then the loop that records everything.
+
+`prepare_run` resolves the backbone, dataset and method and rejects bad input before a run is
+stored. `execute_run` trains a stored run and always leaves it in a final state: `finished`,
+`failed` (with its reason and traceback), or `cancelled`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbones import Backbone, get_backbone
+from .config import RunConfig
+from .data import ColumnMap, TextDataset, load_dataset, tokenize_split
+from .errors import ConfigError, LabError, RunCancelled
+from .memory import MemoryMeter
+from .methods import create_method
+from .methods.base import BuildContext, Method, StepOutput, TrainState
+from .store import RunStore
+
+EVAL_TELEMETRY_SAMPLE = 256
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{name}' asked for, but CUDA is not available on this machine")
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' asked for, but MPS is not available on this machine")
+    return torch.device(name)
+
+
+@dataclass
+class PreparedRun:
+    config: RunConfig
+    backbone: Backbone
+    dataset: TextDataset
+    method: Method
+    device: torch.device
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lr(self) -> float:
+        return self.config.lr if self.config.lr is not None else self.method.default_lr
+
+
+def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pending_ids: set[str] = frozenset()) -> PreparedRun:
+    """Every check that can be made before training; raises a `LabError` with a clear message."""
+    if isinstance(config, dict):
+        config = RunConfig.from_dict(config)
+    else:
+        config.check()
+    method = create_method(config.method, config.method_config)
+    device = resolve_device(config.device)
+    backbone = get_backbone(config.backbone)
+    if config.max_length > backbone.max_length:
+        raise ConfigError(
+            f"max_length {config.max_length} is above what backbone '{config.backbone}' accepts ({backbone.max_length})"
+        )
+    dataset = load_dataset(
+        config.dataset,
+        columns=ColumnMap(config.text_column, config.label_column, config.text_pair_column or None),
+        split_seed=config.split_seed,
+        max_train_examples=config.max_train_examples,
+        max_eval_examples=config.max_eval_examples,
+    )
+    if config.batch_size > len(dataset.train):
+        raise ConfigError(
+            f"batch_size {config.batch_size} is larger than the training set ({len(dataset.train)} examples)"
+        )
+    notes = list(dataset.notes)
+    if config.bf16 and device.type != "cuda":
+        notes.append("bf16 autocast asked for but ignored: it runs on CUDA only")
+    for field_name in method.reference_fields:
+        value = getattr(method.config, field_name, None)
+        if value:
+            from .checkpoints import check_reference
+
+            check_reference(store, value, dataset.label_names, field_name, pending_ids=pending_ids)
+    method.check_compatible(backbone, dataset.label_names)
+    return PreparedRun(config, backbone, dataset, method, device, notes)
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+def _batches(tensors: dict, indices: torch.Tensor, batch_size: int, device: torch.device):
+    for start in range(0, len(indices), batch_size):
+        chosen = indices[start : start + batch_size]
+        batch = {k: v[chosen].to(device, non_blocking=True) for k, v in tensors.items()}
+        batch["index"] = chosen
+        yield batch
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    scores = []
+    for c in range(num_labels):
+        tp = np.sum((predictions == c) & (labels == c))
+        fp = np.sum((predictions == c) & (labels != c))
+        fn = np.sum((predictions != c) & (labels == c))
+        if tp + fp + fn == 0:
+            continue  # a class absent from both predictions and labels does not count
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+@torch.no_grad()
+def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: torch.device, num_labels: int,
+             autocast=None, check_cancel: Callable[[], None] = lambda: None) -> dict:
+    was_training = model.training
+    model.eval()
+    losses, predictions = [], []
+    try:
+        for batch in _batches(tensors, torch.arange(len(tensors["labels"])), batch_size, device):
+            check_cancel()
+            with autocast() if autocast else _null():
+                logits = method.predict(model, batch).float()
+            losses.append(F.cross_entropy(logits, batch["labels"], reduction="sum").item())
+            predictions.append(logits.argmax(-1).cpu())
+    finally:
+        model.train(was_training)
+    labels = tensors["labels"].numpy()
+    predicted = torch.cat(predictions).numpy()
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "macro_f1": macro_f1(predicted, labels, num_labels),
+        "loss": float(sum(losses) / len(labels)),
+        "examples": int(len(labels)),
+    }
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def linear_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, then linear decay to 0 at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def count_params(model) -> tuple[int, int]:
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+@dataclass
+class LoopHooks:
+    """How the caller watches a run: a cancel flag and an optional per-step callback."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    on_step: Callable[[int, int, float], None] | None = None
+    on_message: Callable[[str], None] | None = None
+
+    def check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise RunCancelled()
+
+
+def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHooks, *, restoring: bool = False,
+                  label_names: list[str] | None = None) -> BuildContext:
+    from .checkpoints import load_reference
+
+    config = prepared.config
+    device = prepared.device
+
+    def train_batches():
+        if prepared.dataset is None:
+            raise RuntimeError("training batches are not available while restoring a finished run")
+        tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "train", config.max_length)
+        generator = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(len(tensors["labels"]), generator=generator)
+        yield from _batches(tensors, order, config.batch_size, device)
+
+    def progress(message: str) -> None:
+        hooks.check_cancel()
+        if hooks.on_message:
+            hooks.on_message(message)
+
+    return BuildContext(
+        backbone=prepared.backbone,
+        label_names=list(label_names) if label_names is not None else prepared.dataset.label_names,
+        device=device,
+        seed=config.seed,
+        restoring=restoring,
+        train_batches=None if restoring else train_batches,
+        load_reference=lambda ref: load_reference(store, ref, device),
+        progress=progress,
+        max_length=config.max_length,
+    )
+
+
+def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks | None = None) -> dict:
+    """Train a stored run and record everything; returns the final metrics."""
+    hooks = hooks or LoopHooks()
+    config, method, device = prepared.config, prepared.method, prepared.device
+    seed_everything(config.seed)
+    tokenizer = prepared.backbone.tokenizer
+    hooks.check_cancel()
+    train_tensors = tokenize_split(tokenizer, prepared.dataset, "train", config.max_length)
+    val_tensors = tokenize_split(tokenizer, prepared.dataset, "validation", config.max_length)
+    test_tensors = tokenize_split(tokenizer, prepared.dataset, "test", config.max_length)
+
+    ctx = build_context(prepared, store, hooks)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = method.build(ctx)
+    model.to(device)
+    model.train()
+    named_trainable = method.trainable_parameters(model)
+    if not named_trainable:
+        raise ConfigError(f"method '{method.name}' left no parameter to train")
+    trainable_ids = {id(p) for _, p in named_trainable}
+    for p in model.parameters():
+        if id(p) not in trainable_ids:
+            p.requires_grad_(False)
+    decay = [p for n, p in named_trainable if p.ndim >= 2]
+    no_decay = [p for n, p in named_trainable if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=prepared.lr,
+    )
+    warmup = int(round(config.steps * config.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, config.steps, warmup))
+    trainable, total = count_params(model)
+    meter = MemoryMeter(model, optimizer, device)
+    use_bf16 = config.bf16 and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else None
+
+    store.merge_summary(
+        run_id,
+        trainable_params=trainable,
+        total_params=total,
+        lr=prepared.lr,
+        device=str(device),
+        bf16=use_bf16,
+        backbone=prepared.backbone.info(num_params=None).as_dict(),
+        dataset=prepared.dataset.summary(),
+        method_config=method.config.as_dict(),
+        memory_sampling={
+            "every": config.memory_every,
+            "note": "measured every step" if config.memory_every == 1
+            else f"measured every {config.memory_every} steps (and on the first and last)",
+            "method": "saved-tensor hooks + parameter, gradient and optimizer storages"
+            + (" + torch.cuda.max_memory_allocated" if device.type == "cuda" else ""),
+        },
+        notes=prepared.notes,
+    )
+
+    generator = torch.Generator().manual_seed(config.seed)
+    draw_generator = torch.Generator().manual_seed(config.seed + 1)
+    state = TrainState(step=0, total_steps=config.steps, device=device, generator=draw_generator)
+    n_train = len(train_tensors["labels"])
+    telemetry_sample = {
+        k: v[:EVAL_TELEMETRY_SAMPLE].to(device) for k, v in val_tensors.items()
+    }
+    telemetry_sample["index"] = torch.arange(len(telemetry_sample["labels"]))
+
+    def run_eval(split_tensors, split):
+        return evaluate(method, model, split_tensors, batch_size=max(config.batch_size, 32), device=device,
+                        num_labels=prepared.dataset.num_labels, autocast=autocast, check_cancel=hooks.check_cancel)
+
+    def validation_pass():
+        metrics = run_eval(val_tensors, "validation")
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            telemetry = method.eval_telemetry(model, telemetry_sample, state)
+            model.train(was_training)
+        store.log_eval(run_id, state.step, "validation", metrics, telemetry)
+        method.after_eval(model, state, metrics)
+        return metrics
+
+    method.on_train_start(model, state)
+    peak_sample: dict | None = None
+    started = time.perf_counter()
+    epoch_order = torch.randperm(n_train, generator=generator)
+    cursor = 0
+    last_val: dict | None = None
+    for step in range(1, config.steps + 1):
+        hooks.check_cancel()
+        if cursor + config.batch_size > n_train:
+            epoch_order = torch.randperm(n_train, generator=generator)
+            cursor = 0
+        indices = epoch_order[cursor : cursor + config.batch_size]
+        cursor += config.batch_size
+        batch = {k: v[indices].to(device, non_blocking=True) for k, v in train_tensors.items()}
+        batch["index"] = indices
+        state.step = step
+        measure = config.memory_every == 1 or step == 1 or step == config.steps or step % config.memory_every == 0
+
+        step_start = time.perf_counter()
+        method.on_step_start(model, state)
+        with meter.forward(measure), (autocast() if autocast else _null()):
+            out: StepOutput = method.training_step(model, batch, state)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise LabError(
+                f"the loss became {loss.item()} at step {step}; try a lower learning rate (now {prepared.lr:g})"
+            )
+        loss.backward()
+        gradient_bytes = meter.gradients_bytes() if measure else 0
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for _, p in named_trainable], config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_seconds = time.perf_counter() - step_start
+
+        memory = meter.sample(gradient_bytes).as_dict() if measure else None
+        if memory and (peak_sample is None or memory["peak"] > peak_sample["peak"]):
+            peak_sample = dict(memory, step=step)
+        telemetry = method.step_telemetry(model, state)
+        data = {"step_seconds": step_seconds}
+        if out.terms:
+            data["terms"] = out.terms
+        loss_value = float(loss.detach())
+        store.log_step(
+            run_id, step,
+            elapsed=time.perf_counter() - started,
+            loss=loss_value,
+            lr=scheduler.get_last_lr()[0],
+            examples_per_second=config.batch_size / step_seconds if step_seconds > 0 else None,
+            memory=memory,
+            data=data,
+            telemetry=telemetry,
+            phase=state.phase,
+        )
+        if hooks.on_step:
+            hooks.on_step(step, config.steps, loss_value)
+        if step % config.eval_every == 0 or step == config.steps:
+            last_val = validation_pass()
+        if state.stop_requested:
+            break
+
+    method.on_train_end(model, state)
+    train_seconds = time.perf_counter() - started
+    if last_val is None or state.extra.get("restored_best"):
+        last_val = run_eval(val_tensors, "validation")
+    test = run_eval(test_tensors, "test")
+    store.log_eval(run_id, state.step, "test", test)
+    from .checkpoints import save_checkpoint
+
+    save_checkpoint(store, run_id, method, model, prepared)
+    metrics = {
+        "val_accuracy": last_val["accuracy"],
+        "val_macro_f1": last_val["macro_f1"],
+        "val_loss": last_val["loss"],
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_loss": test["loss"],
+        "steps_done": state.step,
+        "train_seconds": train_seconds,
+        "steps_per_second": state.step / train_seconds if train_seconds > 0 else None,
+        "peak_memory_bytes": peak_sample["peak"] if peak_sample else None,
+        "memory_breakdown": {k: peak_sample[k] for k in ("weights", "gradients", "optimizer", "activations")}
+        if peak_sample else None,
+    }
+    if peak_sample and "cuda_max_allocated" in peak_sample:
+        metrics["cuda_max_allocated_bytes"] = peak_sample["cuda_max_allocated"]
+    extra_summary = method.run_summary(model)
+    if extra_summary:
+        store.merge_summary(run_id, method_summary=extra_summary)
+    store.update_run(run_id, metrics=metrics)
+    return metrics
+
+
+OOM_ADVICE = "out of memory: try a smaller batch size or max length, or a method that stores fewer activations (lst)"
+
+
+def failure_message(exc: BaseException) -> str:
+    if isinstance(exc, LabError):
+        return str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in str(exc).lower() or isinstance(exc, MemoryError)
+    )):
+        return f"{OOM_ADVICE} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, prepared: PreparedRun | None = None) -> dict:
+    """Run a stored run to its end; never raises for a failed run, returns its final record."""
+    hooks = hooks or LoopHooks()
+    try:
+        record = store.get_run(run_id)
+        if hooks.cancel.is_set():
+            store.set_status(run_id, "cancelled", error="cancelled before it started")
+            return store.get_run(run_id)
+        store.set_status(run_id, "running")
+        if prepared is None:
+            prepared = prepare_run(record["config"], store)
+        train(prepared, store, run_id, hooks)
+        store.set_status(run_id, "finished")
+    except RunCancelled:
+        _final_status(store, run_id, "cancelled", "cancelled by the user", None)
+    except BaseException as exc:  # a run's failure must never take the process down
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            _final_status(store, run_id, "cancelled", "interrupted from the keyboard", None)
+            raise
+        _final_status(store, run_id, "failed", failure_message(exc), traceback.format_exc())
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    try:
+        return store.get_run(run_id)
+    except Exception:  # the store itself may be what failed
+        return {"id": run_id, "status": "failed"}
+
+
+def _final_status(store: RunStore, run_id: str, status: str, error: str, tb: str | None) -> None:
+    try:
+        store.set_status(run_id, status, error=error, traceback=tb)
+    except Exception as exc:  # the store is unusable (disk full?): say so where someone can see it
+        print(f"[lab] could not record run {run_id} as {status}: {exc}; reason: {error}", file=sys.stderr)

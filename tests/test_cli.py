@@ -1,0 +1,140 @@
+"""The CLI contract other tools rely on, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_ARGS = ["--backbone", "tiny-random", "--dataset", "sms-spam", "--batch-size", "8", "--max-length", "32",
+             "--max-train-examples", "128", "--max-eval-examples", "32"]
+
+
+def lab(*args, runs_dir: Path, timeout=300, env_extra=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args, "--runs-dir", str(runs_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_train_json_contract(tmp_path):
+    result = lab("train", *TINY_ARGS, "--steps", "4", "--eval-every", "2", "--set", "classifier_dropout=0.2",
+                 "--json", runs_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = last_json(result.stdout)
+    for key in ("run_id", "status", "method", "backbone", "dataset", "steps", "metrics", "trainable_params",
+                "total_params", "peak_memory_bytes", "memory_breakdown", "train_seconds", "steps_per_second"):
+        assert key in out, key
+    assert out["status"] == "finished" and out["steps"] == 4
+    assert set(out["metrics"]) >= {"val_accuracy", "test_accuracy"}
+    assert set(out["memory_breakdown"]) == {"weights", "gradients", "optimizer", "activations"}
+    assert "step" in result.stderr  # the progress bar goes to stderr
+
+    listed = last_json(lab("runs", "list", "--json", runs_dir=tmp_path).stdout)
+    assert [r["run_id"] for r in listed["runs"]] == [out["run_id"]]
+    shown = last_json(lab("runs", "show", out["run_id"], "--json", runs_dir=tmp_path).stdout)
+    assert shown["config"]["method_config"] == {"classifier_dropout": "0.2"} or \
+        shown["summary"]["method_config"]["classifier_dropout"] == 0.2
+    assert len(shown["step_series"]) == 4 and len(shown["eval_series"]) == 3
+
+    export = lab("export", out["run_id"], "--out", str(tmp_path / "exported"), "--json", runs_dir=tmp_path)
+    assert export.returncode == 0, export.stderr
+    assert (tmp_path / "exported" / "config.json").exists()
+
+
+def test_listing_commands_answer_json(tmp_path):
+    methods = last_json(lab("methods", "--json", runs_dir=tmp_path).stdout)["methods"]
+    full = next(m for m in methods if m["name"] == "full_ft")
+    assert full["fields"][0]["help"]
+    backbones = last_json(lab("backbones", "--json", runs_dir=tmp_path).stdout)["backbones"]
+    assert {"minilm-l6", "tiny-random"} <= {b["name"] for b in backbones if b["available"]}
+    datasets = last_json(lab("datasets", "--json", runs_dir=tmp_path).stdout)["datasets"]
+    assert {d["name"] for d in datasets} >= {"rotten-tomatoes", "trec-6", "sms-spam"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "no_such_method"], "unknown method"),
+        (["--backbone", "/nowhere/model"], "unknown backbone"),
+        (["--dataset", "/nowhere/data.csv"], "does not exist"),
+        (["--lr", "nan"], "finite"),
+        (["--lr", "-1"], "at least"),
+        (["--steps", "0"], "at least 1"),
+        (["--batch-size", "1000"], "larger than the training set"),
+        (["--max-length", "4096"], "above what backbone"),
+        (["--set", "classifier_dropout=lots"], "expects float"),
+        (["--set", "no_such_setting=1"], "unknown setting"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(tmp_path, args, message):
+    base = TINY_ARGS + ["--steps", "2"]
+    # later flags win in argparse, so the bad value overrides the tiny default
+    result = lab("train", *base, *args, runs_dir=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert last_json(lab("runs", "list", "--json", runs_dir=tmp_path).stdout)["runs"] == []
+
+
+def test_file_dataset_with_column_flags(tmp_path):
+    path = tmp_path / "reviews.tsv"
+    path.write_text("review\tstars\n" + "\n".join(f"text number {i}\t{i % 3}" for i in range(60)))
+    result = lab("train", "--backbone", "tiny-random", "--dataset", str(path), "--text-column", "review",
+                 "--label-column", "stars", "--steps", "2", "--batch-size", "4", "--max-length", "16", "--json",
+                 runs_dir=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    run_id = last_json(result.stdout)["run_id"]
+    shown = last_json(lab("runs", "show", run_id, "--json", runs_dir=tmp_path / "runs").stdout)
+    assert shown["summary"]["dataset"]["label_names"] == ["0", "1", "2"]
+
+
+def test_unknown_run_id_and_path_escape_are_refused(tmp_path):
+    for bad in ("no-such-run", "../../etc"):
+        result = lab("runs", "show", bad, "--json", runs_dir=tmp_path)
+        assert result.returncode == 2
+        assert "run" in result.stderr.lower()
+
+
+def test_killed_process_leaves_an_interrupted_run_with_its_steps(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "app", "train", *TINY_ARGS, "--steps", "100000", "--eval-every", "100000",
+         "--runs-dir", str(tmp_path), "--quiet"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    from app.store import RunStore
+
+    store = RunStore(tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            runs = store.list_runs()
+            if runs and runs[0]["step"] >= 5:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the child never reached step 5")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    run_id = store.list_runs()[0]["id"]
+    steps_before = len(store.steps(run_id))
+    assert store.get_run(run_id)["status"] == "running"  # nobody has looked yet
+    listed = last_json(lab("runs", "list", "--json", runs_dir=tmp_path).stdout)["runs"]
+    assert listed[0]["status"] == "interrupted"
+    assert len(store.steps(run_id)) == steps_before >= 5
+    assert store.integrity_ok()
