@@ -19,7 +19,7 @@ class FullFineTuning(Method):
     title = "Full fine-tuning"
     summary = "Every backbone weight and a new classification head train (the reference point)."
     Config = FullFineTuningConfig
-    default_lr = 5e-5
+    default_lr = 1e-4  # small encoders on short CPU budgets; 2e-5..5e-5 suits long BERT-base runs
     exports_plain_model = True
 
     def build(self, ctx: BuildContext):

@@ -1,0 +1,181 @@
+"""One matrix over every registered method on the tiny random backbone.
+
+For each method: it builds; forward and backward run; only the parameters the method declares
+trainable receive gradients; every other parameter stays bit-identical after optimizer steps; the
+loss falls over a few steps on an easy task; a run through the engine exports and the export
+reloads to the same predictions.
+
+Adding a method means adding its row to MATRIX (settings that make it learn the easy task fast).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.methods import METHODS, create_method
+from app.methods.base import BuildContext, TrainState, model_inputs
+from conftest import train_now
+
+# method name -> (method settings, run settings) for the matrix
+MATRIX: dict[str, tuple[dict, dict]] = {
+    "full_ft": ({}, {"lr": 1e-3}),
+}
+
+EASY_WORDS = ("wonderful", "terrible")
+
+
+@pytest.fixture(scope="module")
+def easy_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("easy") / "easy.csv"
+    lines = ["text,label"] + [
+        f"the film was {EASY_WORDS[i % 2]} said person {i},{i % 2}" for i in range(240)
+    ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def matrix_store(tmp_path_factory):
+    from app.store import RunStore
+
+    return RunStore(tmp_path_factory.mktemp("matrix-runs"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(matrix_store, easy_csv):
+    """A finished full fine-tuning run, for methods that need a predecessor or teacher."""
+    record = train_now(matrix_store, method="full_ft", dataset=str(easy_csv), steps=30, lr=1e-3,
+                       eval_every=30, batch_size=16, max_train_examples=None)
+    assert record["status"] == "finished", record.get("error")
+    return record["id"]
+
+
+def test_every_registered_method_has_a_matrix_row():
+    assert set(MATRIX) == set(METHODS)
+
+
+def method_settings(name: str, reference_run: str | None) -> dict:
+    settings = dict(MATRIX[name][0])
+    for field_name in METHODS[name].reference_fields:
+        settings.setdefault(field_name, reference_run)
+    return settings
+
+
+def _needs_reference(name: str) -> bool:
+    return bool(METHODS[name].reference_fields)
+
+
+@pytest.fixture
+def reference_for(request):
+    def get(name):
+        return request.getfixturevalue("reference_run") if _needs_reference(name) else None
+    return get
+
+
+def _context(matrix_store, backbone, batches, device=torch.device("cpu")):
+    from app.checkpoints import load_reference
+
+    return BuildContext(
+        backbone=backbone, label_names=["terrible", "wonderful"], device=device, seed=0,
+        train_batches=lambda: iter(batches), load_reference=lambda ref: load_reference(matrix_store, ref, device),
+        max_length=24,
+    )
+
+
+def _easy_batches(backbone, easy_csv, n_batches=6, batch_size=16):
+    from app.data import load_dataset, tokenize_split
+
+    data = load_dataset(str(easy_csv))
+    tensors = tokenize_split(backbone.tokenizer, data, "train", 24)
+    batches = []
+    for i in range(n_batches):
+        idx = torch.arange(i * batch_size, (i + 1) * batch_size)
+        batch = {k: v[idx] for k, v in tensors.items()}
+        batch["index"] = idx
+        batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_trains_only_what_it_declares(name, matrix_store, easy_csv, reference_for):
+    from app.backbones import get_backbone
+
+    backbone = get_backbone("tiny-random")
+    batches = _easy_batches(backbone, easy_csv)
+    method = create_method(name, method_settings(name, reference_for(name)))
+    torch.manual_seed(0)
+    model = method.build(_context(matrix_store, backbone, batches))
+    model.train()
+    trainable = method.trainable_parameters(model)
+    assert trainable, "no trainable parameters"
+    trainable_ids = {id(p) for _, p in trainable}
+    for p in model.parameters():
+        if id(p) not in trainable_ids:
+            p.requires_grad_(False)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in trainable_ids}
+
+    run_lr = MATRIX[name][1].get("lr", method.default_lr)
+    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=run_lr, weight_decay=0.0)
+    state = TrainState(step=0, total_steps=40, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    method.on_train_start(model, state)
+    losses = []
+    for step in range(1, 41):
+        state.step = step
+        batch = batches[step % len(batches)]
+        method.on_step_start(model, state)
+        out = method.training_step(model, batch, state)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if step == 1:
+            got_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+            declared = {n for n, _ in trainable}
+            assert got_grad <= declared, f"undeclared parameters got gradients: {sorted(got_grad - declared)[:5]}"
+            assert got_grad, "no parameter received a gradient"
+        optimizer.step()
+        losses.append(out.loss.item())
+    for n, p in model.named_parameters():
+        if n in frozen_before:
+            assert torch.equal(p.detach(), frozen_before[n]), f"frozen parameter {n} changed"
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"loss did not fall: {first:.4f} -> {last:.4f}"
+    model.eval()
+    with torch.no_grad():
+        logits = method.predict(model, batches[0])
+    assert logits.shape == (16, 2)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_runs_in_the_engine_and_export_round_trips(name, matrix_store, easy_csv, reference_for, tmp_path):
+    from app.checkpoints import load_run_model
+    from app.export import export_run, load_exported
+
+    method_config, run_config = MATRIX[name]
+    settings = method_settings(name, reference_for(name))
+    record = train_now(matrix_store, method=name, dataset=str(easy_csv), method_config=settings,
+                       steps=6, eval_every=3, batch_size=8, max_length=24, max_train_examples=None,
+                       **{k: v for k, v in run_config.items() if k != "lr"})
+    assert record["status"] == "finished", record.get("traceback") or record.get("error")
+    assert record["summary"]["trainable_params"] > 0
+    assert record["metrics"]["memory_breakdown"]["weights"] > 0
+
+    loaded = load_run_model(matrix_store, record["id"])
+    reference_model = loaded.method.inference_model(loaded.model)
+    result = export_run(matrix_store, record["id"], tmp_path / "export")
+    from app.backbones import get_backbone
+
+    batch = _easy_batches(get_backbone("tiny-random"), easy_csv, n_batches=1, batch_size=8)[0]
+    with torch.no_grad():
+        expected = loaded.method.predict(loaded.model, batch)
+        if result["format"] == "transformers":
+            from transformers import AutoModelForSequenceClassification
+
+            exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+            got = exported(**model_inputs(batch)).logits
+        else:
+            exported = load_exported(tmp_path / "export")
+            out = exported(**model_inputs(batch))
+            got = out.logits if hasattr(out, "logits") else out
+    assert reference_model is not None
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert METHODS[name].exports_plain_model == (result["format"] == "transformers")

@@ -1,0 +1,59 @@
+"""Real weights, real data: every method on MiniLM-L6 + Rotten Tomatoes with a small CPU budget.
+
+Chance is 50% and the majority class (fresh) is 57.8% of the data, so a method has learned
+something when its validation accuracy clears MIN_ACCURACY. Budgets are small on purpose
+(CI runs on 2 CPU cores); each row gives the run settings for one method.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import train_now
+
+pytestmark = pytest.mark.real
+
+MIN_ACCURACY = 0.65
+BASE = dict(backbone="minilm-l6", dataset="rotten-tomatoes", max_length=40, batch_size=16,
+            max_eval_examples=300, seed=0)
+
+# method name -> run settings (method settings under "method_config")
+REAL: dict[str, dict] = {
+    "full_ft": dict(steps=60, eval_every=60),
+}
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory):
+    from app.store import RunStore
+
+    return RunStore(tmp_path_factory.mktemp("real-runs"))
+
+
+def test_every_registered_method_has_a_real_row():
+    from app.methods import METHODS
+
+    assert set(REAL) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_method_learns_on_real_weights_and_data(name, real_store, request):
+    settings = dict(BASE, **REAL[name])
+    method_config = dict(settings.pop("method_config", {}))
+    from app.methods import METHODS
+
+    for field_name in METHODS[name].reference_fields:
+        method_config.setdefault(field_name, request.getfixturevalue("real_full_ft_run"))
+    record = train_now(real_store, method=name, method_config=method_config, **settings)
+    assert record["status"] == "finished", record.get("traceback") or record.get("error")
+    losses = [s["loss"] for s in real_store.steps(record["id"])]
+    assert record["metrics"]["val_accuracy"] >= MIN_ACCURACY, record["metrics"]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+
+
+@pytest.fixture(scope="module")
+def real_full_ft_run(real_store):
+    """A fine-tuned MiniLM to serve as predecessor or teacher."""
+    record = train_now(real_store, method="full_ft", **dict(BASE, **REAL["full_ft"]))
+    assert record["status"] == "finished", record.get("error")
+    return record["id"]
