@@ -214,6 +214,12 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
         order = torch.randperm(len(tensors["labels"]), generator=generator)
         yield from _batches(tensors, order, config.batch_size, device)
 
+    def validation_batches():
+        if prepared.dataset is None:
+            raise RuntimeError("validation batches are not available while restoring a finished run")
+        tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "validation", config.max_length)
+        yield from _batches(tensors, torch.arange(len(tensors["labels"])), max(config.batch_size, 32), device)
+
     def progress(message: str) -> None:
         hooks.check_cancel()
         if hooks.on_message:
@@ -226,6 +232,7 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
         seed=config.seed,
         restoring=restoring,
         train_batches=None if restoring else train_batches,
+        validation_batches=None if restoring else validation_batches,
         load_reference=lambda ref: load_reference(store, ref, device),
         progress=progress,
         max_length=config.max_length,

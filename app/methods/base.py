@@ -175,6 +175,8 @@ class BuildContext:
     restoring: bool = False
     # Yields training batches (dicts of tensors on `device`); used e.g. for Fisher importance.
     train_batches: Callable[[], typing.Iterator[dict]] | None = None
+    # Yields the validation split in order (with labels), e.g. to score a predecessor once; None when restoring.
+    validation_batches: Callable[[], typing.Iterator[dict]] | None = None
     # Loads another finished run or a model folder named by a config field (predecessor, teacher).
     load_reference: Callable[[str], "Reference"] | None = None
     # Reports what a long build is doing ("scoring importance 120/1000").
