@@ -274,14 +274,15 @@ def read_hub_corpus(dataset_id: str, columns: ColumnMap) -> RawCorpus:
         import datasets as hf_datasets
     except ImportError as exc:  # pragma: no cover - datasets is a requirement
         raise DatasetError("the 'datasets' package is needed for hub datasets") from exc
+    if not _hub_reachable():
+        # datasets retries for a long time without a network: answer at once instead.
+        raise DatasetError(
+            f"dataset '{dataset_id}' is not a registry name ({', '.join(REGISTRY)}) nor an existing file, "
+            "and the Hugging Face hub cannot be reached (offline?)"
+        )
     try:
         loaded = hf_datasets.load_dataset(dataset_id, download_mode="reuse_cache_if_exists")
     except Exception as exc:
-        if not _hub_reachable():
-            raise DatasetError(
-                f"dataset '{dataset_id}' is not a registry name ({', '.join(REGISTRY)}), not a file, "
-                "not in the local cache, and the hub cannot be reached (offline?)"
-            ) from exc
         raise DatasetError(f"cannot load hub dataset '{dataset_id}': {exc}") from exc
     texts, pairs, raw_labels = [], [], []
     label_feature_names = None
@@ -376,7 +377,7 @@ def _file_stamp(name: str) -> tuple:
             raise DatasetError(f"dataset file '{name}' does not exist")
         stat = path.stat()
         return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if "/" not in name and name.strip() == "":
+    if not name.strip():
         raise DatasetError("no dataset given")
     return ()
 
