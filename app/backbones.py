@@ -285,17 +285,14 @@ class Backbone:
     def _from_pretrained(self, auto_class, **kwargs):
         from transformers.utils import logging as hf_logging
 
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "newly initialised head" warnings are expected here
-        hf_logging.disable_progress_bar()  # runs report their own progress
+        # "Newly initialised head" load reports are expected here, and runs report their own
+        # progress. Set once for the process: toggling it per call races between worker threads.
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             return auto_class.from_pretrained(self.source, trust_remote_code=False, **kwargs)
-        except BackboneError:
-            raise
         except Exception as exc:
             raise BackboneError(f"cannot load weights of backbone '{self.name}': {exc}") from exc
-        finally:
-            hf_logging.set_verbosity(verbosity)
 
     def info(self, num_params: int | None = None) -> BackboneInfo:
         if num_params is None:

@@ -152,6 +152,7 @@ class RunManager:
             event = self._cancel.get(run_id)
         if event is None:
             return
+        self.store.flush_deferred()
         record = self.store.get_run(run_id)
         if record["status"] != "queued":
             return  # cancelled while waiting

@@ -154,11 +154,16 @@ class StoreError(LabError):
 
 
 class RunStore:
-    def __init__(self, runs_dir: str | os.PathLike):
+    def __init__(self, runs_dir: str | os.PathLike, *, busy_timeout: float = 30.0):
         self.runs_dir = Path(runs_dir).expanduser().resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.runs_dir / DB_NAME
+        self.busy_timeout = busy_timeout
         self._local = threading.local()
+        # Final statuses that could not be written (disk full, database locked): readers in this
+        # process still see the truth, and the next successful write records them.
+        self._deferred_final: dict[str, tuple[str, str | None, str | None, float]] = {}
+        self._deferred_lock = threading.Lock()
         try:
             self._conn().executescript(SCHEMA)
         except sqlite3.Error as exc:
@@ -168,11 +173,12 @@ class RunStore:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=True)
+            conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=True)
             conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
 
@@ -194,13 +200,22 @@ class RunStore:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            raise StoreError(f"the run store could not be written ({exc}); check free disk space") from exc
+            raise StoreError(self._explain(exc)) from exc
         except BaseException:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             raise
+
+    def _explain(self, exc: sqlite3.Error) -> str:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return (f"the run store could not be written ({text}): another process held it for over "
+                    f"{self.busy_timeout:g} s")
+        if "full" in text:
+            return f"the run store could not be written ({text}): free some disk space in {self.runs_dir}"
+        return f"the run store could not be written ({text})"
 
     def _read(self, sql: str, params=()) -> list[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()
@@ -238,19 +253,42 @@ class RunStore:
     def set_status(self, run_id: str, status: str, *, error: str | None = None, traceback: str | None = None) -> None:
         assert status in STATUSES, status
         now = time.time()
+        if status not in ACTIVE_STATUSES:
+            try:
+                self._write_final(run_id, status, error, traceback, now)
+            except StoreError:
+                with self._deferred_lock:
+                    self._deferred_final[run_id] = (status, error, traceback, now)
+                raise
+            return
         with self._write() as conn:
             if status == "running":
                 conn.execute(
                     "UPDATE runs SET status=?, started_at=?, owner_pid=?, owner_token=? WHERE id=?",
                     (status, now, os.getpid(), process_token(), run_id),
                 )
-            elif status in ACTIVE_STATUSES:
-                conn.execute("UPDATE runs SET status=? WHERE id=?", (status, run_id))
             else:
-                conn.execute(
-                    "UPDATE runs SET status=?, finished_at=?, error=?, traceback=? WHERE id=?",
-                    (status, now, error, traceback, run_id),
-                )
+                conn.execute("UPDATE runs SET status=? WHERE id=?", (status, run_id))
+        self.flush_deferred()
+
+    def _write_final(self, run_id, status, error, traceback, when) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET status=?, finished_at=?, error=?, traceback=? WHERE id=?",
+                (status, when, error, traceback, run_id),
+            )
+
+    def flush_deferred(self) -> None:
+        """Write final statuses that an earlier failure kept in memory."""
+        with self._deferred_lock:
+            pending = list(self._deferred_final.items())
+        for run_id, (status, error, traceback, when) in pending:
+            try:
+                self._write_final(run_id, status, error, traceback, when)
+            except StoreError:
+                return
+            with self._deferred_lock:
+                self._deferred_final.pop(run_id, None)
 
     def update_run(self, run_id: str, **fields) -> None:
         allowed = {"summary", "metrics", "step", "total_steps", "phase", "name"}
@@ -284,11 +322,13 @@ class RunStore:
                 )
         return orphans
 
-    @staticmethod
-    def _run_row(row: sqlite3.Row) -> dict:
+    def _run_row(self, row: sqlite3.Row) -> dict:
         run = dict(row)
         for key in ("config", "summary", "metrics"):
             run[key] = json.loads(run[key]) if run[key] else {}
+        deferred = self._deferred_final.get(run["id"])
+        if deferred is not None:
+            run["status"], run["error"], run["traceback"], run["finished_at"] = deferred
         return run
 
     def get_run(self, run_id: str) -> dict:

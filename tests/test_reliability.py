@@ -1,0 +1,223 @@
+"""Faults and load: a failing method, out of memory, a full disk, a busy store, concurrent runs,
+and a soak of many runs. The app must go on and the record must stay true."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_config, train_now
+
+
+def _rss_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_failing_run_does_not_stop_the_next_one(store, monkeypatch):
+    from app.manager import RunManager
+    from app.methods.base import Method
+    from app.methods.full_ft import FullFineTuning
+
+    def fail_on_step_two(self, model, batch, state):
+        if state.step == 2 and self.config.classifier_dropout == 0.3:
+            raise ValueError("method exploded at step 2")
+        return Method.training_step(self, model, batch, state)
+
+    monkeypatch.setattr(FullFineTuning, "training_step", fail_on_step_two)
+    manager = RunManager(store, workers=1)
+    try:
+        bad = manager.submit(tiny_config(method_config={"classifier_dropout": 0.3}))
+        good = manager.submit(tiny_config())
+        bad_record = manager.wait(bad, timeout=120)
+        assert bad_record["status"] == "failed"
+        assert "method exploded at step 2" in bad_record["error"]
+        assert len(store.steps(bad)) == 1
+        assert manager.wait(good, timeout=120)["status"] == "finished"
+    finally:
+        manager.shutdown()
+
+
+def test_out_of_memory_fails_with_advice(store, monkeypatch):
+    from app.methods.full_ft import FullFineTuning
+
+    def out_of_memory(self, model, batch, state):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(FullFineTuning, "training_step", out_of_memory)
+    record = train_now(store)
+    assert record["status"] == "failed"
+    assert "smaller batch size or max length" in record["error"]
+
+
+def test_cpu_memory_error_is_reported_the_same_way(store, monkeypatch):
+    from app.methods.full_ft import FullFineTuning
+
+    def no_memory(self, model, batch, state):
+        raise MemoryError()
+
+    monkeypatch.setattr(FullFineTuning, "training_step", no_memory)
+    record = train_now(store)
+    assert record["status"] == "failed" and "out of memory" in record["error"]
+
+
+def test_full_disk_while_writing_fails_the_run_cleanly(store, monkeypatch):
+    """SQLite's page limit raises the same SQLITE_FULL error a full disk does."""
+    from app.store import RunStore
+
+    earlier = train_now(store)
+    earlier_steps = store.steps(earlier["id"])
+
+    original_conn = RunStore._conn
+    limit = {"pages": None}
+
+    def limited_conn(self):
+        conn = original_conn(self)
+        if limit["pages"] is not None:
+            conn.execute(f"PRAGMA max_page_count={limit['pages']}")
+        return conn
+
+    monkeypatch.setattr(RunStore, "_conn", limited_conn)
+    from app.training import execute_run, prepare_run
+
+    prepared = prepare_run(tiny_config(steps=400, eval_every=400), store)
+    run_id = store.create_run(prepared.config.as_dict())
+    page_count = store._conn().execute("PRAGMA page_count").fetchone()[0]
+    limit["pages"] = page_count + 2  # room for a few steps, then "database or disk is full"
+    record = execute_run(store, run_id, prepared=prepared)
+    limit["pages"] = None
+    store._conn().execute("PRAGMA max_page_count=1073741823")
+    assert record["status"] == "failed", record
+    assert "full" in record["error"] and "disk" in record["error"]
+    store.flush_deferred()
+    assert store.get_run(run_id)["status"] == "failed"
+    assert store.get_run(earlier["id"])["metrics"] == earlier["metrics"]
+    assert store.steps(earlier["id"]) == earlier_steps
+    assert store.integrity_ok()
+
+
+def test_busy_store_fails_the_run_cleanly(runs_dir):
+    from app.store import RunStore
+    from app.training import execute_run, prepare_run
+
+    store = RunStore(runs_dir, busy_timeout=0.5)
+    earlier = train_now(store)
+    prepared = prepare_run(tiny_config(steps=50, eval_every=50), store)
+    run_id = store.create_run(prepared.config.as_dict())
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock():  # another writer (say, a second app process) holding the database
+        blocker = sqlite3.connect(store.db_path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(30)
+        blocker.execute("COMMIT")
+        blocker.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    assert locked.wait(5)
+    try:
+        record = execute_run(store, run_id, prepared=prepared)
+    finally:
+        release.set()
+        holder.join()
+    assert record["status"] == "failed"
+    assert "could not be written" in record["error"]
+    store.flush_deferred()
+    assert RunStore(runs_dir).get_run(run_id)["status"] == "failed"
+    assert RunStore(runs_dir).get_run(earlier["id"])["status"] == "finished"
+
+
+def test_two_workers_keep_every_runs_numbers_apart(store):
+    """Runs on different datasets and lengths, two at a time, read meanwhile by two readers."""
+    from app.manager import RunManager
+    from app.store import RunStore
+
+    configs = [
+        tiny_config(dataset="sms-spam", steps=8, batch_size=8),
+        tiny_config(dataset="trec-6", steps=11, batch_size=4),
+        tiny_config(dataset="sms-spam", steps=5, batch_size=16, max_length=16),
+        tiny_config(dataset="trec-6", steps=7, batch_size=8, max_length=24),
+    ]
+    manager = RunManager(store, workers=2)
+    readers_done = threading.Event()
+    reads = {"count": 0, "errors": []}
+
+    def reader():
+        own = RunStore(store.runs_dir)
+        while not readers_done.is_set():
+            try:
+                for run in own.list_runs():
+                    own.steps(run["id"])
+                    own.evals(run["id"])
+                reads["count"] += 1
+            except Exception as exc:  # any read error is a failure of the store
+                reads["errors"].append(repr(exc))
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        ids = [manager.submit(c) for c in configs]
+        deadline = time.monotonic() + 60
+        saw_two_running = False
+        while time.monotonic() < deadline and not saw_two_running:
+            saw_two_running = sum(store.get_run(i)["status"] == "running" for i in ids) == 2
+            time.sleep(0.02)
+        records = [manager.wait(i, timeout=300) for i in ids]
+    finally:
+        readers_done.set()
+        for t in threads:
+            t.join()
+        manager.shutdown()
+    assert saw_two_running
+    assert reads["errors"] == [] and reads["count"] > 5
+    for config, record in zip(configs, records):
+        assert record["status"] == "finished", record.get("error")
+        steps = store.steps(record["id"])
+        assert [s["step"] for s in steps] == list(range(1, config["steps"] + 1))
+        classes = 2 if config["dataset"] == "sms-spam" else 6
+        assert len(record["summary"]["dataset"]["label_names"]) == classes
+        assert record["summary"]["dataset"]["name"] == config["dataset"]
+        test_eval = store.evals(record["id"], "test")
+        assert len(test_eval) == 1 and test_eval[0]["examples"] == 64
+        # the activation bytes scale with this run's own batch and length, not another run's
+        activations = steps[0]["memory"]["activations"]
+        per_token = activations / (config["batch_size"] * config["max_length"])
+        assert 1_000 < per_token < 100_000
+
+
+def test_soak_fifty_runs(store):
+    from app.manager import RunManager
+
+    manager = RunManager(store, workers=1)
+    rss = {}
+    try:
+        ids = []
+        for i in range(50):
+            ids.append(manager.submit(tiny_config(steps=2, eval_every=2, max_train_examples=32,
+                                                  max_eval_examples=16, seed=i)))
+            if i == 4:
+                for run_id in ids:
+                    manager.wait(run_id, timeout=120)
+                rss["after_5"] = _rss_bytes()
+        records = [manager.wait(run_id, timeout=600) for run_id in ids]
+        rss["after_50"] = _rss_bytes()
+    finally:
+        manager.shutdown()
+    assert [r["status"] for r in records] == ["finished"] * 50
+    assert store.integrity_ok()
+    assert all(len(store.steps(r["id"])) == 2 for r in records)
+    assert all(len(store.evals(r["id"], "test")) == 1 for r in records)
+    growth = rss["after_50"] - rss["after_5"]
+    print(f"RSS after 5 runs {rss['after_5'] / 2**20:.0f} MiB, after 50 runs {rss['after_50'] / 2**20:.0f} MiB "
+          f"(growth {growth / 2**20:.0f} MiB)")
+    assert growth < 150 * 2**20
