@@ -274,14 +274,16 @@ def read_hub_corpus(dataset_id: str, columns: ColumnMap) -> RawCorpus:
         import datasets as hf_datasets
     except ImportError as exc:  # pragma: no cover - datasets is a requirement
         raise DatasetError("the 'datasets' package is needed for hub datasets") from exc
-    if not _hub_reachable():
+    local_folder = Path(dataset_id).expanduser().is_dir()
+    if not local_folder and not _hub_reachable():
         # datasets retries for a long time without a network: answer at once instead.
         raise DatasetError(
             f"dataset '{dataset_id}' is not a registry name ({', '.join(REGISTRY)}) nor an existing file, "
             "and the Hugging Face hub cannot be reached (offline?)"
         )
     try:
-        loaded = hf_datasets.load_dataset(dataset_id, download_mode="reuse_cache_if_exists")
+        source = str(Path(dataset_id).expanduser().resolve()) if local_folder else dataset_id
+        loaded = hf_datasets.load_dataset(source, download_mode="reuse_cache_if_exists")
     except Exception as exc:
         raise DatasetError(f"cannot load hub dataset '{dataset_id}': {exc}") from exc
     texts, pairs, raw_labels = [], [], []
@@ -363,7 +365,7 @@ def _load_corpus(name: str, columns: ColumnMap, file_stamp: tuple) -> RawCorpus:
             return entry.load()
         except FileNotFoundError as exc:
             raise DatasetError(f"dataset '{name}' is not installed; install it with: {entry.install_hint}") from exc
-    if file_stamp:
+    if file_stamp and file_stamp[0] != "folder":
         return read_file_corpus(Path(name).expanduser(), columns)
     return read_hub_corpus(name, columns)
 
@@ -379,6 +381,9 @@ def _file_stamp(name: str) -> tuple:
         return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if not name.strip():
         raise DatasetError("no dataset given")
+    if path.is_dir():  # a dataset folder in the hub's layout, read by `datasets` without a network
+        newest = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
+        return ("folder", str(path.resolve()), newest)
     return ()
 
 

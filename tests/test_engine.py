@@ -325,3 +325,61 @@ def test_bad_config_is_refused_before_anything_is_stored(store):
         assert store.list_runs() == []
     finally:
         manager.shutdown()
+
+
+def test_hub_dataset_code_reads_a_local_dataset_folder(tmp_path):
+    """The hub path goes through `datasets.load_dataset`; a folder in hub layout needs no network."""
+    from app.data import ColumnMap, load_dataset
+
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    (folder / "train.csv").write_text("sentence,label\n" + "\n".join(f"train text {i},{i % 2}" for i in range(40)))
+    (folder / "test.csv").write_text("sentence,label\n" + "\n".join(f"test text {i},{i % 2}" for i in range(10)))
+    data = load_dataset(str(folder), columns=ColumnMap(text="sentence", label="label"))
+    assert len(data.train) + len(data.validation) + len(data.test) == 50
+    assert data.label_names == ["0", "1"]
+
+
+def test_offline_hub_dataset_id_fails_fast():
+    from app.data import load_dataset
+    from app.errors import DatasetError
+
+    start = time.monotonic()
+    with pytest.raises(DatasetError, match="cannot be reached"):
+        load_dataset("some-org/no-such-dataset")
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty"),
+        (b"text,label\n", "no rows"),
+        ("text,label\ncaf\xe9,1\n".encode("latin-1"), "not UTF-8"),
+        (b"words,label\nhello,1\nbye,0\n", "no column 'text'"),
+        (b"text,label\nhello,1\nbye,1\nagain,1\n", "single class"),
+    ],
+)
+def test_bad_csv_files_get_clear_messages(tmp_path, content, message):
+    from app.data import load_dataset
+    from app.errors import DatasetError
+
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(str(path))
+
+
+def test_unhashable_labels_and_oversized_files_are_refused(tmp_path, monkeypatch):
+    from app.data import load_dataset
+    from app.errors import DatasetError
+
+    path = tmp_path / "lists.jsonl"
+    path.write_text('{"text": "a", "label": [1, 2]}\n{"text": "b", "label": [3]}\n')
+    with pytest.raises(DatasetError, match="single values"):
+        load_dataset(str(path))
+    big = tmp_path / "big.csv"
+    big.write_text("text,label\n" + "x,1\ny,0\n" * 2000)
+    monkeypatch.setenv("LAB_MAX_DATASET_MB", "0.01")
+    with pytest.raises(DatasetError, match="limit"):
+        load_dataset(str(big))
