@@ -239,6 +239,62 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _split_list(text: str | None, what: str, convert) -> list:
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    try:
+        return [convert(item) for item in items]
+    except ValueError:
+        raise LabError(f"{what} expects a comma-separated list, e.g. 0.3,0.6; got '{text}'") from None
+
+
+def cmd_compress(args) -> int:
+    from tqdm import tqdm
+
+    from .compression import as_plan, compress_run
+
+    values = {
+        "sparsities": _split_list(args.sparsity, "--sparsity", float),
+        "quantize": _split_list(args.quantize, "--quantize", str),
+        "scope": args.scope,
+        "recovery_steps": args.recovery_steps,
+    }
+    for key in ("structured_heads", "structured_heads_total", "structured_ffn", "recovery_lr",
+                "latency_repeats", "latency_warmup", "latency_batch_size"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    plan = as_plan(values)
+    store = _store(args)
+    store.mark_orphans_interrupted()
+    bars = []  # made at the first report, which comes after every input check
+
+    def progress(done, total, message):
+        if not bars:
+            bars.append(tqdm(total=total, desc=f"compress {args.run_id}", unit="point", file=sys.stderr,
+                             disable=args.quiet, dynamic_ncols=True))
+        bars[0].set_postfix_str(message[:60], refresh=False)
+        bars[0].update(done - bars[0].n)
+
+    try:
+        points = compress_run(store, args.run_id, plan, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    if args.json:
+        _print_json({"run_id": args.run_id, "points": points})
+    else:
+        print(f"run {args.run_id}: {len(points)} points")
+        print(f"  {'kind':<13}{'setting':<14}{'accuracy':>9}{'agree':>8}{'params':>12}{'MiB':>9}{'ms/batch':>10}")
+        for p in points:
+            accuracy = "-" if p.get("test_accuracy") is None else f"{p['test_accuracy']:.4f}"
+            agreement = "-" if p.get("agreement") is None else f"{p['agreement']:.3f}"
+            latency = "-" if p.get("latency_ms") is None else f"{p['latency_ms']:.1f}"
+            params = "-" if p.get("params") is None else f"{p['params']:,}"
+            print(f"  {p['kind']:<13}{p['setting']:<14}{accuracy:>9}{agreement:>8}{params:>12}"
+                  f"{p['bytes'] / 2**20:>9.2f}{latency:>10}")
+    return 0
+
+
 SUBCOMMANDS = {
     "train": cmd_train,
     "runs": cmd_runs,
@@ -246,6 +302,7 @@ SUBCOMMANDS = {
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,
     "export": cmd_export,
+    "compress": cmd_compress,
 }
 
 
@@ -302,6 +359,30 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[common], help="write a finished run's trained model")
     export.add_argument("run_id")
     export.add_argument("--out", required=True)
+
+    compress = sub.add_parser("compress", parents=[common],
+                              help="prune and quantize a finished run's model; measure accuracy, size, latency")
+    compress.add_argument("run_id")
+    compress.add_argument("--sparsity", help="unstructured pruning sparsities, comma-separated, each in [0, 1)")
+    compress.add_argument("--quantize", help="comma-separated: fp16, bf16, int8, 8bit, 4bit, 2bit, 1bit")
+    scope = compress.add_mutually_exclusive_group()
+    scope.add_argument("--global", dest="scope", action="store_const", const="global",
+                       help="rank weights over all encoder matrices together (default)")
+    scope.add_argument("--per-layer", dest="scope", action="store_const", const="per_layer",
+                       help="prune each encoder matrix to the sparsity on its own")
+    compress.set_defaults(scope="global")
+    compress.add_argument("--structured-heads", type=int, metavar="N", help="remove N attention heads per layer")
+    compress.add_argument("--structured-heads-total", type=int, metavar="N",
+                          help="remove N attention heads across the model")
+    compress.add_argument("--structured-ffn", type=float, metavar="FRACTION",
+                          help="remove this fraction of every layer's FFN neurons")
+    compress.add_argument("--recovery-steps", type=int, default=0, metavar="N",
+                          help="fine-tune each pruned model N steps on the run's training data")
+    compress.add_argument("--recovery-lr", type=float, help="learning rate of the recovery (default: the run's)")
+    compress.add_argument("--latency-repeats", type=int, help="timed forward passes per point (median reported)")
+    compress.add_argument("--latency-warmup", type=int, help="untimed forward passes before timing")
+    compress.add_argument("--latency-batch-size", type=int, help="batch size for latency (default 32)")
+    compress.add_argument("--quiet", action="store_true", help="no progress bar")
 
     return parser
 

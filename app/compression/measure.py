@@ -1,0 +1,128 @@
+"""What a compressed model costs and how well it predicts: stored parameters, nonzero weights,
+bytes of its saved state, test accuracy and CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from ..methods.base import logits_of, model_inputs
+from .pruning import Targets
+from .quantization import is_dynamic_quantized
+
+SCALE_BYTES = 4  # one fp32 scale per output row of a k-bit matrix
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a saved copy of this model holds, each storage once; a dynamically quantized
+    Linear contributes its int8 weight, scale, zero point and fp32 bias."""
+    state: dict[str, torch.Tensor] = {}
+    seen: set[tuple] = set()
+
+    def add(name: str, tensor: torch.Tensor) -> None:
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            return  # tied weights are stored once
+        seen.add(key)
+        state[name] = tensor.detach().to("cpu").contiguous()
+
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if is_dynamic_quantized(module):
+            weight = module.weight()
+            add(prefix + "weight_int8", weight.int_repr())
+            if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                add(prefix + "weight_scale", weight.q_per_channel_scales().float())
+                add(prefix + "weight_zero_point", weight.q_per_channel_zero_points())
+            else:
+                add(prefix + "weight_scale", torch.tensor([weight.q_scale()], dtype=torch.float32))
+                add(prefix + "weight_zero_point", torch.tensor([weight.q_zero_point()], dtype=torch.int64))
+            bias = module.bias()
+            if bias is not None:
+                add(prefix + "bias", bias)
+            continue
+        for name, parameter in module.named_parameters(recurse=False):
+            add(prefix + name, parameter)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                add(prefix + name, buffer)
+    return state
+
+
+def saved_bytes(model: nn.Module) -> int:
+    """Size of the model's state written as one safetensors file (serialised in memory)."""
+    return len(safetensors_bytes(state_tensors(model)))
+
+
+def packed_kbit_bytes(model: nn.Module, targets: Targets, bits: int) -> int:
+    """Bytes the saved state would take with the target weights packed at `bits` bits each plus
+    one fp32 scale per output row; every other tensor at its stored size. Computed, not written:
+    safetensors has no sub-byte type."""
+    target_names = {f"{name}.weight" for name, _ in targets.modules}
+    total = 0
+    for name, tensor in state_tensors(model).items():
+        if name in target_names:
+            total += (tensor.numel() * bits + 7) // 8 + tensor.shape[0] * SCALE_BYTES
+        else:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(stored parameters, nonzero parameters); an int8 weight counts as its number of entries."""
+    total = nonzero = 0
+    for name, tensor in state_tensors(model).items():
+        if name.endswith(("weight_scale", "weight_zero_point")):
+            continue  # quantization metadata, not model parameters
+        total += tensor.numel()
+        nonzero += int(torch.count_nonzero(tensor))
+    return total, nonzero
+
+
+@torch.inference_mode()
+def test_logits(model: nn.Module, tensors: dict, *, batch_size: int = 64,
+                check_cancel: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """fp32 logits of every example of a split, in order."""
+    model.eval()
+    out = []
+    n = len(tensors["labels"])
+    for start in range(0, n, batch_size):
+        check_cancel()
+        batch = {k: v[start : start + batch_size] for k, v in tensors.items()}
+        out.append(logits_of(model(**model_inputs(batch))).float())
+    return torch.cat(out)
+
+
+def logit_drift(logits: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over examples of |logits - reference| / |reference| (L2 norms): how far compression
+    moved the model's outputs, visible even when the predicted classes stay the same."""
+    return float(((logits - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-12)).mean())
+
+
+def latency_batch(tensors: dict, batch_size: int) -> dict:
+    """`batch_size` test examples at the run's max length (repeated when the split is smaller)."""
+    n = len(tensors["labels"])
+    index = torch.arange(batch_size) % n
+    return {k: v[index] for k, v in model_inputs(tensors).items()}
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, batch: dict, *, repeats: int, warmup: int,
+               check_cancel: Callable[[], None] = lambda: None) -> tuple[float, list[float]]:
+    """Median wall time of one forward pass over `batch`, after `warmup` untimed passes."""
+    model.eval()
+    for _ in range(warmup):
+        check_cancel()
+        model(**batch)
+    times = []
+    for _ in range(repeats):
+        check_cancel()
+        start = time.perf_counter()
+        model(**batch)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times), times

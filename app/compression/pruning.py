@@ -1,0 +1,265 @@
+"""Pruning a trained encoder: unstructured magnitude masks, and structured removal of attention
+heads and FFN neurons that really shrinks the Linear layers.
+
+transformers 5 dropped `PreTrainedModel.prune_heads`, so heads are removed here by slicing the
+query/key/value rows and the attention output's columns of each layer. BERT-family attention
+reshapes its projections with `view(..., -1, head_size)`, so a layer with fewer heads runs as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ..errors import LabError
+
+# Names under which a module is a task head or an embedding, never a pruning/quantization target.
+_EXCLUDED_PARTS = ("embed", "classifier", "pooler", "score", "lm_head")
+
+
+@dataclass
+class Targets:
+    """The Linear layers compression acts on, and a sentence saying which they are."""
+
+    modules: list[tuple[str, nn.Linear]]
+    description: str
+
+    @property
+    def weight_count(self) -> int:
+        return sum(m.weight.numel() for _, m in self.modules)
+
+
+def linear_targets(model: nn.Module) -> Targets:
+    """The encoder's Linear layers (attention and FFN projections); embeddings, pooler and
+    classifier are left alone because they are small or not matrices a layer multiplies by."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    in_encoder = [(n, m) for n, m in linears if "encoder" in n.split(".") and
+                  not any(part in n for part in _EXCLUDED_PARTS)]
+    if in_encoder:
+        return Targets(in_encoder, f"the {len(in_encoder)} Linear weight matrices of the encoder layers "
+                                   "(attention q/k/v/output and FFN); embeddings, pooler and classifier untouched")
+    others = [(n, m) for n, m in linears if not any(part in n for part in _EXCLUDED_PARTS)]
+    if not others:
+        raise LabError("this model has no Linear layers outside its embeddings and head to compress")
+    return Targets(others, f"the model's {len(others)} Linear weight matrices outside embeddings and "
+                           "task head (no encoder submodule was found)")
+
+
+def magnitude_prune(model: nn.Module, sparsity: float, scope: str) -> Targets:
+    """Zero the smallest-magnitude fraction `sparsity` of the target weights, ranked over all
+    targets together (`global`) or within each matrix (`per_layer`).
+
+    Masks stay attached (weight = weight_orig * mask) so a recovery fine-tune keeps the zeros;
+    call `make_pruning_permanent` afterwards.
+    """
+    targets = linear_targets(model)
+    if scope == "global":
+        prune.global_unstructured([(m, "weight") for _, m in targets.modules],
+                                  pruning_method=prune.L1Unstructured, amount=float(sparsity))
+    elif scope == "per_layer":
+        for _, m in targets.modules:
+            prune.l1_unstructured(m, "weight", amount=float(sparsity))
+    else:
+        raise LabError(f"unknown pruning scope '{scope}': use global or per_layer")
+    return targets
+
+
+def make_pruning_permanent(model: nn.Module) -> None:
+    for module in model.modules():
+        if prune.is_pruned(module) and hasattr(module, "weight_orig"):
+            prune.remove(module, "weight")
+
+
+def target_sparsity(targets: Targets) -> float:
+    zeros = sum(int((m.weight == 0).sum()) for _, m in targets.modules)
+    return zeros / max(1, targets.weight_count)
+
+
+# --- structured pruning ------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionParts:
+    attention: nn.Module  # has query, key, value, attention_head_size, num_attention_heads
+    output: nn.Linear  # attention output projection (its input columns are per head)
+
+
+@dataclass
+class FeedForwardParts:
+    layer: nn.Module
+    up: nn.Linear  # hidden -> intermediate
+    down: nn.Linear  # intermediate -> hidden
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise LabError(
+            f"structured pruning needs a plain transformers model, but this run's inference model is a "
+            f"{type(model).__name__}; use unstructured pruning or quantization for this method"
+        )
+    base = getattr(model, "base_model", model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise LabError(f"structured pruning found no encoder layers in {type(model).__name__}")
+    return layers
+
+
+def attention_parts(model: nn.Module) -> list[AttentionParts]:
+    parts = []
+    for index, layer in enumerate(encoder_layers(model)):
+        attention = getattr(getattr(layer, "attention", None), "self", None)
+        output = getattr(getattr(getattr(layer, "attention", None), "output", None), "dense", None)
+        if attention is None or output is None or not all(
+            isinstance(getattr(attention, name, None), nn.Linear) for name in ("query", "key", "value")
+        ):
+            raise LabError(
+                f"attention-head pruning supports BERT-style attention (query/key/value projections); "
+                f"layer {index} of {model.config.model_type} is built differently (MPNet's shared relative "
+                "position bias per head, for one, cannot be sliced per layer); use FFN pruning instead"
+            )
+        parts.append(AttentionParts(attention, output))
+    return parts
+
+
+def feed_forward_parts(model: nn.Module) -> list[FeedForwardParts]:
+    parts = []
+    for index, layer in enumerate(encoder_layers(model)):
+        up = getattr(getattr(layer, "intermediate", None), "dense", None)
+        down = getattr(getattr(layer, "output", None), "dense", None)
+        if not isinstance(up, nn.Linear) or not isinstance(down, nn.Linear):
+            raise LabError(f"FFN pruning expects intermediate.dense and output.dense Linear layers; layer {index} "
+                           f"of {model.config.model_type} has none")
+        parts.append(FeedForwardParts(layer, up, down))
+    return parts
+
+
+def heads_per_layer(model: nn.Module) -> list[int]:
+    return [p.attention.query.out_features // p.attention.attention_head_size for p in attention_parts(model)]
+
+
+def head_importance(parts: AttentionParts) -> torch.Tensor:
+    """L1 norm of every weight that belongs to one head: its q/k/v rows and output columns."""
+    size = parts.attention.attention_head_size
+    with torch.no_grad():
+        rows = sum(getattr(parts.attention, name).weight.abs().sum(1) for name in ("query", "key", "value"))
+        columns = parts.output.weight.abs().sum(0)
+        return (rows + columns).view(-1, size).sum(1).float()
+
+
+def neuron_importance(parts: FeedForwardParts) -> torch.Tensor:
+    with torch.no_grad():
+        return (parts.up.weight.abs().sum(1) + parts.down.weight.abs().sum(0)).float()
+
+
+def _keep_rows(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
+    new = nn.Linear(linear.in_features, len(index), bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[index])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias[index])
+    new.weight.requires_grad_(linear.weight.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(linear.bias.requires_grad)
+    return new
+
+
+def _keep_columns(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
+    new = nn.Linear(len(index), linear.out_features, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[:, index])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias)
+    new.weight.requires_grad_(linear.weight.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(linear.bias.requires_grad)
+    return new
+
+
+def _set_child(parent: nn.Module, child: nn.Module, new: nn.Module) -> None:
+    for name, module in parent.named_children():
+        if module is child:
+            setattr(parent, name, new)
+            return
+    raise RuntimeError("module to replace is not a direct child")
+
+
+def remove_heads(parts: AttentionParts, heads: list[int], owner: nn.Module) -> None:
+    """Remove the given heads of one layer; `owner` is the module holding `parts.output`."""
+    if not heads:
+        return
+    attention, size = parts.attention, parts.attention.attention_head_size
+    total = attention.query.out_features // size
+    keep_heads = [h for h in range(total) if h not in set(heads)]
+    if not keep_heads:
+        raise LabError("cannot remove every head of a layer; keep at least one")
+    index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep_heads]).to(attention.query.weight.device)
+    for name in ("query", "key", "value"):
+        setattr(attention, name, _keep_rows(getattr(attention, name), index))
+    new_output = _keep_columns(parts.output, index)
+    _set_child(owner, parts.output, new_output)
+    parts.output = new_output
+    attention.num_attention_heads = len(keep_heads)
+    attention.all_head_size = len(keep_heads) * size
+
+
+def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | None = None) -> dict:
+    """Remove the least important heads: `per_layer` from every layer, or `total` across the
+    model (importance normalised within each layer so layers compare; every layer keeps a head).
+    Returns {layer index: [removed head indices]}."""
+    parts = attention_parts(model)
+    counts = heads_per_layer(model)
+    scores = [head_importance(p) for p in parts]
+    plan: dict[int, list[int]] = {}
+    if per_layer is not None:
+        if per_layer < 0 or per_layer >= min(counts):
+            raise LabError(f"cannot remove {per_layer} heads per layer: layers have {min(counts)} heads "
+                           f"(remove between 0 and {min(counts) - 1})")
+        for i, s in enumerate(scores):
+            plan[i] = sorted(torch.argsort(s)[:per_layer].tolist())
+    elif total is not None:
+        limit = sum(c - 1 for c in counts)
+        if total < 0 or total > limit:
+            raise LabError(f"cannot remove {total} heads in all: the model has {sum(counts)} heads in "
+                           f"{len(counts)} layers and every layer keeps one (at most {limit})")
+        ranked = []
+        for i, s in enumerate(scores):
+            normalised = s / s.mean().clamp_min(1e-12)
+            ranked.extend((float(v), i, h) for h, v in enumerate(normalised))
+        ranked.sort()
+        removed = {i: [] for i in range(len(parts))}
+        for _, i, h in ranked:
+            if sum(len(v) for v in removed.values()) >= total:
+                break
+            if len(removed[i]) < counts[i] - 1:
+                removed[i].append(h)
+        plan = {i: sorted(v) for i, v in removed.items()}
+    else:
+        raise LabError("say how many heads to remove: per layer or in total")
+    layers = encoder_layers(model)
+    for i, heads in plan.items():
+        remove_heads(parts[i], heads, layers[i].attention.output)
+    return plan
+
+
+def prune_ffn(model: nn.Module, fraction: float) -> list[int]:
+    """Remove the least important `fraction` of every layer's FFN neurons (rows of the
+    intermediate Linear, the matching columns of the output Linear). Returns neurons kept per layer."""
+    if not 0.0 <= fraction < 1.0:
+        raise LabError(f"FFN pruning fraction must be in [0, 1), got {fraction}")
+    kept = []
+    for parts in feed_forward_parts(model):
+        width = parts.up.out_features
+        keep_count = max(1, width - int(round(fraction * width)))
+        keep = torch.sort(torch.argsort(neuron_importance(parts), descending=True)[:keep_count]).values
+        keep = keep.to(parts.up.weight.device)
+        _set_child(parts.layer.intermediate, parts.up, _keep_rows(parts.up, keep))
+        _set_child(parts.layer.output, parts.down, _keep_columns(parts.down, keep))
+        kept.append(int(keep_count))
+    return kept

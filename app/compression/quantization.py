@@ -1,0 +1,69 @@
+"""Quantizing a trained encoder: fp16/bf16 casts, dynamic int8 on CPU, and k-bit weight
+fake-quantization (8 down to 1 bit) to show where accuracy collapses.
+
+Dynamic int8 uses `torch.ao.quantization.quantize_dynamic` (deprecated in torch 2.13 but present;
+torchao, its successor, is not a dependency here): Linear weights are stored as int8 with one
+scale per matrix, activations are quantized on the fly per batch. k-bit fake-quant rounds each
+target weight to one of 2^k levels and keeps computing in fp32, so it measures accuracy only; its
+size is what the packed weights would take, computed rather than written.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from .pruning import Targets, linear_targets
+
+HALF_KINDS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+KBIT_KINDS = {"8bit": 8, "4bit": 4, "2bit": 2, "1bit": 1}
+QUANTIZE_KINDS = ("fp16", "bf16", "int8", "8bit", "4bit", "2bit", "1bit")
+
+
+def cast_half(model: nn.Module, kind: str) -> nn.Module:
+    return model.to(HALF_KINDS[kind])
+
+
+def dynamic_int8(model: nn.Module) -> nn.Module:
+    """A copy with every nn.Linear replaced by a dynamically quantized int8 Linear (CPU only)."""
+    with warnings.catch_warnings():
+        # torch 2.13 flags torch.ao.quantization as deprecated; it still works and is the only
+        # int8 path for CPU inference without an extra dependency.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
+        )
+
+
+def is_dynamic_quantized(module: nn.Module) -> bool:
+    return isinstance(module, torch.ao.nn.quantized.dynamic.Linear)
+
+
+def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric quantization, returned dequantized.
+
+    k >= 2: levels -qmax..qmax with qmax = 2^(k-1) - 1 and scale = max|w| / qmax per row (so 2 bits
+    is ternary {-s, 0, s}). k = 1: binary, sign(w) * mean|w| per row.
+    """
+    w = weight.detach().float()
+    if bits == 1:
+        scale = w.abs().mean(dim=1, keepdim=True)
+        signs = torch.where(w >= 0, 1.0, -1.0)
+        return (signs * scale).to(weight.dtype)
+    qmax = 2 ** (bits - 1) - 1
+    scale = (w.abs().amax(dim=1, keepdim=True) / qmax).clamp_min(1e-12)
+    return (torch.clamp(torch.round(w / scale), -qmax, qmax) * scale).to(weight.dtype)
+
+
+def fake_quantize(model: nn.Module, bits: int) -> Targets:
+    targets = linear_targets(model)
+    with torch.no_grad():
+        for _, module in targets.modules:
+            module.weight.copy_(fake_quantize_weight(module.weight, bits))
+    return targets

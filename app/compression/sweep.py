@@ -1,0 +1,446 @@
+"""A compression sweep over a finished run: every point is one compressed copy of the run's
+inference model, measured on the run's own test split and stored with the run.
+
+Each point is stored as `store.put_record(run_id, "compress", key, point)` as soon as it is
+measured, so a page can draw the sweep while it runs. Point fields:
+
+    kind            baseline | unstructured | heads | ffn | fp16 | bf16 | int8 | kbit
+    setting         short label of the setting ("0.3", "2 per layer", "4bit", ...)
+    key             the record key (unique per setting; "+recovery=N" when a recovery ran)
+    test_accuracy   accuracy on the run's test split (None when the point could not run)
+    agreement       fraction of test predictions equal to the uncompressed model's
+    logit_drift     mean relative L2 change of the test logits against the uncompressed model's
+    params          parameters stored; nonzero_params: of them, the nonzero ones
+    bytes           size of the compressed state (bytes_kind says whether written or computed)
+    latency_ms      median CPU time of one forward pass over a batch at the run's max length
+    note            what the figures do and do not mean for this kind
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, LabError, RunCancelled
+from ..methods.base import MethodConfig, logits_of, model_inputs, option, parse_config
+from . import measure
+from .pruning import (
+    feed_forward_parts,
+    heads_per_layer,
+    magnitude_prune,
+    make_pruning_permanent,
+    prune_ffn,
+    prune_heads,
+    target_sparsity,
+)
+from .quantization import HALF_KINDS, KBIT_KINDS, QUANTIZE_KINDS, cast_half, dynamic_int8, fake_quantize
+
+RECORD_KIND = "compress"
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass
+class CompressionPlan(MethodConfig):
+    sparsities: list[float] = option(
+        [], "Unstructured magnitude-pruning sparsities to try, each in [0, 1) (fraction of target weights zeroed)."
+    )
+    scope: str = option(
+        "global", "Rank weights for unstructured pruning over all target matrices together, or within each.",
+        choices=["global", "per_layer"],
+    )
+    quantize: list[str] = option(
+        [], "Quantizations to try: fp16, bf16, int8 (dynamic, CPU), 8bit/4bit/2bit/1bit (weight fake-quant).",
+        choices=list(QUANTIZE_KINDS),
+    )
+    structured_heads: int | None = option(
+        None, "Attention heads to remove from every layer, least important (L1 norm) first.", min=0
+    )
+    structured_heads_total: int | None = option(
+        None, "Attention heads to remove across the whole model, ranked by importance normalised per layer.",
+        min=0, advanced=True,
+    )
+    structured_ffn: float | None = option(
+        None, "Fraction of every layer's FFN neurons to remove, least important (L1 norm) first.", min=0.0, max=0.99
+    )
+    recovery_steps: int = option(
+        0, "Fine-tune each pruned model for this many steps on the run's training data (0: none).",
+        min=0, max=100_000,
+    )
+    recovery_lr: float | None = option(
+        None, "Learning rate of the recovery fine-tune; empty takes the run's.", min=1e-8, max=1.0, advanced=True
+    )
+    latency_batch_size: int = option(32, "Examples per batch when timing CPU latency.", min=1, max=1024,
+                                     advanced=True)
+    latency_repeats: int = option(5, "Timed forward passes per point (the median is reported).", min=1, max=100,
+                                  advanced=True)
+    latency_warmup: int = option(2, "Untimed forward passes before timing.", min=0, max=100, advanced=True)
+
+    def validate(self) -> None:
+        for value in self.sparsities:
+            if not 0.0 <= float(value) < 1.0:
+                raise ConfigError(f"sparsity {value} is outside [0, 1): give the fraction of weights to zero, e.g. 0.3")
+        unknown = [q for q in self.quantize if q not in QUANTIZE_KINDS]
+        if unknown:
+            raise ConfigError(f"unknown quantization '{unknown[0]}': use {', '.join(QUANTIZE_KINDS)}")
+        if self.scope not in ("global", "per_layer"):
+            raise ConfigError(f"unknown pruning scope '{self.scope}': use global or per_layer")
+        if self.structured_ffn is not None and not 0.0 <= self.structured_ffn < 1.0:
+            raise ConfigError(f"FFN pruning fraction {self.structured_ffn} is outside [0, 1)")
+        for name in ("structured_heads", "structured_heads_total", "recovery_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"'{name}' must be at least 0, got {value}")
+
+    def point_count(self) -> int:
+        return (1 + len(_unique(self.sparsities)) + len(_unique(self.quantize))
+                + (self.structured_heads is not None) + (self.structured_heads_total is not None)
+                + (self.structured_ffn is not None))
+
+
+def as_plan(plan: CompressionPlan | dict | None) -> CompressionPlan:
+    if plan is None:
+        plan = CompressionPlan()
+    elif isinstance(plan, dict):
+        plan = parse_config(CompressionPlan, plan)
+    plan.validate()
+    return plan
+
+
+def _unique(values: list) -> list:
+    return list(dict.fromkeys(values))
+
+
+@dataclass
+class _Session:
+    """What every point of one sweep shares."""
+
+    store: object
+    run_id: str
+    plan: CompressionPlan
+    base: nn.Module
+    test: dict
+    train_batches: Callable[[], object]
+    lr: float
+    grad_clip: float
+    weight_decay: float
+    latency_input: dict
+    check_cancel: Callable[[], None]
+    report: Callable[[str], None]
+    baseline_logits: torch.Tensor | None = None
+    baseline_bytes: int | None = None
+
+
+def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None, *,
+                 progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None) -> list[dict]:
+    """Run a compression sweep on a finished run; returns the points (also stored with the run).
+
+    `progress(done, total, message)` is called as points finish; setting `cancel` stops the
+    sweep with `RunCancelled` (points measured so far stay stored). Raises `LabError` for bad
+    input before any point is measured.
+    """
+    from ..checkpoints import load_run_model
+    from ..data import tokenize_split
+    from ..training import prepare_run
+
+    plan = as_plan(plan)
+    record = store.get_run(run_id)
+    if record["status"] != "finished":
+        raise LabError(f"run '{run_id}' is {record['status']}, not finished: only a finished run can be compressed")
+    cancel = cancel or threading.Event()
+    total = plan.point_count()
+    done = 0
+
+    def check_cancel() -> None:
+        if cancel.is_set():
+            raise RunCancelled()
+
+    def report(message: str) -> None:
+        check_cancel()
+        if progress:
+            progress(done, total, message)
+
+    check_cancel()
+    loaded = load_run_model(store, run_id, "cpu")
+    trained = {id(p) for _, p in loaded.method.trainable_parameters(loaded.model)}
+    for parameter in loaded.model.parameters():
+        parameter.requires_grad_(id(parameter) in trained)  # recovery trains what the method trained
+    base = loaded.method.inference_model(loaded.model).eval()
+    prepared = prepare_run(dict(record["config"], device="cpu"), store)
+    config = prepared.config
+    tokenizer = prepared.backbone.tokenizer
+
+    if plan.structured_heads is not None:
+        counts = heads_per_layer(base)
+        if plan.structured_heads >= min(counts):
+            raise ConfigError(f"cannot remove {plan.structured_heads} heads per layer: layers have {min(counts)} "
+                              f"heads; give at most {min(counts) - 1}")
+    if plan.structured_heads_total is not None:
+        counts = heads_per_layer(base)
+        if plan.structured_heads_total > sum(c - 1 for c in counts):
+            raise ConfigError(f"cannot remove {plan.structured_heads_total} heads in all: every one of the "
+                              f"{len(counts)} layers keeps one head (at most {sum(c - 1 for c in counts)})")
+    if plan.structured_ffn is not None:
+        feed_forward_parts(base)
+    if plan.recovery_steps and not any(p.requires_grad for p in base.parameters()):
+        raise LabError(f"recovery cannot run: method '{loaded.method.name}' trained no parameter of its inference model")
+
+    def train_batches():
+        tensors = tokenize_split(tokenizer, prepared.dataset, "train", config.max_length)
+        generator = torch.Generator().manual_seed(config.seed)
+        n = len(tensors["labels"])
+        while True:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n - config.batch_size + 1, config.batch_size):
+                chosen = order[start : start + config.batch_size]
+                yield {k: v[chosen] for k, v in tensors.items()}
+
+    test = tokenize_split(tokenizer, prepared.dataset, "test", config.max_length)
+    session = _Session(
+        store=store, run_id=run_id, plan=plan, base=base, test=test, train_batches=train_batches,
+        lr=plan.recovery_lr or record["summary"].get("lr") or prepared.lr,
+        grad_clip=config.grad_clip, weight_decay=config.weight_decay,
+        latency_input=measure.latency_batch(test, plan.latency_batch_size),
+        check_cancel=check_cancel, report=report,
+    )
+    points: list[dict] = []
+
+    def finish(point: dict) -> None:
+        nonlocal done
+        store.put_record(run_id, RECORD_KIND, point["key"], point)
+        points.append(point)
+        done += 1
+        accuracy = point.get("test_accuracy")
+        report(f"{point['key']}: accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}")
+
+    # Every check above runs before the first report, so bad input fails before any progress shows.
+    report("measuring the uncompressed model")
+    finish(_baseline_point(session, record))
+    for sparsity in _unique([float(s) for s in plan.sparsities]):
+        report(f"unstructured pruning to sparsity {sparsity:g} ({plan.scope})")
+        finish(_unstructured_point(session, sparsity))
+    if plan.structured_heads is not None:
+        report(f"removing {plan.structured_heads} attention heads per layer")
+        finish(_heads_point(session, per_layer=plan.structured_heads))
+    if plan.structured_heads_total is not None:
+        report(f"removing {plan.structured_heads_total} attention heads in all")
+        finish(_heads_point(session, total=plan.structured_heads_total))
+    if plan.structured_ffn is not None:
+        report(f"removing {plan.structured_ffn:g} of every layer's FFN neurons")
+        finish(_ffn_point(session, plan.structured_ffn))
+    for kind in _unique(plan.quantize):
+        report(f"quantizing: {kind}")
+        finish(_quantized_point(session, kind))
+    return points
+
+
+# --- points ------------------------------------------------------------------------------------
+
+
+def _measure(session: _Session, model: nn.Module, *, kind: str, setting: str, key: str, note: str,
+             bytes_value: int | None = None, bytes_kind: str = "safetensors file", **extra) -> dict:
+    session.check_cancel()
+    logits = measure.test_logits(model, session.test, check_cancel=session.check_cancel)
+    finite = torch.isfinite(logits).all(dim=-1)
+    predicted = logits.argmax(-1)
+    labels = session.test["labels"]
+    if session.baseline_logits is None:
+        session.baseline_logits = logits
+    params, nonzero = measure.parameter_counts(model)
+    size = bytes_value if bytes_value is not None else measure.saved_bytes(model)
+    latency, runs = measure.latency_ms(model, session.latency_input, repeats=session.plan.latency_repeats,
+                                       warmup=session.plan.latency_warmup, check_cancel=session.check_cancel)
+    point = {
+        "kind": kind,
+        "setting": setting,
+        "key": key,
+        "test_accuracy": float((predicted == labels).float().mean()),
+        "agreement": float((predicted == session.baseline_logits.argmax(-1)).float().mean()),
+        "logit_drift": measure.logit_drift(logits, session.baseline_logits) if bool(finite.all()) else None,
+        "params": int(params),
+        "nonzero_params": int(nonzero),
+        "bytes": int(size),
+        "bytes_kind": bytes_kind,
+        "latency_ms": float(latency),
+        "latency_runs_ms": [round(t, 3) for t in runs],
+        "latency_batch": [int(session.latency_input["input_ids"].shape[0]),
+                          int(session.latency_input["input_ids"].shape[1])],
+        "threads": torch.get_num_threads(),
+        "test_examples": int(len(labels)),
+        "note": note,
+    }
+    if not bool(finite.all()):
+        point["error"] = f"non-finite logits on {int((~finite).sum())} of {len(labels)} test examples"
+    if session.baseline_bytes:
+        point["size_ratio"] = point["bytes"] / session.baseline_bytes
+    point.update(extra)
+    return point
+
+
+def _baseline_point(session: _Session, record: dict) -> dict:
+    point = _measure(session, session.base, kind="baseline", setting="fp32", key="baseline",
+                     note="the run's inference model as trained, fp32, nothing removed",
+                     run_test_accuracy=record.get("metrics", {}).get("test_accuracy"))
+    session.baseline_bytes = point["bytes"]
+    point["size_ratio"] = 1.0
+    return point
+
+
+def _recovery_suffix(session: _Session) -> str:
+    return f"+recovery={session.plan.recovery_steps}" if session.plan.recovery_steps else ""
+
+
+def _recover(session: _Session, model: nn.Module) -> dict:
+    """A short fine-tune of a pruned model on the run's training data (constant lr, AdamW, the
+    run's grad clip and weight decay) on the parameters the method trained. Masks of unstructured
+    pruning stay attached, so pruned weights stay zero."""
+    before = measure.test_logits(model, session.test, check_cancel=session.check_cancel).argmax(-1)
+    accuracy_before = float((before == session.test["labels"]).float().mean())
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in parameters if p.ndim >= 2]
+    no_decay = [p for p in parameters if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": session.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=session.lr)
+    batches = session.train_batches()
+    model.train()
+    losses = []
+    steps = session.plan.recovery_steps
+    for step in range(1, steps + 1):
+        session.check_cancel()
+        batch = next(batches)
+        loss = F.cross_entropy(logits_of(model(**model_inputs(batch))).float(), batch["labels"])
+        loss.backward()
+        if session.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, session.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if step % 10 == 0 or step == steps:
+            session.report(f"recovery step {step}/{steps}, loss {losses[-1]:.4f}")
+    model.eval()
+    return {"recovery_steps": steps, "recovery_lr": session.lr, "accuracy_before_recovery": accuracy_before,
+            "recovery_loss_first": losses[0], "recovery_loss_last": losses[-1]}
+
+
+def _sparse_bytes(model: nn.Module, targets) -> int:
+    """Bytes with each target matrix stored as CSR (value + int32 column index per nonzero, int32
+    row pointers) and everything else dense."""
+    target_names = {f"{name}.weight" for name, _ in targets.modules}
+    total = 0
+    for name, tensor in measure.state_tensors(model).items():
+        if name in target_names:
+            nonzero = int(torch.count_nonzero(tensor))
+            total += nonzero * (tensor.element_size() + 4) + (tensor.shape[0] + 1) * 4
+        else:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _unstructured_point(session: _Session, sparsity: float) -> dict:
+    scope = session.plan.scope
+    model = copy.deepcopy(session.base)
+    targets = magnitude_prune(model, sparsity, scope)
+    recovery = _recover(session, model) if session.plan.recovery_steps else {}
+    make_pruning_permanent(model)
+    achieved = target_sparsity(targets)
+    point = _measure(
+        session, model, kind="unstructured", setting=f"{sparsity:g}", key=f"sparsity={sparsity:g}/{scope}"
+        + _recovery_suffix(session),
+        note="magnitude pruning masks weights to zero: bytes is the dense safetensors file (zeros take as much "
+             "room as any weight) and latency uses the same dense kernels; sparse_bytes estimates CSR storage "
+             "of the pruned matrices, smaller only at high sparsity",
+        sparsity=sparsity, scope=scope, achieved_sparsity=achieved, targets=targets.description,
+        target_weights=targets.weight_count, sparse_bytes=_sparse_bytes(model, targets), **recovery,
+    )
+    _release(model)
+    return point
+
+
+def _heads_point(session: _Session, *, per_layer: int | None = None, total: int | None = None) -> dict:
+    model = copy.deepcopy(session.base)
+    removed = prune_heads(model, per_layer=per_layer, total=total)
+    recovery = _recover(session, model) if session.plan.recovery_steps else {}
+    if per_layer is not None:
+        setting, key = f"{per_layer} per layer", f"heads={per_layer}"
+    else:
+        setting, key = f"{total} in all", f"heads_total={total}"
+    point = _measure(
+        session, model, kind="heads", setting=setting, key=key + _recovery_suffix(session),
+        note="attention heads removed by slicing q/k/v rows and output columns: parameters, bytes and latency "
+             "really drop; the saved state has per-layer shapes the model config cannot describe",
+        heads_removed={str(i): heads for i, heads in removed.items()},
+        heads_left=heads_per_layer(model), **recovery,
+    )
+    _release(model)
+    return point
+
+
+def _ffn_point(session: _Session, fraction: float) -> dict:
+    model = copy.deepcopy(session.base)
+    kept = prune_ffn(model, fraction)
+    recovery = _recover(session, model) if session.plan.recovery_steps else {}
+    point = _measure(
+        session, model, kind="ffn", setting=f"{fraction:g}", key=f"ffn={fraction:g}" + _recovery_suffix(session),
+        note="FFN neurons removed (intermediate rows and output columns): parameters, bytes and latency really drop",
+        ffn_fraction=fraction, ffn_neurons_kept=kept, **recovery,
+    )
+    _release(model)
+    return point
+
+
+def _quantized_point(session: _Session, kind: str) -> dict:
+    if kind in HALF_KINDS:
+        model = cast_half(copy.deepcopy(session.base), kind)
+        note = (f"weights cast to {kind}; CPU inference computes in {kind} where kernels exist"
+                + (" (fp16 matmul on CPU may be slow: the latency shows it)" if kind == "fp16" else ""))
+        try:
+            point = _measure(session, model, kind=kind, setting=kind, key=kind, note=note, dtype=kind)
+        except RuntimeError as exc:  # a CPU build without a kernel for this dtype: record, don't hide
+            point = {"kind": kind, "setting": kind, "key": kind, "test_accuracy": None, "agreement": None,
+                     "params": None, "nonzero_params": None, "bytes": measure.saved_bytes(model),
+                     "bytes_kind": "safetensors file", "latency_ms": None, "dtype": kind,
+                     "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                     "note": f"{kind} inference failed on this CPU"}
+        _release(model)
+        return point
+    if kind == "int8":
+        model = dynamic_int8(session.base)
+        point = _measure(
+            session, model, kind="int8", setting="int8", key="int8",
+            note="dynamic int8 (torch.ao quantize_dynamic): every nn.Linear (encoder, pooler, classifier) holds int8 "
+                 "weights with one scale per matrix, activations quantized per batch; embeddings and LayerNorm "
+                 "stay fp32; bytes is that state written as safetensors",
+        )
+        _release(model)
+        return point
+    bits = KBIT_KINDS[kind]
+    model = copy.deepcopy(session.base)
+    targets = fake_quantize(model, bits)
+    point = _measure(
+        session, model, kind="kbit", setting=kind, key=kind,
+        bytes_value=measure.packed_kbit_bytes(model, targets, bits), bytes_kind="computed packed size",
+        note=f"weight fake-quant: target weights rounded to {bits}-bit per-output-channel symmetric levels"
+             + (" (binary: sign x mean|w|)" if bits == 1 else " (ternary at 2 bits)" if bits == 2 else "")
+             + ", computed in fp32, so latency is the fp32 model's; bytes is computed, not written: "
+             f"{bits} bits per target weight plus an fp32 scale per row, other tensors as stored",
+        bits=bits, targets=targets.description, target_weights=targets.weight_count,
+    )
+    _release(model)
+    return point
+
+
+def _release(model: nn.Module) -> None:
+    del model
+    gc.collect()
+
+
+def stored_points(store, run_id: str) -> list[dict]:
+    """The compression points stored with a run (any earlier sweep's included)."""
+    return store.records(run_id, RECORD_KIND)
