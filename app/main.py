@@ -1,4 +1,9 @@
-"""Streamlit entry script: `streamlit run app/main.py`. The only engine file that imports streamlit."""
+"""Streamlit entry script: `streamlit run app/main.py`. The only file under app/ that imports streamlit.
+
+The page scripts live in pages/ at the project root, next to components/ and assets/. The entry
+script sits in app/ rather than beside pages/ on purpose: a pages/ folder next to the entry script
+puts Streamlit in its legacy auto-pages mode, where a deep link skips the entry script.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="Ladder & Theseus Lab", layout="wide")
+from components.common import page_setup  # noqa: E402
+from components.navigation import all_pages  # noqa: E402
 
-PAGES = [
-    st.Page("../pages/runs.py", title="Runs", url_path="runs", default=True),
-]
-st.navigation(PAGES).run()
+st.set_page_config(page_title="Ladder & Theseus Lab", page_icon=":material/stairs:", layout="wide")
+page_setup()
+st.navigation(all_pages()).run()

@@ -1,0 +1,71 @@
+"""Compression sweeps: start one in the background, follow it, and draw accuracy against size and latency."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.errors import LabError
+from components import figures
+from components.common import fmt_mib, fmt_pct, get_job_board, get_store
+
+JOB_KIND = "compress"
+RECORD_KIND = "compress"
+
+
+def start_sweep(store, board, run_id: str, plan: dict):
+    """Check the plan and the run now (errors reach the page), then sweep in a board-owned thread."""
+    from app.compression import as_plan, compress_run
+
+    checked = as_plan(dict(plan))
+    record = store.get_run(run_id)
+    if record["status"] != "finished":
+        raise LabError(f"run '{run_id}' is {record['status']}; only a finished run can be compressed")
+    return board.start(
+        JOB_KIND, run_id, f"compression sweep of {run_id}",
+        lambda job: compress_run(store, run_id, checked, progress=job.report, cancel=job.cancel_event),
+    )
+
+
+def render_sweep(run_id: str) -> bool:
+    store = get_store()
+    jobs = get_job_board().jobs(run_id=run_id, kind=JOB_KIND)
+    job = jobs[0] if jobs else None
+    if job is not None:
+        if job.active:
+            cols = st.columns([6, 1])
+            cols[0].progress(job.fraction or 0.0, text=f"Sweeping: {job.message}")
+            if cols[1].button("Cancel sweep", key=f"compress.cancel.{job.id}"):
+                job.cancel_event.set()
+        elif job.status == "failed":
+            st.error(f"The last sweep failed: {job.error}")
+            if job.traceback:
+                with st.expander("Traceback"):
+                    st.code(job.traceback, language="text")
+        elif job.status == "cancelled":
+            st.warning("The last sweep was cancelled; the points it measured are kept.")
+    points = store.records(run_id, RECORD_KIND)
+    if not points:
+        if not (job and job.active):
+            st.info("No compression results for this run yet — start a sweep below.")
+        return bool(job and job.active)
+    baseline = next((p for p in points if p.get("kind") == "baseline"), None)
+    others = [p for p in points if p.get("kind") != "baseline"]
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Accuracy against size**")
+        st.plotly_chart(figures.compress_figure(others, "bytes", "model size (MiB)", baseline), key="compress.size")
+    with right:
+        st.markdown("**Accuracy against CPU latency**")
+        st.plotly_chart(figures.compress_figure(others, "latency_ms", "latency per batch (ms)", baseline),
+                        key="compress.latency")
+    st.dataframe(
+        [{"kind": p.get("kind"), "setting": p.get("setting"), "test accuracy": fmt_pct(p.get("test_accuracy")),
+          "agreement": fmt_pct(p.get("agreement")), "size": fmt_mib(p.get("bytes")),
+          "latency (ms)": None if p.get("latency_ms") is None else round(p["latency_ms"], 2),
+          "parameters": p.get("params"), "nonzero": p.get("nonzero_params"), "note": p.get("note", "")}
+         for p in points],
+        hide_index=True, key="compress.table",
+    )
+    st.caption("Masks alone make nothing smaller or faster: unstructured pruning zeroes weights but keeps the "
+               "matrices, so only structured pruning (heads, FFN neurons) and casts change size and latency.")
+    return bool(job and job.active)

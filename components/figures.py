@@ -1,0 +1,446 @@
+"""Plotly figures of every page, built from plain data read from the store.
+
+No streamlit here, so the figures can be checked without a running app. Colours are left to the
+streamlit theme (`st.plotly_chart(theme="streamlit")` follows light and dark mode); where a colour
+must be fixed it is a mid-tone or a translucent grey that reads on both backgrounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+
+MIB = 1024 * 1024
+NEUTRAL = "rgba(128,128,128,0.55)"
+NEUTRAL_FILL = "rgba(128,128,128,0.14)"
+PARTS = ("weights", "gradients", "optimizer", "activations")
+# Mid-tone colours, distinct in both themes and for common colour-vision deficiencies.
+PART_COLOURS = {
+    "weights": "#4C78A8",
+    "gradients": "#F58518",
+    "optimizer": "#54A24B",
+    "activations": "#E45756",
+}
+# Categorical colours (Tableau 10): neighbours differ in hue, unlike the theme's paired blues and reds.
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D", "#FF9DA6",
+           "#BAB0AC"]
+HEATMAP_SCALE = "Viridis"
+MAX_HEATMAP_COLUMNS = 600
+
+
+def _layout(fig: go.Figure, x_title: str, y_title: str, title: str | None = None, height: int = 320) -> go.Figure:
+    # The title sits at the very top, the legend in its own row just above the plot area.
+    fig.update_layout(
+        title=dict(text=title, x=0, xanchor="left", y=0.995, yanchor="top", pad=dict(t=4)) if title else None,
+        height=height + (30 if title else 0),
+        margin=dict(l=10, r=10, t=78 if title else 40, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
+        hovermode="x unified",
+    )
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def thin_columns(steps: list, *columns: list) -> tuple:
+    """Every k-th entry so a heatmap stays under MAX_HEATMAP_COLUMNS columns (last kept)."""
+    n = len(steps)
+    if n <= MAX_HEATMAP_COLUMNS:
+        return (steps, *columns)
+    stride = math.ceil(n / MAX_HEATMAP_COLUMNS)
+    keep = list(range(0, n, stride))
+    if keep[-1] != n - 1:
+        keep.append(n - 1)
+    return ([steps[i] for i in keep], *[[c[i] for i in keep] for c in columns])
+
+
+def lines(traces: list[dict], x_title: str, y_title: str, title: str | None = None, height: int = 320,
+          hline: tuple[float, str] | None = None) -> go.Figure:
+    """Line chart; each trace is {"name", "x", "y"} plus optional "dash", "mode", "color"."""
+    fig = go.Figure()
+    for index, trace in enumerate(traces):
+        fig.add_trace(go.Scatter(
+            x=trace["x"], y=trace["y"], name=trace["name"], mode=trace.get("mode", "lines"),
+            line=dict(dash=trace.get("dash", "solid"), color=trace.get("color") or PALETTE[index % len(PALETTE)]),
+            legendgroup=trace.get("group"), showlegend=trace.get("showlegend", True),
+        ))
+    if hline is not None:
+        value, label = hline
+        fig.add_hline(y=value, line_dash="dot", line_color=NEUTRAL, annotation_text=label,
+                      annotation_position="bottom right")
+    return _layout(fig, x_title, y_title, title, height)
+
+
+# --- a run's live curves ----------------------------------------------------------------------
+
+
+def loss_figure(steps: list[dict], terms: bool = True) -> go.Figure:
+    xs = [s["step"] for s in steps]
+    traces = [{"name": "loss", "x": xs, "y": [s.get("loss") for s in steps]}]
+    if terms:
+        names = []
+        for s in steps:
+            for name in (s.get("terms") or {}):
+                if name not in names:
+                    names.append(name)
+        for name in names:
+            if name == "total":
+                continue
+            traces.append({"name": name, "x": xs, "y": [(s.get("terms") or {}).get(name) for s in steps],
+                           "dash": "dot"})
+    return lines(traces, "step", "loss", "Training loss")
+
+
+def accuracy_figure(evals: list[dict], reference: tuple[float, str] | None = None, title="Validation accuracy") -> go.Figure:
+    val = [e for e in evals if e["split"] == "validation"]
+    traces = [{"name": "validation accuracy", "x": [e["step"] for e in val],
+               "y": [None if e.get("accuracy") is None else 100 * e["accuracy"] for e in val], "mode": "lines+markers"}]
+    if any(e.get("macro_f1") is not None for e in val):
+        traces.append({"name": "validation macro-F1", "x": [e["step"] for e in val],
+                       "y": [None if e.get("macro_f1") is None else 100 * e["macro_f1"] for e in val],
+                       "mode": "lines+markers", "dash": "dot"})
+    hline = (100 * reference[0], reference[1]) if reference else None
+    fig = lines(traces, "step", "accuracy (%)", title, hline=hline)
+    return fig
+
+
+def throughput_figure(steps: list[dict]) -> go.Figure:
+    return lines([{"name": "examples / s", "x": [s["step"] for s in steps],
+                   "y": [s.get("examples_per_second") for s in steps]}], "step", "throughput (examples / s)",
+                 "Throughput")
+
+
+def memory_parts_figure(steps: list[dict]) -> go.Figure:
+    """Stacked areas of the measured parts of one run's memory, per step."""
+    measured = [s for s in steps if s.get("memory")]
+    fig = go.Figure()
+    xs = [s["step"] for s in measured]
+    for part in PARTS:
+        fig.add_trace(go.Scatter(
+            x=xs, y=[s["memory"].get(part, 0) / MIB for s in measured], name=part, stackgroup="memory",
+            mode="lines", line=dict(width=0.5, color=PART_COLOURS[part]),
+        ))
+    cuda = [s["memory"].get("cuda_max_allocated") for s in measured]
+    if any(v is not None for v in cuda):
+        fig.add_trace(go.Scatter(x=xs, y=[None if v is None else v / MIB for v in cuda],
+                                 name="CUDA max allocated", mode="lines", line=dict(dash="dash")))
+    return _layout(fig, "step", "memory (MiB)", "Measured training memory")
+
+
+# --- memory page --------------------------------------------------------------------------------
+
+
+def memory_overlay(series: list[dict]) -> go.Figure:
+    """Peak memory per step of several runs: [{"name", "steps", "peak"}] (peak in bytes)."""
+    return lines([{"name": s["name"], "x": s["steps"], "y": [None if v is None else v / MIB for v in s["peak"]]}
+                  for s in series], "step", "peak memory (MiB)", "Peak training memory per step")
+
+
+def memory_breakdown_bars(rows: list[dict]) -> go.Figure:
+    """Stacked bars per run: [{"name", "weights", "gradients", "optimizer", "activations"}] in bytes."""
+    fig = go.Figure()
+    names = [r["name"] for r in rows]
+    for part in PARTS:
+        fig.add_trace(go.Bar(x=names, y=[(r.get(part) or 0) / MIB for r in rows], name=part,
+                             marker_color=PART_COLOURS[part]))
+    fig.update_layout(barmode="stack")
+    fig = _layout(fig, "run", "memory at the peak step (MiB)", "What the memory holds")
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def trainable_bars(rows: list[dict]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[r["name"] for r in rows], y=[r["trainable"] for r in rows],
+                           text=[f"{100 * r['trainable'] / r['total']:.2f}%" if r.get("total") else "" for r in rows],
+                           textposition="outside", marker_color="#4C78A8", name="trainable"))
+    fig = _layout(fig, "run", "trainable parameters (log scale)", "Trainable parameters")
+    fig.update_yaxes(type="log")
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+# --- LST ----------------------------------------------------------------------------------------
+
+
+def block_names(backbone_layers: list[int] | None, count: int) -> list[str]:
+    if backbone_layers and len(backbone_layers) == count:
+        return [f"side {i + 1} ← layer {layer}" for i, layer in enumerate(backbone_layers)]
+    return [f"side {i + 1}" for i in range(count)]
+
+
+def gates_heatmap(steps: list[int], gates: list[list[float]], backbone_layers: list[int] | None) -> go.Figure:
+    """mu_i over steps: rows are side blocks, columns steps."""
+    steps, gates = thin_columns(steps, gates)
+    count = len(gates[0]) if gates else 0
+    z = [[row[i] for row in gates] for i in range(count)]
+    fig = go.Figure(go.Heatmap(
+        x=steps, y=block_names(backbone_layers, count), z=z, zmin=0.0, zmax=1.0, colorscale=HEATMAP_SCALE,
+        colorbar=dict(title="μ"), hovertemplate="step %{x}<br>%{y}<br>μ = %{z:.3f}<extra></extra>",
+    ))
+    fig = _layout(fig, "step", "side block", "Ladder gates μᵢ = σ(αᵢ / T) (1 keeps the side stream)",
+                  height=max(240, 60 + 28 * count))
+    fig.update_layout(hovermode="closest")
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def layer_stat_figure(steps: list[int], values: list[list[float]], names: list[str], stat: str) -> go.Figure:
+    traces = [{"name": name, "x": steps, "y": [row[i] if i < len(row) else None for row in values]}
+              for i, name in enumerate(names)]
+    return lines(traces, "step", stat, f"Side activations: {stat} per block")
+
+
+def histogram_figure(edges: list[float], hists: list[list[float]], names: list[str], step: int) -> go.Figure:
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    fig = go.Figure()
+    for index, (name, counts) in enumerate(zip(names, hists)):
+        total = sum(counts) or 1
+        fig.add_trace(go.Scatter(x=centres, y=[100 * c / total for c in counts], name=name, mode="lines",
+                                 line=dict(shape="hvh", color=PALETTE[index % len(PALETTE)])))
+    fig = _layout(fig, "activation value", "share of values (%)", f"Side activation histogram at step {step}")
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def norms_figure(steps: list[int], side: list[list[float]], ladder: list[list[float]], names: list[str],
+                 shown: list[int]) -> go.Figure:
+    traces = []
+    for i in shown:
+        colour = PALETTE[i % len(PALETTE)]
+        traces.append({"name": f"{names[i]}: side μ·h", "x": steps, "y": [r[i] if i < len(r) else None for r in side],
+                       "color": colour, "group": names[i]})
+        traces.append({"name": f"{names[i]}: ladder (1−μ)·down(h)", "x": steps,
+                       "y": [r[i] if i < len(r) else None for r in ladder], "color": colour, "dash": "dash",
+                       "group": names[i]})
+    return lines(traces, "step", "mean L2 norm per token", "Side stream vs ladder input (solid: side, dashed: ladder)")
+
+
+def pca_figure(points: list[list[float]], labels: list[int], label_names: list[str],
+               explained: list[float] | None, step: int) -> go.Figure:
+    fig = go.Figure()
+    for index, name in enumerate(label_names):
+        chosen = [p for p, lab in zip(points, labels) if lab == index]
+        if not chosen:
+            continue
+        fig.add_trace(go.Scatter(x=[p[0] for p in chosen], y=[p[1] for p in chosen], mode="markers", name=name,
+                                 marker=dict(size=7, opacity=0.8, color=PALETTE[index % len(PALETTE)])))
+    ev = explained or [None, None]
+    fmt = lambda i: f"PC{i + 1}" + (f" ({100 * ev[i]:.0f}% of variance)" if ev[i] is not None else "")
+    fig = _layout(fig, fmt(0), fmt(1), f"Side representations at step {step}, coloured by label", height=380)
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def ladder_diagram(num_backbone_layers: int, feeding_layers: list[int], gates: list[float] | None) -> go.Figure:
+    """Backbone column (left), side column (right), a rung from each feeding backbone layer
+    (1-based; 0 = embeddings) into its side block, annotated with the block's current gate μ."""
+    box_h, gap = 0.62, 1.0
+    backbone_x, side_x = (0.0, 2.2), (4.2, 5.6)
+    side_centre = sum(side_x) / 2
+    shapes, annotations = [], []
+
+    def box(x, level, text, line, fill, size=12):
+        y = level * gap
+        shapes.append(dict(type="rect", x0=x[0], x1=x[1], y0=y, y1=y + box_h, line=dict(color=line), fillcolor=fill))
+        annotations.append(dict(x=sum(x) / 2, y=y + box_h / 2, text=text, showarrow=False, font=dict(size=size)))
+
+    def segment(x0, y0, x1, y1, colour=NEUTRAL, width=2, dash="solid"):
+        shapes.append(dict(type="line", x0=x0, x1=x1, y0=y0, y1=y1, line=dict(color=colour, width=width, dash=dash),
+                           layer="below"))
+
+    for level in range(num_backbone_layers + 1):
+        box(backbone_x, level, "embeddings" if level == 0 else f"layer {level}", NEUTRAL, NEUTRAL_FILL)
+        if level:
+            segment(sum(backbone_x) / 2, (level - 1) * gap + box_h, sum(backbone_x) / 2, level * gap)
+    levels = [layer if 0 < layer <= num_backbone_layers else i + 1 for i, layer in enumerate(feeding_layers)]
+    # down_0 on the embeddings starts the side stream, which climbs through every side block to the head.
+    segment(backbone_x[1], box_h / 2, side_centre, box_h / 2, dash="dot")
+    annotations.append(dict(x=(backbone_x[1] + side_x[0]) / 2, y=box_h / 2 + 0.17, text="down₀", showarrow=False,
+                            font=dict(size=11)))
+    previous_top = box_h / 2
+    gate_x, gate_y, gate_text, gate_values = [], [], [], []
+    for i, level in enumerate(levels):
+        mu = gates[i] if gates and i < len(gates) else None
+        y = level * gap
+        segment(side_centre, previous_top, side_centre, y, colour="#4C78A8")
+        box(side_x, level, f"side {i + 1}", "#4C78A8", "rgba(76,120,168,0.25)")
+        previous_top = y + box_h
+        # A thick rung: the block takes much of the backbone's layer output (small μ).
+        segment(backbone_x[1], y + box_h / 2, side_x[0], y + box_h / 2, colour="#F58518",
+                width=1 + (6 * (1 - mu) if mu is not None else 2))
+        gate_x.append((backbone_x[1] + side_x[0]) / 2)
+        gate_y.append(y + box_h / 2)
+        gate_text.append("μ = ?" if mu is None else f"μ = {mu:.2f}")
+        gate_values.append(0.5 if mu is None else mu)
+    head_level = num_backbone_layers + 1
+    segment(side_centre, previous_top, side_centre, head_level * gap, colour="#4C78A8")
+    box(side_x, head_level, "up + head", "#54A24B", "rgba(84,162,75,0.25)", size=11)
+    top = (head_level + 1) * gap
+    annotations.append(dict(x=sum(backbone_x) / 2, y=top, text="<b>backbone</b> (frozen, no autograd)",
+                            showarrow=False))
+    annotations.append(dict(x=side_centre, y=top, text="<b>side network</b> (trained)", showarrow=False))
+    fig = go.Figure(go.Scatter(
+        x=gate_x, y=gate_y, mode="markers+text", text=gate_text, textposition="top center",
+        marker=dict(size=13, color=gate_values, colorscale=HEATMAP_SCALE, cmin=0, cmax=1,
+                    line=dict(color=NEUTRAL, width=1)),
+        hovertemplate="%{text}<extra></extra>", name="gates", showlegend=False,
+    ))
+    fig.update_layout(shapes=shapes, annotations=annotations, height=max(340, 62 * (num_backbone_layers + 3)),
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="The ladder (rung thickness ∝ 1 − μ)", x=0, xanchor="left"),
+                      hovermode="closest")
+    fig.update_xaxes(visible=False, range=[-0.3, 5.9])
+    fig.update_yaxes(visible=False, range=[-0.3, top + 0.4])
+    return fig
+
+
+# --- Theseus ------------------------------------------------------------------------------------
+
+
+def theseus_p_figure(steps: list[int], p: list[float], phases: list[int]) -> go.Figure:
+    fig = lines([{"name": "replacement rate p", "x": steps, "y": p}], "step", "p (successor probability)",
+                "Replacement schedule pₜ")
+    phase2 = [s for s, ph in zip(steps, phases) if ph == 2]
+    if phase2:
+        fig.add_vrect(x0=phase2[0], x1=steps[-1], fillcolor=NEUTRAL_FILL, line_width=0,
+                      annotation_text="phase 2: successor alone", annotation_position="top left")
+    if steps and (not phase2 or phase2[0] > steps[0]):
+        end = phase2[0] if phase2 else steps[-1]
+        fig.add_annotation(x=(steps[0] + end) / 2, y=1.05, text="phase 1: module replacement", showarrow=False,
+                           yref="y")
+    fig.update_yaxes(range=[0, 1.12])
+    return fig
+
+
+def draws_heatmap(steps: list[int], draws: list[list[int]]) -> go.Figure:
+    steps, draws = thin_columns(steps, draws)
+    count = max((len(d) for d in draws), default=0)
+    z = [[row[i] if i < len(row) else None for row in draws] for i in range(count)]
+    fig = go.Figure(go.Heatmap(
+        x=steps, y=[f"module {i + 1}" for i in range(count)], z=z, zmin=0, zmax=1,
+        colorscale=[[0, "rgba(128,128,128,0.25)"], [1, "#F58518"]], showscale=False,
+        hovertemplate="step %{x}<br>%{y}<br>%{z}<extra>1 = successor, 0 = predecessor</extra>",
+    ))
+    fig = _layout(fig, "step", "successor module", "Per-module draws (orange: successor ran, grey: predecessor)",
+                  height=max(220, 70 + 32 * count))
+    fig.update_layout(hovermode="closest")
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def size_speed_figure(rows: list[dict]) -> go.Figure:
+    """Grouped bars: [{"name", "params", "layers"}]; params in millions on the left axis."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=[r["name"] for r in rows], y=[(r.get("params") or 0) / 1e6 for r in rows],
+                         name="parameters (M)", marker_color="#4C78A8", offsetgroup=0))
+    fig.add_trace(go.Bar(x=[r["name"] for r in rows], y=[r.get("layers") or 0 for r in rows], name="layers",
+                         marker_color="#F58518", yaxis="y2", offsetgroup=1))
+    fig.update_layout(yaxis2=dict(title="layers", overlaying="y", side="right", rangemode="tozero"),
+                      barmode="group")
+    fig = _layout(fig, "model", "parameters (millions)", "Predecessor vs successor")
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+# --- compare and compress -----------------------------------------------------------------------
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats: lower x (cost) and higher y (accuracy)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (ox <= x and oy >= y) and (ox < x or oy > y) for j, (ox, oy) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def pareto_figure(rows: list[dict], x_key: str, x_title: str, log_x: bool = False) -> go.Figure:
+    """Accuracy against a cost; rows: {"name", "method", x_key, "accuracy", "size"}; the front is a line."""
+    usable = [r for r in rows if r.get(x_key) is not None and r.get("accuracy") is not None]
+    fig = go.Figure()
+    methods = []
+    for r in usable:
+        if r["method"] not in methods:
+            methods.append(r["method"])
+    for index, method in enumerate(methods):
+        chosen = [r for r in usable if r["method"] == method]
+        fig.add_trace(go.Scatter(
+            x=[r[x_key] for r in chosen], y=[100 * r["accuracy"] for r in chosen], mode="markers", name=method,
+            text=[r["name"] for r in chosen],
+            marker=dict(size=11, opacity=0.85, color=PALETTE[index % len(PALETTE)], line=dict(width=1, color=NEUTRAL)),
+            hovertemplate="%{text}<br>%{x}<br>%{y:.1f}%<extra></extra>",
+        ))
+    front = pareto_front([(r[x_key], r["accuracy"]) for r in usable])
+    if front:
+        fig.add_trace(go.Scatter(
+            x=[usable[i][x_key] for i in front], y=[100 * usable[i]["accuracy"] for i in front], mode="lines",
+            name="Pareto front", line=dict(color=NEUTRAL, dash="dash", shape="hv"), hoverinfo="skip",
+        ))
+    fig = _layout(fig, x_title, "test accuracy (%)", "Accuracy against cost (up and left is better)", height=420)
+    fig.update_layout(hovermode="closest")
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict | None = None) -> go.Figure:
+    """Accuracy against size or latency, one line per compression kind."""
+    fig = go.Figure()
+    kinds = []
+    for p in points:
+        if p.get("kind") not in kinds:
+            kinds.append(p.get("kind"))
+    scale = (1 / MIB) if x_key == "bytes" else 1.0
+    for index, kind in enumerate(kinds):
+        chosen = sorted((p for p in points if p.get("kind") == kind and p.get(x_key) is not None
+                         and p.get("test_accuracy") is not None), key=lambda p: p[x_key])
+        if not chosen:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[p[x_key] * scale for p in chosen], y=[100 * p["test_accuracy"] for p in chosen],
+            mode="lines+markers", name=str(kind), text=[str(p.get("setting", "")) for p in chosen],
+            line=dict(color=PALETTE[index % len(PALETTE)]),
+            hovertemplate="%{text}<br>%{x:.2f}<br>%{y:.1f}%<extra>" + str(kind) + "</extra>",
+        ))
+    if baseline and baseline.get(x_key) is not None and baseline.get("test_accuracy") is not None:
+        fig.add_trace(go.Scatter(x=[baseline[x_key] * scale], y=[100 * baseline["test_accuracy"]], mode="markers",
+                                 name="original", marker=dict(size=14, symbol="star", color=NEUTRAL)))
+    fig = _layout(fig, x_title, "test accuracy (%)", None, height=360)
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+# --- explain ------------------------------------------------------------------------------------
+
+
+def attention_heatmap(tokens: list[str], matrix: list[list[float]], layer: int, head: int | str) -> go.Figure:
+    """Query × key attention weights; positions on the axes (tokens repeat), token text as tick labels."""
+    n = len(tokens)
+    positions = list(range(n))
+    pairs = [[[tokens[i], tokens[j]] for j in positions] for i in positions]
+    fig = go.Figure(go.Heatmap(
+        z=matrix, x=positions, y=positions, customdata=pairs, colorscale=HEATMAP_SCALE, zmin=0,
+        colorbar=dict(title="weight"),
+        hovertemplate="from %{customdata[0]}<br>to %{customdata[1]}<br>%{z:.3f}<extra></extra>",
+    ))
+    head_text = f"head {head + 1}" if isinstance(head, int) else head
+    fig = _layout(fig, "attended token (key)", "attending token (query)",
+                  f"Attention, layer {layer + 1}, {head_text}", height=max(360, 22 * n + 140))
+    fig.update_layout(hovermode="closest")
+    fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=positions, ticktext=tokens)
+    fig.update_xaxes(tickangle=-60, tickmode="array", tickvals=positions, ticktext=tokens)
+    return fig
+
+
+def probability_bars(names: list[str], probabilities: list[float], title: str) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[100 * p for p in probabilities], y=names, orientation="h",
+                           marker_color="#4C78A8", text=[f"{100 * p:.1f}%" for p in probabilities],
+                           textposition="auto"))
+    fig = _layout(fig, "probability (%)", "class", title, height=max(160, 60 + 28 * len(names)))
+    fig.update_xaxes(range=[0, 100])
+    fig.update_layout(hovermode="closest")
+    return fig

@@ -1,0 +1,185 @@
+"""The launch form's parts: backbone, dataset (with uploads), method settings, general settings."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import streamlit as st
+
+from app.errors import LabError
+from components.common import fmt_count, runs_dir
+from components.forms import settings_form
+
+UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+UPLOAD_CHOICE = "Upload a file…"
+GENERAL_FIELDS = ("steps", "batch_size", "max_length", "lr", "eval_every", "max_train_examples", "seed")
+ADVANCED_FIELDS = ("max_eval_examples", "weight_decay", "warmup_ratio", "grad_clip", "split_seed", "memory_every",
+                   "bf16", "name")
+
+
+@st.cache_data(show_spinner=False, ttl=300)
+def backbone_info(name: str) -> dict:
+    from app.backbones import get_backbone
+
+    return get_backbone(name).info().as_dict()
+
+
+@st.cache_data(show_spinner=False)
+def backbone_registry() -> dict[str, str]:
+    from app.backbones import REGISTRY
+
+    return {name: entry.description for name, entry in REGISTRY.items()}
+
+
+@st.cache_data(show_spinner=False)
+def dataset_registry() -> dict[str, str]:
+    from app.data import REGISTRY
+
+    return {name: entry.description for name, entry in REGISTRY.items()}
+
+
+def devices() -> list[str]:
+    import torch
+
+    options = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        options.append("cuda")
+        options += [f"cuda:{i}" for i in range(1, torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        options.append("mps")
+    return options
+
+
+def backbone_picker() -> tuple[str, dict | None]:
+    registry = backbone_registry()
+    if "launch.backbone" not in st.session_state:
+        st.session_state["launch.backbone"] = "minilm-l6"
+    name = st.selectbox(
+        "Backbone", list(registry), key="launch.backbone", accept_new_options=True,
+        format_func=lambda n: f"{n} — {registry[n]}" if n in registry else n,
+        help="A registry name, or type a local model folder or a Hugging Face hub id (BERT, RoBERTa, ELECTRA, MPNet).",
+    )
+    info = None
+    if name:
+        try:
+            with st.spinner("Reading the backbone's config…"):
+                info = backbone_info(name)
+        except LabError as exc:
+            st.warning(str(exc))
+    if info:
+        st.caption(f"{info['model_type']} · {info['num_layers']} layers · hidden {info['hidden_size']} · "
+                   f"{info['num_heads']} heads · {fmt_count(info['num_params'])} parameters · "
+                   f"up to {info['max_length']} tokens")
+    return name or "", info
+
+
+def _safe_upload_name(data: bytes, original: str) -> str:
+    """A generated file name: content hash plus an allowed suffix; the user's name is never a path."""
+    suffix = Path(original).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise LabError(f"files ending in {suffix or '(no suffix)'} are not read; use CSV, TSV, JSONL or JSON")
+    return f"upload-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+
+
+def save_upload(uploaded) -> Path:
+    from app.data import max_file_bytes
+
+    data = uploaded.getvalue()
+    limit = max_file_bytes()
+    if len(data) > limit:
+        raise LabError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB")
+    if not data:
+        raise LabError("the file is empty")
+    folder = Path(runs_dir()) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / _safe_upload_name(data, uploaded.name)
+    if not path.exists():
+        partial = path.with_suffix(path.suffix + ".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    return path
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def preview_file(path: str, size: int) -> tuple[list[str], list[dict]]:
+    """Columns and the first rows of a saved upload (`size` keys the cache to the content)."""
+    import pandas as pd
+
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json"):
+            text = Path(path).read_text(encoding="utf-8-sig")
+            frame = pd.read_json(path, lines=not text.lstrip().startswith("["), dtype=False)
+        else:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, nrows=2000,
+                                keep_default_na=False, encoding="utf-8-sig")
+    except Exception as exc:
+        raise LabError(f"the file cannot be read as {suffix[1:].upper()}: {exc}") from exc
+    if frame.empty:
+        raise LabError("the file has no rows")
+    return [str(c) for c in frame.columns], frame.head(5).astype(str).to_dict("records")
+
+
+def dataset_picker() -> dict:
+    """Returns the dataset part of a run config (`dataset` and the column mapping)."""
+    registry = dataset_registry()
+    options = list(registry) + [UPLOAD_CHOICE]
+    if "launch.dataset" not in st.session_state:
+        st.session_state["launch.dataset"] = "rotten-tomatoes"
+    choice = st.selectbox(
+        "Dataset", options, key="launch.dataset", accept_new_options=True,
+        format_func=lambda n: f"{n} — {registry[n]}" if n in registry else n,
+        help="A packaged dataset, a file you upload (CSV, TSV, JSONL), or type a hub dataset id.",
+    )
+    if choice != UPLOAD_CHOICE:
+        return {"dataset": choice or ""}
+    from app.data import max_file_bytes
+
+    limit_mb = max(1, int(max_file_bytes() / 2**20))
+    uploaded = st.file_uploader(
+        f"Labelled texts (CSV, TSV, JSONL; up to {limit_mb} MB)", type=[s[1:] for s in UPLOAD_SUFFIXES],
+        key="launch.upload", max_upload_size=limit_mb,
+    )
+    if uploaded is None:
+        st.info("Upload a file with a text column and a label column; you map the columns next.")
+        return {"dataset": ""}
+    try:
+        path = save_upload(uploaded)
+        columns, rows = preview_file(str(path), path.stat().st_size)
+    except LabError as exc:
+        st.error(str(exc))
+        return {"dataset": ""}
+    st.caption(f"Saved as `{path.name}` in the runs folder. First rows:")
+    st.dataframe(rows, hide_index=True)
+    lower = [c.lower() for c in columns]
+    text_default = lower.index("text") if "text" in lower else 0
+    label_default = lower.index("label") if "label" in lower else len(columns) - 1
+    cols = st.columns(3)
+    text = cols[0].selectbox("Text column", columns, index=text_default, key=f"launch.text_col.{path.name}")
+    pair = cols[1].selectbox("Second text (pairs, optional)", ["(none)"] + columns, index=0,
+                             key=f"launch.pair_col.{path.name}")
+    label = cols[2].selectbox("Label column", columns, index=label_default, key=f"launch.label_col.{path.name}")
+    return {"dataset": str(path), "text_column": text, "label_column": label,
+            "text_pair_column": None if pair == "(none)" else pair}
+
+
+def general_settings(max_length_limit: int | None, default_lr: float) -> dict:
+    from app.config import describe_fields_cache
+
+    fields = describe_fields_cache()
+    overrides = {
+        "lr": {"label": "learning rate", "placeholder": f"default {default_lr:g}", "step": 1e-5},
+        "max_length": {"max": max_length_limit} if max_length_limit else {},
+        "max_train_examples": {"placeholder": "all"},
+        "max_eval_examples": {"placeholder": "all"},
+    }
+    current = st.session_state.get("run.max_length")
+    if max_length_limit and isinstance(current, int) and current > max_length_limit:
+        st.session_state["run.max_length"] = max_length_limit  # a shorter backbone was picked
+    basic = [dict(fields[name]) for name in GENERAL_FIELDS]
+    advanced = [dict(fields[name], advanced=True) for name in ADVANCED_FIELDS]
+    values = settings_form(basic + advanced, "run", columns=4, overrides=overrides)
+    if values.get("name") is None:
+        values["name"] = ""
+    return values

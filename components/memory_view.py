@@ -1,0 +1,127 @@
+"""The memory comparison: rows per run from the store, charts, and a plain-language reading
+computed from the numbers of the runs on screen."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components import figures
+from components.common import fmt_count, fmt_mib, method_title
+
+PARTS = figures.PARTS
+# Methods whose trainable parts sit inside or before the backbone: backprop crosses all of it.
+BACKPROP_THROUGH_BACKBONE = ("adapter", "lora", "prompt_tuning", "p_tuning", "bitfit")
+
+
+def memory_row(store, record: dict) -> dict:
+    """A run's memory at its peak step (finished runs) or at its largest step so far (running)."""
+    metrics, summary = record.get("metrics") or {}, record.get("summary") or {}
+    breakdown = metrics.get("memory_breakdown")
+    peak = metrics.get("peak_memory_bytes")
+    if not breakdown:
+        samples = [s["memory"] for s in store.steps(record["id"]) if s.get("memory")]
+        if samples:
+            top = max(samples, key=lambda m: m.get("peak", 0))
+            breakdown = {p: top.get(p, 0) for p in PARTS}
+            peak = top.get("peak")
+    row = {
+        "id": record["id"],
+        "name": f"{record['method']} · {record['id'][-6:]}",
+        "method": record["method"],
+        "status": record["status"],
+        "peak": peak,
+        "trainable": summary.get("trainable_params"),
+        "total": summary.get("total_params"),
+        "cuda_peak": metrics.get("cuda_max_allocated_bytes"),
+    }
+    for part in PARTS:
+        row[part] = (breakdown or {}).get(part)
+    return row
+
+
+def _mib(value) -> str:
+    return fmt_mib(value)
+
+
+def memory_reading(rows: list[dict]) -> list[str]:
+    """Sentences that read the chart for these runs, with their own numbers."""
+    rows = [r for r in rows if r.get("peak")]
+    if not rows:
+        return []
+    lines: list[str] = []
+    reference = next((r for r in rows if r["method"] == "full_ft"), None)
+    ref_name = "full fine-tuning" if reference else None
+    if reference is None:
+        reference = max(rows, key=lambda r: r["peak"])
+        ref_name = f"{method_title(reference['method'])} (the largest here)"
+    others = [r for r in rows if r is not reference]
+    for r in sorted(others, key=lambda r: r["peak"]):
+        lines.append(
+            f"**{method_title(r['method'])}** used **{r['peak'] / reference['peak']:.2f}×** the memory of {ref_name} "
+            f"here ({_mib(r['peak'])} against {_mib(reference['peak'])})."
+        )
+    ref_acts = reference.get("activations") or 0
+    ref_state = (reference.get("gradients") or 0) + (reference.get("optimizer") or 0)
+    through = [r for r in others if r["method"] in BACKPROP_THROUGH_BACKBONE and r.get("activations") is not None]
+    if through and ref_acts:
+        names = ", ".join(method_title(r["method"]) for r in through)
+        acts = ", ".join(f"{_mib(r['activations'])} ({r['activations'] / ref_acts:.0%})" for r in through)
+        states = ", ".join(_mib((r.get("gradients") or 0) + (r.get("optimizer") or 0)) for r in through)
+        lines.append(
+            f"{names} train few parameters, so their gradients and optimizer state shrink ({states} against "
+            f"{_mib(ref_state)} for {ref_name}). Their activations do not: {acts} of {ref_name}'s "
+            f"{_mib(ref_acts)}. Backprop must cross the whole backbone to reach the trainable parts "
+            "(adapters in every layer, virtual tokens at the input), so every layer keeps what it saved for backward."
+        )
+    for r in others:
+        if r["method"] == "lst" and r.get("activations") is not None and ref_acts:
+            lines.append(
+                f"LST's backbone runs without autograd, so only its thin side network keeps activations: "
+                f"{_mib(r['activations'])}, {r['activations'] / ref_acts:.0%} of {ref_name}'s. "
+                f"Its gradients and optimizer state cover only the side network ({fmt_count(r.get('trainable'))} "
+                "parameters)."
+            )
+    weights_share = (reference.get("weights") or 0) / reference["peak"]
+    if weights_share > 0.4:
+        lines.append(
+            f"Weights are {weights_share:.0%} of {ref_name}'s peak on this backbone and every method keeps "
+            "them, so relative savings look smaller here than on a large model trained with long inputs, "
+            "where activations dominate."
+        )
+    return lines
+
+
+def render_memory(store, records: list[dict]) -> None:
+    rows = [memory_row(store, r) for r in records]
+    series = []
+    for r in records:
+        steps = [s for s in store.steps(r["id"]) if s.get("peak_bytes") is not None]
+        series.append({"name": f"{r['method']} · {r['id'][-6:]}", "steps": [s["step"] for s in steps],
+                       "peak": [s["peak_bytes"] for s in steps]})
+    st.plotly_chart(figures.memory_overlay(series), key="memory_overlay")
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(figures.memory_breakdown_bars([r for r in rows if r.get("peak")]), key="memory_breakdown")
+    with right:
+        st.plotly_chart(figures.trainable_bars([r for r in rows if r.get("trainable")]), key="memory_trainable")
+    reading = memory_reading(rows)
+    if reading:
+        st.subheader("What this shows")
+        for line in reading:
+            st.markdown("- " + line)
+    st.caption(
+        "Memory is measured, not estimated from a formula: bytes of the weights, of the gradients backward "
+        "allocated, of the optimizer state, and of every tensor autograd saved for backward in the forward "
+        "pass. Peak = their sum at the end of the forward pass. On CUDA the allocator's own peak is shown too."
+    )
+    st.dataframe(
+        [{"run": r["id"], "method": r["method"], "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
+          **{f"{p} (MiB)": _round_mib(r[p]) for p in PARTS},
+          "CUDA max allocated (MiB)": _round_mib(r.get("cuda_peak")),
+          "trainable params": r["trainable"], "total params": r["total"]} for r in rows],
+        hide_index=True,
+    )
+
+
+def _round_mib(value):
+    return None if value is None else round(value / figures.MIB, 2)

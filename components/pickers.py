@@ -1,0 +1,62 @@
+"""Run pickers kept in step with the URL (`?run=ID`, `?runs=A,B`), so links to a run work."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components.common import run_label, short_run_label
+
+
+def _sync_single(key: str, param: str):
+    value = st.session_state.get(key)
+    if value:
+        st.query_params[param] = value
+
+
+def pick_run(runs: list[dict], *, label: str = "Run", key: str = "picked_run", param: str = "run") -> dict | None:
+    """A selectbox of runs (newest first); starts from `?run=` when it names one of them."""
+    if not runs:
+        return None
+    by_id = {r["id"]: r for r in runs}
+    wanted = st.query_params.get(param)
+    if wanted in by_id and st.session_state.get(key) != wanted:
+        st.session_state[key] = wanted
+    if st.session_state.get(key) not in by_id:
+        st.session_state[key] = runs[0]["id"]
+    chosen = st.selectbox(label, list(by_id), key=key, format_func=lambda rid: run_label(by_id[rid]),
+                          on_change=_sync_single, args=(key, param))
+    if st.query_params.get(param) != chosen:
+        st.query_params[param] = chosen
+    return by_id[chosen]
+
+
+def _sync_multi(key: str, param: str):
+    st.query_params[param] = ",".join(st.session_state.get(key) or [])
+
+
+def pick_runs(runs: list[dict], *, label: str = "Runs", key: str = "picked_runs", param: str = "runs",
+              default: list[str] | None = None) -> list[dict]:
+    """A multiselect of runs; starts from `?runs=A,B` when it names some of them."""
+    if not runs:
+        return []
+    by_id = {r["id"]: r for r in runs}
+    wanted = [rid for rid in (st.query_params.get(param) or "").split(",") if rid in by_id]
+    if wanted and st.session_state.get(key) != wanted:
+        st.session_state[key] = wanted
+    if key not in st.session_state or any(rid not in by_id for rid in st.session_state[key]):
+        st.session_state[key] = [rid for rid in (default or []) if rid in by_id]
+    chosen = st.multiselect(label, list(by_id), key=key, format_func=lambda rid: short_run_label(by_id[rid]),
+                            on_change=_sync_multi, args=(key, param))
+    return [by_id[rid] for rid in chosen]
+
+
+def latest_per_method(runs: list[dict], limit: int = 6) -> list[str]:
+    """Default selection: the newest finished run of each method (up to `limit`)."""
+    seen, ids = set(), []
+    for r in runs:
+        if r["status"] == "finished" and r["method"] not in seen:
+            seen.add(r["method"])
+            ids.append(r["id"])
+        if len(ids) >= limit:
+            break
+    return ids

@@ -1,0 +1,150 @@
+"""A run's live view (progress, curves, cancel) and its exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from app.store import ACTIVE_STATUSES
+from components import figures
+from components.common import STATUS_ICONS, fmt_mib, fmt_pct, fmt_seconds, get_manager_for_app, method_title
+
+
+def progress_text(record: dict, steps: list[dict]) -> tuple[float, str]:
+    total = record["total_steps"] or record["config"].get("steps") or 1
+    done = record["step"] or 0
+    fraction = min(1.0, done / total)
+    if record["status"] == "queued":
+        return 0.0, "queued: waiting for the worker"
+    if record["status"] == "running" and steps and done:
+        elapsed = steps[-1]["elapsed"]
+        eta = elapsed / done * (total - done)
+        phase = f" · phase {record['phase']}" if record.get("phase") and record["phase"] != "train" else ""
+        return fraction, f"step {done} / {total} · {fmt_seconds(elapsed)} elapsed · about {fmt_seconds(eta)} left{phase}"
+    if record["status"] == "running":
+        return fraction, "running: preparing data and model"
+    return fraction, f"{record['status']} at step {done} / {total}"
+
+
+def render_live(run_id: str) -> bool:
+    manager = get_manager_for_app()
+    store = manager.store
+    record = store.get_run(run_id)
+    steps = store.steps(run_id)
+    evals = store.evals(run_id)
+    active = record["status"] in ACTIVE_STATUSES
+    head, button = st.columns([6, 1])
+    fraction, text = progress_text(record, steps)
+    head.progress(fraction, text=f"{STATUS_ICONS.get(record['status'], '')} {text}")
+    if active and button.button("Cancel run", key=f"run.cancel.{run_id}", type="secondary"):
+        manager.cancel(run_id)
+        st.toast(f"Cancelling {run_id}…")
+    val = [e for e in evals if e["split"] == "validation"]
+    test = [e for e in evals if e["split"] == "test"]
+    cols = st.columns(5)
+    cols[0].metric("loss", f"{steps[-1]['loss']:.4f}" if steps and steps[-1].get("loss") is not None else "–")
+    cols[1].metric("validation accuracy", fmt_pct(val[-1]["accuracy"]) if val else "–")
+    cols[2].metric("test accuracy", fmt_pct(test[-1]["accuracy"]) if test else "–")
+    cols[3].metric("examples / s", f"{steps[-1]['examples_per_second']:.1f}"
+                   if steps and steps[-1].get("examples_per_second") else "–")
+    peak = max((s["peak_bytes"] for s in steps if s.get("peak_bytes")), default=None)
+    cols[4].metric("peak memory", fmt_mib(peak))
+    if not steps:
+        st.info("No steps yet: the curves appear with the first step." if active else "This run recorded no steps.")
+        return active
+    left, right = st.columns(2)
+    left.plotly_chart(figures.loss_figure(steps), key="run.loss")
+    right.plotly_chart(figures.accuracy_figure(evals), key="run.accuracy")
+    left.plotly_chart(figures.throughput_figure(steps), key="run.throughput")
+    right.plotly_chart(figures.memory_parts_figure(steps), key="run.memory")
+    return active
+
+
+def metrics_csv(store, run_id: str) -> str:
+    steps = store.steps(run_id)
+    evals = {e["step"]: e for e in store.evals(run_id, "validation")}
+    terms = sorted({name for s in steps for name in (s.get("terms") or {})})
+    columns = ["step", "elapsed_s", "loss", "lr", "examples_per_second", "peak_bytes", "weights_bytes",
+               "gradients_bytes", "optimizer_bytes", "activations_bytes", "val_accuracy", "val_macro_f1", "val_loss"]
+    columns += [f"term_{t}" for t in terms]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for s in steps:
+        memory = s.get("memory") or {}
+        e = evals.get(s["step"], {})
+        writer.writerow([s["step"], s.get("elapsed"), s.get("loss"), s.get("lr"), s.get("examples_per_second"),
+                         s.get("peak_bytes"), memory.get("weights"), memory.get("gradients"), memory.get("optimizer"),
+                         memory.get("activations"), e.get("accuracy"), e.get("macro_f1"), e.get("loss")]
+                        + [(s.get("terms") or {}).get(t) for t in terms])
+    return out.getvalue()
+
+
+def metrics_json(store, run_id: str) -> str:
+    record = store.get_run(run_id)
+    return json.dumps({"run": record, "steps": store.steps(run_id), "evals": store.evals(run_id)}, default=str)
+
+
+def render_details(record: dict) -> None:
+    store = get_manager_for_app().store
+    run_id = record["id"]
+    if record["status"] == "failed":
+        st.error(f"This run failed: {record.get('error') or 'no reason recorded'}")
+        if record.get("traceback"):
+            with st.expander("Traceback"):
+                st.code(record["traceback"], language="text")
+    elif record["status"] in ("cancelled", "interrupted") and record.get("error"):
+        st.warning(f"{record['status'].capitalize()}: {record['error']}")
+    notes = (record.get("summary") or {}).get("notes") or []
+    for note in notes:
+        st.caption(f"Note: {note}")
+    with st.expander("Configuration"):
+        st.json(record["config"], expanded=2)
+        summary = {k: v for k, v in (record.get("summary") or {}).items() if k not in ("notes",)}
+        if summary:
+            st.markdown("**Summary**")
+            st.json(summary, expanded=1)
+    st.subheader("Export")
+    cols = st.columns(3)
+    cols[0].download_button("Metrics (CSV)", data=metrics_csv(store, run_id), file_name=f"{run_id}-metrics.csv",
+                            mime="text/csv", key="run.export.csv", icon=":material/download:")
+    cols[1].download_button("Metrics (JSON)", data=metrics_json(store, run_id), file_name=f"{run_id}-metrics.json",
+                            mime="application/json", key="run.export.json", icon=":material/download:")
+    if record["status"] != "finished":
+        cols[2].caption("The model can be exported once the run has finished.")
+        return
+    exports = st.session_state.setdefault("run.exports", {})
+    if cols[2].button("Export the model", key="run.export.model", icon=":material/save:"):
+        from app.errors import LabError
+        from app.export import export_run
+
+        folder = Path(store.runs_dir) / "exports" / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            with st.spinner("Rebuilding the model and writing it…"):
+                result = export_run(store, run_id, folder)
+                archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
+        except LabError as exc:
+            st.error(str(exc))
+        else:
+            exports[run_id] = {"folder": str(folder), "zip": archive, "format": result.get("format"),
+                               "load": result.get("load")}
+    exported = exports.get(run_id)
+    if exported and Path(exported["zip"]).exists():
+        st.success(f"Exported ({exported['format']}) to `{exported['folder']}`. Load it with `{exported['load']}`.")
+        zip_path = exported["zip"]
+        st.download_button("Download the model (zip)", data=lambda: Path(zip_path).read_bytes(),
+                           file_name=Path(zip_path).name, mime="application/zip", key="run.export.zip",
+                           icon=":material/download:")
+
+
+def header(record: dict) -> None:
+    dataset = record["dataset"].rsplit("/", 1)[-1]
+    st.markdown(f"**{method_title(record['method'])}** on **{record['backbone']}** · dataset **{dataset}** · "
+                f"{record['config'].get('steps')} steps, batch {record['config'].get('batch_size')}, "
+                f"length {record['config'].get('max_length')}")

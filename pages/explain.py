@@ -1,0 +1,70 @@
+import streamlit as st
+
+from app.errors import LabError
+from components.attribution import (
+    attention, attributions, examples, prediction, render_attention, render_attribution, render_prediction,
+)
+from components.common import list_runs, method_title, runs_dir
+from components.navigation import page
+from components.pickers import pick_runs
+
+st.title("Explain predictions")
+st.caption("Class probabilities, Integrated Gradients token attributions (captum) and attention maps of one or "
+           "two finished runs — e.g. a predecessor and its Theseus successor, or full fine-tuning and LST.")
+runs = list_runs(status="finished")
+if not runs:
+    st.info("No finished runs yet — launch one, then explain its predictions here.")
+    st.page_link(page("launch"), label="Go to Launch", icon=":material/rocket_launch:")
+    st.stop()
+
+chosen = pick_runs(runs, label="Runs (one or two)", key="explain.runs", default=[runs[0]["id"]])[:2]
+if not chosen:
+    st.info("Pick one or two runs above.")
+    st.stop()
+
+source = st.segmented_control("Sentence", ["Type one", "Pick from the test split"], default="Type one",
+                              key="explain.source") or "Type one"
+pair = None
+if source == "Type one":
+    text = st.text_area("Sentence", value="A gripping, beautifully acted film.", key="explain.text", max_chars=2000)
+else:
+    try:
+        samples = examples(runs_dir(), chosen[0]["id"])
+    except LabError as exc:
+        st.error(str(exc))
+        st.stop()
+    index = st.selectbox("Test example", list(range(len(samples))), key="explain.example",
+                         format_func=lambda i: f"[{samples[i]['label']}] {samples[i]['text'][:120]}")
+    text, pair = samples[index]["text"], samples[index]["pair"]
+    st.caption(f"Gold label: {samples[index]['label']}")
+cols = st.columns(3)
+n_steps = cols[0].select_slider("Integration steps", [8, 16, 32, 64], value=32, key="explain.steps",
+                                help="More steps: a more exact integral, slower.")
+merge = cols[1].toggle("Merge word pieces into words", value=True, key="explain.merge")
+
+if not text or not text.strip():
+    st.info("Type a sentence to explain.")
+    st.stop()
+
+columns = st.columns(len(chosen))
+for column, record in zip(columns, chosen):
+    with column:
+        st.subheader(f"{method_title(record['method'])}")
+        st.caption(record["id"])
+        try:
+            render_prediction(record["id"], prediction(runs_dir(), record["id"], text, pair))
+        except LabError as exc:
+            st.error(str(exc))
+            continue
+        try:
+            with st.spinner("Attributing…"):
+                result = attributions(runs_dir(), record["id"], text, pair, n_steps, merge)
+            render_attribution(result)
+        except LabError as exc:
+            st.warning(str(exc))
+        try:
+            maps = attention(runs_dir(), record["id"], text, pair)
+        except LabError as exc:
+            st.warning(str(exc))
+        else:
+            render_attention(maps, f"explain.attention.{record['id']}")

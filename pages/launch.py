@@ -1,0 +1,187 @@
+import streamlit as st
+
+from app.errors import LabError
+from app.methods import describe_methods
+from app.store import ACTIVE_STATUSES
+from components import lessons
+from components.common import (
+    STATUS_ICONS, finished_runs, fmt_pct, fmt_time, get_job_board, get_manager_for_app, method_title, run_label,
+    run_link,
+)
+from components.forms import settings_form
+from components.launch_form import backbone_picker, dataset_picker, devices, general_settings
+from components.live import live
+from components.navigation import page
+
+st.title("Launch a run")
+manager = get_manager_for_app()
+store = manager.store
+methods = {m["name"]: m for m in describe_methods()}
+
+wanted_method = st.query_params.get("method")
+if wanted_method in methods and st.session_state.get("launch.method_from_url") != wanted_method:
+    st.session_state["launch.method"] = wanted_method
+    st.session_state["launch.method_from_url"] = wanted_method
+
+
+def apply_preset(name: str) -> None:
+    for key, value in lessons.PRESETS[name].items():
+        st.session_state[key] = value
+
+
+# --- presets and lessons ----------------------------------------------------------------------
+top_left, top_right = st.columns([1, 2])
+with top_left.container(border=True):
+    st.markdown("**Start from a preset**")
+    for i, name in enumerate(lessons.PRESETS):
+        st.button(name, key=f"preset.{i}", on_click=apply_preset, args=(name,), help=lessons.PRESET_HELP[name],
+                  width="stretch")
+with top_right.container(border=True):
+    st.markdown("**Lessons** — one click queues the runs on the setup below and opens the page that explains them")
+    first, second = st.columns(2)
+    lst_clicked = first.button("Why LST saves memory", key="lesson.lst", width="stretch",
+                               help="Full fine-tuning, Adapter, prompt tuning, LoRA and LST on the same setup, "
+                                    "then the Memory page.")
+    theseus_clicked = second.button("Theseus: halve the layers", key="lesson.theseus", width="stretch",
+                                    help="Fine-tune a predecessor, compress it with BERT-of-Theseus to half its "
+                                         "layers, and fine-tune the first half directly as the baseline.")
+    done = finished_runs()
+    pick, shrink = st.columns([3, 2], vertical_alignment="bottom")
+    shrink_target = None
+    if done:
+        by_id = {r["id"]: r for r in done}
+        shrink_target = pick.selectbox("Finished run to shrink", list(by_id), key="lesson.shrink_run",
+                                       format_func=lambda rid: run_label(by_id[rid]))
+    else:
+        pick.caption("Shrinking needs a finished run.")
+    shrink_clicked = shrink.button("Shrink a model", key="lesson.shrink", width="stretch", disabled=not done,
+                                   help="Pruning and quantization sweep of the chosen finished run, then the "
+                                        "Compress page.")
+    lesson_messages = st.container()
+
+# --- the form ---------------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Model and data")
+    left, right = st.columns(2)
+    with left:
+        backbone, info = backbone_picker()
+    with right:
+        data_part = dataset_picker()
+
+with st.container(border=True):
+    st.subheader("Method")
+    if st.session_state.get("launch.method") not in methods:
+        st.session_state["launch.method"] = "full_ft" if "full_ft" in methods else next(iter(methods))
+    method_name = st.selectbox("Method", list(methods), key="launch.method",
+                               format_func=lambda n: f"{methods[n]['title']} ({n})")
+    described = methods[method_name]
+    st.caption(described["summary"])
+    references = {}
+    if described["reference_fields"]:
+        ref_runs = finished_runs()
+        labels = {r["id"]: run_label(r) for r in ref_runs}
+        references = {name: ([r["id"] for r in ref_runs], labels) for name in described["reference_fields"]}
+    method_values = settings_form(described["fields"], f"method.{method_name}", references=references)
+
+with st.container(border=True):
+    st.subheader("Training")
+    general = general_settings(info["max_length"] if info else None, described["default_lr"])
+    device_options = devices()
+    if st.session_state.get("launch.device") not in device_options:
+        st.session_state["launch.device"] = "auto"
+    device = st.selectbox("Device", device_options, key="launch.device",
+                          help="auto takes CUDA when present, else the CPU.")
+
+
+def run_config(method: str, method_config: dict) -> dict:
+    return {"backbone": backbone, **data_part, "method": method, "method_config": method_config, **general,
+            "device": device}
+
+
+base_setup = {k: v for k, v in run_config(method_name, {}).items() if k not in ("method", "method_config")}
+base_setup["name"] = ""
+
+open_after = st.checkbox("Open the run's page after launch", value=True, key="launch.open")
+if st.button("Launch", type="primary", key="launch.submit", icon=":material/rocket_launch:"):
+    try:
+        run_id = manager.submit(run_config(method_name, method_values))
+    except LabError as exc:
+        st.error(str(exc))
+    else:
+        st.session_state["launch.last"] = run_id
+        if open_after:
+            st.switch_page(page("run"), query_params={"run": run_id})
+if st.session_state.get("launch.last"):
+    last = st.session_state["launch.last"]
+    st.success(f"Queued run [{last}]({run_link(last)}).")
+
+# --- lessons act on the form's setup ----------------------------------------------------------
+with lesson_messages:
+    if lst_clicked:
+        configs, missing = lessons.lst_lesson(base_setup)
+        try:
+            ids = manager.submit_chain(configs)
+        except LabError as exc:
+            st.error(str(exc))
+        else:
+            if missing:
+                st.warning(f"Not installed here, left out: {', '.join(missing)}.")
+            st.switch_page(page("memory"), query_params={"runs": ",".join(ids)})
+    if theseus_clicked:
+        layers = info["num_layers"] if info else None
+        if not layers or layers < 2:
+            st.error("The Theseus lesson needs a backbone with at least 2 layers; pick one above.")
+        else:
+            try:
+                ids = manager.submit_chain(lessons.theseus_lesson(base_setup, layers))
+            except LookupError as exc:
+                st.error(f"Method '{exc.args[0]}' is not installed here, so this lesson cannot run.")
+            except LabError as exc:
+                st.error(str(exc))
+            else:
+                st.switch_page(page("theseus"), query_params={"run": ids[1]})
+    if shrink_clicked and shrink_target:
+        from components.compress_view import start_sweep
+
+        try:
+            start_sweep(store, get_job_board(), shrink_target, lessons.SHRINK_PLAN)
+        except LabError as exc:
+            st.error(str(exc))
+        else:
+            st.switch_page(page("compress"), query_params={"run": shrink_target})
+
+
+# --- the queue and recent runs ----------------------------------------------------------------
+st.subheader("Queue and recent runs")
+if manager.interrupted_at_start:
+    st.caption(f"{len(manager.interrupted_at_start)} run(s) were still going when the app last stopped; "
+               "they are marked interrupted.")
+
+
+def render_queue() -> bool:
+    runs = store.list_runs(limit=30)
+    active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
+    for r in active:
+        cols = st.columns([5, 3, 1])
+        cols[0].markdown(f"{STATUS_ICONS[r['status']]} [{r['id']}]({run_link(r['id'])}) · "
+                         f"{method_title(r['method'])} · {r['backbone']}")
+        total = r["total_steps"] or r["config"].get("steps") or 1
+        cols[1].progress(min(1.0, r["step"] / total), text=f"{r['status']}: step {r['step']} / {total}")
+        if cols[2].button("Cancel", key=f"queue.cancel.{r['id']}"):
+            manager.cancel(r["id"])
+    if not runs:
+        st.info("No runs yet. Pick a preset above and press Launch.")
+        return False
+    st.dataframe(
+        [{"open": run_link(r["id"]), "status": r["status"],
+          "method": r["method"], "backbone": r["backbone"], "dataset": r["dataset"].rsplit("/", 1)[-1],
+          "progress": f"{r['step']} / {r['total_steps'] or r['config'].get('steps')}",
+          "test accuracy": fmt_pct((r.get("metrics") or {}).get("test_accuracy")),
+          "created": fmt_time(r["created_at"])} for r in runs],
+        hide_index=True, key="queue.table",
+        column_config={"open": st.column_config.LinkColumn("run", display_text=r"run\?run=(.*)")},
+    )
+    return bool(active)
+
+
+live(render_queue, active=any(r["status"] in ACTIVE_STATUSES for r in store.list_runs(limit=30)))

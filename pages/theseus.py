@@ -1,0 +1,24 @@
+import streamlit as st
+
+from app.store import ACTIVE_STATUSES
+from components.common import list_runs, method_registered
+from components.live import live
+from components.navigation import page
+from components.pickers import pick_run
+from components.theseus_view import render_theseus
+
+st.title("BERT-of-Theseus")
+st.caption("Predecessor modules are replaced at random by successor layers (probability pₜ) while only the "
+           "successor trains; in phase 2 the successor runs alone until validation stops improving.")
+if not method_registered("theseus"):
+    st.info("The Theseus method is not installed in this version of the lab.")
+    st.stop()
+runs = list_runs(method="theseus")
+if not runs:
+    st.info("No Theseus runs yet — launch one: the “Theseus: halve the layers” lesson on the Launch page "
+            "queues a predecessor, Theseus and the truncation baseline.")
+    st.page_link(page("launch"), label="Go to Launch", icon=":material/rocket_launch:")
+    st.stop()
+
+record = pick_run(runs, label="Theseus run")
+live(render_theseus, record["id"], active=record["status"] in ACTIVE_STATUSES)

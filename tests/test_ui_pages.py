@@ -1,0 +1,450 @@
+"""Every page of the app through streamlit's AppTest, against stores holding real runs made by the engine."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, train_now
+
+MIB = 1024 * 1024
+PAGES = ("launch", "run", "ladder", "theseus", "memory", "compare", "compress", "explain")
+
+
+def open_app(runs_dir: Path, monkeypatch, page: str | None = None, query: dict | None = None) -> AppTest:
+    monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    if query:
+        at.query_params.update(query)
+    if page and page != "launch":
+        at.switch_page(f"../pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """Plotly specs on the page by title."""
+    out = {}
+    for element in at.get("plotly_chart"):
+        spec = json.loads(element.proto.spec)
+        title = (spec["layout"].get("title") or {}).get("text") or f"untitled {len(out)}"
+        out[title] = spec
+    return out
+
+
+def trace(spec: dict, name: str) -> dict:
+    return next(t for t in spec["data"] if t.get("name") == name)
+
+
+def wait_for(condition, timeout: float = 180.0, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def stop_new_managers():
+    """Managers the app created during a test stop (their runs cancelled) when the test ends: a
+    training thread left running at interpreter exit would abort the process."""
+    from app import manager as manager_module
+
+    before = set(manager_module._managers)
+    yield
+    for path in set(manager_module._managers) - before:
+        manager_module._managers.pop(path).shutdown(wait=True, cancel_running=True)
+
+
+@pytest.fixture(scope="session")
+def ui_runs(tmp_path_factory):
+    """A runs folder with real finished tiny runs: full fine-tuning, and LST and Theseus (whose
+    predecessor is the full fine-tuning run) wherever those methods are installed."""
+    from app.methods import METHODS
+    from app.store import RunStore
+
+    path = tmp_path_factory.mktemp("ui-runs")
+    store = RunStore(path)
+    quick = dict(steps=4, eval_every=2, max_eval_examples=48)
+    runs = {"full_ft": train_now(store, method="full_ft", **quick)}
+    if "lst" in METHODS:
+        runs["lst"] = train_now(store, method="lst", **quick)
+    if "theseus" in METHODS:
+        runs["theseus"] = train_now(store, method="theseus", method_config={"predecessor": runs["full_ft"]["id"]}, **quick)
+    for method, record in runs.items():
+        assert record["status"] == "finished", (method, record.get("error"))
+    return path, store, runs
+
+
+# --- empty store -----------------------------------------------------------------------------
+
+
+def test_every_page_guides_the_user_when_there_are_no_runs(tmp_path, monkeypatch):
+    at = open_app(tmp_path / "empty", monkeypatch)
+    assert any("No runs yet" in info.value for info in at.info)
+    expected = {"run": "No runs yet", "ladder": "No LST runs yet", "theseus": "No Theseus runs yet",
+                "memory": "No runs yet", "compare": "No runs yet", "compress": "No finished runs yet",
+                "explain": "No finished runs yet"}
+    for page, message in expected.items():
+        at.switch_page(f"../pages/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert any(message in info.value for info in at.info), (page, [i.value for i in at.info])
+        assert not at.get("plotly_chart")
+
+
+# --- launch ------------------------------------------------------------------------------------
+
+
+def _tiny_form(at: AppTest, steps: int = 4000) -> AppTest:
+    at.button(key="preset.1").click().run()
+    at.number_input(key="run.steps").set_value(steps).run()
+    at.checkbox(key="launch.open").uncheck().run()
+    return at
+
+
+def test_launch_queues_a_run_and_the_queue_cancel_button_stops_it(runs_dir, monkeypatch):
+    from app.manager import get_manager
+    from app.store import RunStore
+
+    at = _tiny_form(open_app(runs_dir, monkeypatch))
+    at.button(key="launch.submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [run] = RunStore(runs_dir).list_runs()
+    assert run["status"] in ("queued", "running")
+    assert (run["backbone"], run["dataset"], run["config"]["steps"], run["config"]["batch_size"]) == (
+        "tiny-random", "sms-spam", 4000, 8)
+    assert run["id"] in at.success[0].value
+    at.run()  # the queue now lists the active run with its cancel button
+    at.button(key=f"queue.cancel.{run['id']}").click().run()
+    final = get_manager(runs_dir).wait(run["id"], timeout=180)
+    assert final["status"] == "cancelled"
+
+
+def test_bad_input_shows_the_engines_message_and_stores_nothing(runs_dir, monkeypatch):
+    from app.store import RunStore
+
+    at = _tiny_form(open_app(runs_dir, monkeypatch))
+    at.number_input(key="run.max_train_examples").set_value(4).run()
+    at.button(key="launch.submit").click().run()
+    assert not at.exception
+    assert any("batch_size 8 is larger than the training set" in e.value for e in at.error)
+    assert RunStore(runs_dir).list_runs() == []
+
+
+def test_launch_opens_the_run_page_and_its_cancel_button_acts_on_the_manager(runs_dir, monkeypatch):
+    from app.manager import get_manager
+
+    at = open_app(runs_dir, monkeypatch)
+    at.button(key="preset.1").click().run()
+    at.number_input(key="run.steps").set_value(4000).run()
+    at.button(key="launch.submit").click().run()
+    assert not at.exception
+    manager = get_manager(runs_dir)
+    [run] = manager.store.list_runs()
+    assert at.title[0].value == "Run"
+    assert at.selectbox(key="picked_run").value == run["id"]
+    assert at.query_params["run"] == run["id"]
+    wait_for(lambda: manager.store.get_run(run["id"])["step"] >= 1)
+    at.run()  # a fragment refresh: the live curves now hold the first steps
+    loss = charts(at)["Training loss"]
+    steps = manager.store.steps(run["id"])
+    assert trace(loss, "loss")["x"][: len(steps)] == [s["step"] for s in steps][: len(trace(loss, "loss")["x"])]
+    at.button(key=f"run.cancel.{run['id']}").click().run()
+    assert manager.wait(run["id"], timeout=180)["status"] == "cancelled"
+    at.run()
+    assert "cancelled" in at.progress[0].proto.text
+
+
+def test_uploaded_file_is_saved_under_a_generated_name_and_its_columns_are_mapped(runs_dir, monkeypatch):
+    from app.manager import get_manager
+
+    rows = ["review,sentiment,source"] + [
+        f"\"{'great fun' if i % 2 else 'dull and slow'} film number {i}\",{'pos' if i % 2 else 'neg'},web"
+        for i in range(60)
+    ]
+    at = _tiny_form(open_app(runs_dir, monkeypatch))
+    at.selectbox(key="launch.dataset").set_value("Upload a file…").run()
+    at.file_uploader[0].set_value(("../../My Reviews.csv", "\n".join(rows).encode(), "text/csv")).run()
+    assert not at.exception
+    by_label = {s.label: s for s in at.selectbox}
+    assert by_label["Text column"].options == ["review", "sentiment", "source"]
+    by_label["Text column"].set_value("review")
+    by_label["Label column"].set_value("sentiment")
+    at.run()
+    at.button(key="launch.submit").click().run()
+    assert not at.error, [e.value for e in at.error]
+    manager = get_manager(runs_dir)
+    [run] = manager.store.list_runs()
+    saved = Path(run["config"]["dataset"])
+    assert saved.parent == runs_dir.resolve() / "uploads"
+    assert saved.name.startswith("upload-") and saved.suffix == ".csv" and "Reviews" not in saved.name
+    assert (run["config"]["text_column"], run["config"]["label_column"]) == ("review", "sentiment")
+    manager.cancel(run["id"])
+    assert manager.wait(run["id"], timeout=180)["status"] == "cancelled"
+
+
+def test_upload_names_never_come_from_the_user():
+    from app.errors import LabError
+    from components.launch_form import _safe_upload_name
+
+    assert _safe_upload_name(b"a,b\n", "../../etc/passwd.csv").startswith("upload-")
+    assert "/" not in _safe_upload_name(b"a,b\n", "x/y.TSV")
+    with pytest.raises(LabError, match="not read"):
+        _safe_upload_name(b"#!/bin/sh", "run.sh")
+
+
+def test_lessons_queue_their_runs_and_open_their_pages(runs_dir, monkeypatch):
+    from app.manager import get_manager
+    from app.methods import METHODS
+
+    manager = get_manager(runs_dir)
+    at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2000)
+    at.button(key="lesson.lst").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    queued = manager.store.list_runs()
+    expected = [m for m in ("full_ft", "adapter", "prompt_tuning", "lora", "lst") if m in METHODS]
+    assert sorted(r["method"] for r in queued) == sorted(expected)
+    assert {r["config"]["backbone"] for r in queued} == {"tiny-random"}
+    assert at.title[0].value == "Training memory"
+    assert sorted(at.query_params["runs"].split(",")) == sorted(r["id"] for r in queued)
+    for r in queued:
+        manager.cancel(r["id"])
+    if "theseus" in METHODS and "truncate" in METHODS:
+        at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2000)
+        at.button(key="lesson.theseus").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        chain = [r for r in manager.store.list_runs() if r["id"] not in {q["id"] for q in queued}]
+        by_method = {r["method"]: r for r in chain}
+        assert set(by_method) == {"full_ft", "theseus", "truncate"}
+        assert by_method["theseus"]["config"]["method_config"]["predecessor"] == by_method["full_ft"]["id"]
+        assert by_method["truncate"]["config"]["method_config"]["layers"] == 2  # tiny-random has 4 layers
+        assert at.title[0].value == "BERT-of-Theseus"
+        for r in chain:
+            manager.cancel(r["id"])
+    for r in manager.store.list_runs():
+        manager.wait(r["id"], timeout=180)
+
+
+# --- pages over finished runs ------------------------------------------------------------------
+
+
+def test_run_page_draws_the_runs_recorded_curves(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    run_id = runs["full_ft"]["id"]
+    at = open_app(path, monkeypatch, "run", {"run": run_id})
+    assert at.selectbox(key="picked_run").value == run_id
+    steps = store.steps(run_id)
+    specs = charts(at)
+    assert trace(specs["Training loss"], "loss")["y"] == pytest.approx([s["loss"] for s in steps])
+    validation = store.evals(run_id, "validation")
+    assert trace(specs["Validation accuracy"], "validation accuracy")["y"] == pytest.approx(
+        [100 * e["accuracy"] for e in validation])
+    memory = specs["Measured training memory"]
+    assert trace(memory, "activations")["y"] == pytest.approx([s["memory"]["activations"] / MIB for s in steps])
+    assert trace(specs["Throughput"], "examples / s")["x"] == [s["step"] for s in steps]
+    csv_text = next(b for b in at.get("download_button") if b.proto.label == "Metrics (CSV)")
+    assert csv_text is not None
+    assert not at.error
+
+
+def test_run_page_shows_a_failed_runs_reason_and_traceback(tmp_path, monkeypatch):
+    from app.store import RunStore
+    from app.training import execute_run, prepare_run
+    from conftest import tiny_config
+
+    store = RunStore(tmp_path / "runs")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "\n".join(f"review {i},{i % 2}" for i in range(40)))
+    prepared = prepare_run(tiny_config(dataset=str(data), steps=2), store)
+    run_id = store.create_run(prepared.config.as_dict())
+    data.unlink()  # the file vanishes between queueing and training: a real failure
+    assert execute_run(store, run_id)["status"] == "failed"
+    at = open_app(tmp_path / "runs", monkeypatch, "run", {"run": run_id})
+    assert any("does not exist" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("Traceback" in c.value for c in at.code)
+
+
+def test_run_page_exports_the_model_to_a_folder_under_the_runs_dir(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    run_id = runs["full_ft"]["id"]
+    at = open_app(path, monkeypatch, "run", {"run": run_id})
+    at.button(key="run.export.model").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    exported = sorted((path / "exports").glob(f"{run_id}-*"))
+    folders = [p for p in exported if p.is_dir()]
+    assert folders and (folders[-1] / "config.json").exists()
+    assert any(p.suffix == ".zip" for p in exported)
+    assert any(b.proto.label == "Download the model (zip)" for b in at.get("download_button"))
+
+
+def test_ladder_page_shows_the_lst_runs_gates_activations_and_pca(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    if "lst" not in runs:
+        at = open_app(path, monkeypatch, "ladder")
+        assert any("LST" in info.value for info in at.info)
+        return
+    run_id = runs["lst"]["id"]
+    at = open_app(path, monkeypatch, "ladder", {"run": run_id})
+    telemetry = [r["lst"] for r in store.telemetry(run_id, "step")]
+    specs = charts(at)
+    gates_spec = next(s for t, s in specs.items() if t.startswith("Ladder gates"))
+    z = gates_spec["data"][0]["z"]
+    assert len(z) == len(telemetry[-1]["gates"])
+    assert [row[-1] for row in z] == pytest.approx(telemetry[-1]["gates"])
+    diagram = next(s for t, s in specs.items() if t.startswith("The ladder"))
+    assert diagram["data"][0]["text"] == [f"μ = {g:.2f}" for g in telemetry[-1]["gates"]]
+    stats = next(s for t, s in specs.items() if t.startswith("Side activations: rms"))
+    assert stats["data"][0]["y"] == pytest.approx([t["layers"][0]["rms"] for t in telemetry])
+    at.segmented_control(key="ladder.stat").set_value("std").run()
+    stats = next(s for t, s in charts(at).items() if t.startswith("Side activations: std"))
+    assert stats["data"][0]["y"] == pytest.approx([t["layers"][0]["std"] for t in telemetry])
+    pca = store.telemetry(run_id, "eval:validation")[-1]["lst_pca"]
+    scatter = next(s for t, s in specs.items() if t.startswith("Side representations"))
+    assert sum(len(tr["x"]) for tr in scatter["data"]) == len(pca["points"])
+    assert {tr["name"] for tr in scatter["data"]} <= set(pca["label_names"])
+
+
+def test_theseus_page_shows_schedule_draws_and_the_predecessor_reference(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    if "theseus" not in runs:
+        at = open_app(path, monkeypatch, "theseus")
+        assert any("Theseus" in info.value for info in at.info)
+        return
+    run_id = runs["theseus"]["id"]
+    at = open_app(path, monkeypatch, "theseus", {"run": run_id})
+    telemetry = [r for r in store.telemetry(run_id, "step") if "theseus" in r]
+    specs = charts(at)
+    schedule = specs["Replacement schedule pₜ"]
+    assert trace(schedule, "replacement rate p")["y"] == pytest.approx([r["theseus"]["p"] for r in telemetry])
+    draws = next(s for t, s in specs.items() if t.startswith("Per-module draws"))
+    assert [row[0] for row in draws["data"][0]["z"]] == telemetry[0]["theseus"]["draws"]
+    accuracy = specs["Successor validation accuracy"]
+    predecessor_accuracy = runs["full_ft"]["metrics"]["val_accuracy"]
+    reference = [s for s in accuracy["layout"].get("shapes", []) if s.get("y0") is not None]
+    assert reference and reference[0]["y0"] == pytest.approx(100 * predecessor_accuracy)
+    size = specs["Predecessor vs successor"]
+    layers = trace(size, "layers")["y"]
+    summary = store.get_run(run_id)["summary"]["method_summary"]
+    assert layers == [summary["predecessor"]["layers"], summary["successor"]["layers"]]
+
+
+def test_memory_page_overlays_runs_and_reads_the_numbers(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    ids = [r["id"] for r in runs.values()]
+    at = open_app(path, monkeypatch, "memory", {"runs": ",".join(ids)})
+    specs = charts(at)
+    overlay = specs["Peak training memory per step"]
+    assert len(overlay["data"]) == len(ids)
+    first = store.steps(ids[0])
+    assert overlay["data"][0]["y"] == pytest.approx([s["peak_bytes"] / MIB for s in first])
+    bars = specs["What the memory holds"]
+    full = store.get_run(runs["full_ft"]["id"])["metrics"]["memory_breakdown"]
+    assert trace(bars, "optimizer")["y"][0] == pytest.approx(full["optimizer"] / MIB)
+    reading = " ".join(m.value for m in at.markdown)
+    if "lst" in runs:
+        lst_peak = store.get_run(runs["lst"]["id"])["metrics"]["peak_memory_bytes"]
+        ratio = lst_peak / store.get_run(runs["full_ft"]["id"])["metrics"]["peak_memory_bytes"]
+        assert f"{ratio:.2f}×" in reading and "without autograd" in reading
+
+
+def test_memory_reading_uses_the_selected_runs_numbers():
+    from components.memory_view import memory_reading
+
+    rows = [
+        {"method": "full_ft", "peak": 100 * MIB, "weights": 20 * MIB, "gradients": 20 * MIB, "optimizer": 40 * MIB,
+         "activations": 20 * MIB, "trainable": 1000},
+        {"method": "adapter", "peak": 45 * MIB, "weights": 21 * MIB, "gradients": 1 * MIB, "optimizer": 2 * MIB,
+         "activations": 21 * MIB, "trainable": 50},
+        {"method": "lst", "peak": 31 * MIB, "weights": 22 * MIB, "gradients": 2 * MIB, "optimizer": 4 * MIB,
+         "activations": 3 * MIB, "trainable": 80},
+    ]
+    text = " ".join(memory_reading(rows))
+    assert "0.31×" in text and "0.45×" in text
+    assert "105%" in text  # the adapter's activations against full fine-tuning's
+    assert "15%" in text  # LST's
+    assert memory_reading([]) == []
+
+
+def test_compare_page_filters_runs_and_marks_the_pareto_front(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    at = open_app(path, monkeypatch, "compare")
+    finished = store.list_runs(status="finished")
+    table = at.dataframe[0].value
+    assert len(table) == len(finished)
+    pareto = next(s for t, s in charts(at).items() if t.startswith("Accuracy against cost"))
+    names = {tr["name"] for tr in pareto["data"]}
+    assert "Pareto front" in names and set(runs) <= names
+    at.multiselect(key="compare.method").set_value(["full_ft"]).run()
+    assert set(at.dataframe[0].value["method"]) == {"full_ft"}
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from components.figures import pareto_front
+
+    points = [(10, 0.8), (5, 0.7), (20, 0.9), (12, 0.75), (5, 0.6)]
+    assert pareto_front(points) == [1, 0, 2]
+
+
+def test_compress_page_runs_a_sweep_in_the_background_and_draws_it(ui_runs, monkeypatch):
+    pytest.importorskip("app.compression")
+    path, store, runs = ui_runs
+    run_id = runs["full_ft"]["id"]
+    at = open_app(path, monkeypatch, "compress", {"run": run_id})
+    at.text_input(key="plan.sparsities").set_value("0.5")
+    at.multiselect(key="plan.quantize").set_value(["fp16"])
+    at.form_submit_button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+
+    def finished():
+        at.run()
+        return not at.get("progress") and store.records(run_id, "compress") and at.get("plotly_chart")
+
+    wait_for(finished, timeout=300, interval=1.0)
+    points = store.records(run_id, "compress")
+    kinds = {p["kind"] for p in points}
+    assert {"fp16", "unstructured"} <= kinds
+    size = charts(at)
+    size_spec = next(iter(size.values()))
+    fp16 = next(p for p in points if p["kind"] == "fp16")
+    assert trace(size_spec, "fp16")["x"] == pytest.approx([fp16["bytes"] / MIB])
+
+
+def test_explain_page_predicts_attributes_and_escapes_text(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    run_id = runs["full_ft"]["id"]
+    at = open_app(path, monkeypatch, "explain", {"runs": run_id})
+    at.text_area(key="explain.text").set_value("free <b>prize</b> & <script>alert(1)</script> now").run()
+    assert not at.exception
+    specs = charts(at)
+    probabilities = specs["Prediction"]["data"][0]["x"]
+    assert sum(probabilities) == pytest.approx(100.0, abs=1e-3)
+    highlighted = next(m.value for m in at.markdown if "lab-attribution" in m.value)
+    # Tokens of the typed markup come back escaped, never as live tags.
+    assert "&lt;" in highlighted and "&gt;" in highlighted and "&amp;" in highlighted
+    assert "<script" not in highlighted and "<b>" not in highlighted
+    attention = next(s for t, s in specs.items() if t.startswith("Attention"))
+    tokens = attention["layout"]["xaxis"]["ticktext"]
+    assert tokens[0] == "[CLS]" and len(attention["data"][0]["z"]) == len(tokens)
+    if "theseus" in runs:
+        at.multiselect(key="explain.runs").set_value([run_id, runs["theseus"]["id"]]).run()
+        assert not at.exception
+        titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text") for c in at.get("plotly_chart")]
+        assert titles.count("Prediction") == 2
+
+
+def test_pages_open_by_deep_link_with_the_run_from_the_url(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    for page in PAGES:
+        query = {"run": runs["full_ft"]["id"]} if page in ("run", "compress") else None
+        at = open_app(path, monkeypatch, page, query)
+        assert not at.exception, page
+        if query:
+            assert at.selectbox(key="picked_run").value == runs["full_ft"]["id"]
