@@ -78,6 +78,13 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
         raise ConfigError(
             f"max_length {config.max_length} is above what backbone '{config.backbone}' accepts ({backbone.max_length})"
         )
+    extra_tokens = method.extra_input_tokens()
+    if config.max_length + extra_tokens > backbone.max_length:
+        raise ConfigError(
+            f"max_length {config.max_length} plus the {extra_tokens} virtual tokens of method '{method.name}' is above "
+            f"what backbone '{config.backbone}' accepts ({backbone.max_length}); lower max_length to at most "
+            f"{backbone.max_length - extra_tokens} or use fewer virtual tokens"
+        )
     dataset = load_dataset(
         config.dataset,
         columns=ColumnMap(config.text_column, config.label_column, config.text_pair_column or None),

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .adapter import HoulsbyAdapters
 from .base import Method, describe_fields, parse_config
+from .bitfit import BitFit
 from .full_ft import FullFineTuning
+from .lora import Lora
+from .p_tuning import PTuning
+from .prompt_tuning import PromptTuning
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
     for cls in (
         FullFineTuning,
+        BitFit,
+        HoulsbyAdapters,
+        PromptTuning,
+        PTuning,
+        Lora,
     )
 }
 DEFAULT_METHOD = "full_ft"

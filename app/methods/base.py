@@ -255,6 +255,11 @@ class Method:
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         """Raise ConfigError when this config cannot work with this backbone or dataset."""
 
+    def extra_input_tokens(self) -> int:
+        """Positions this method adds to every input (virtual prompt tokens): the run's max_length
+        plus these must fit within the backbone's position limit."""
+        return 0
+
     # -- training -------------------------------------------------------------------------
     def on_train_start(self, model: nn.Module, state: TrainState) -> None:
         pass

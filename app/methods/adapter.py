@@ -1,0 +1,176 @@
+"""Houlsby adapters (Houlsby et al., ICML 2019): a small bottleneck after the attention block and
+after the feed-forward block of every layer; only the adapters and the classification head train.
+
+Each adapter is `h + up(act(down(h)))`. Its up-projection starts at zero, so the adapted model
+starts out computing exactly what the backbone computes and training moves it away from there.
+
+Placement follows the paper's reference code (google-research/adapter-bert): the adapter sits
+after a sublayer's output projection and dropout, before the residual sum and layer norm. Every
+supported architecture has a dropout module in exactly that spot (BERT/RoBERTa/ELECTRA:
+`attention.output.dropout` and `output.dropout`; MPNet: `attention.dropout` and `output.dropout`),
+so the adapter is installed by replacing that dropout module with dropout-then-adapter. The frozen
+projections keep their names and types, which keeps head pruning and dynamic quantization of the
+result working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..encoder import EncoderView
+from ..errors import ConfigError
+from .base import BuildContext, Method, MethodConfig, option
+from .peft_support import head_parameter_names
+
+ADAPTER_SLOTS = {
+    "bert": ("attention.output.dropout", "output.dropout"),
+    "roberta": ("attention.output.dropout", "output.dropout"),
+    "xlm-roberta": ("attention.output.dropout", "output.dropout"),
+    "electra": ("attention.output.dropout", "output.dropout"),
+    "mpnet": ("attention.dropout", "output.dropout"),
+}
+ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
+DOWN_INIT_STD = 1e-2  # small, as in the reference code; the zero up-projection makes the start exact
+TELEMETRY_KIND = "adapter output RMS"
+
+
+@dataclass
+class AdapterConfig(MethodConfig):
+    bottleneck: int = option(
+        64, "Width of every adapter's bottleneck (the paper used 8 to 256); sets the trainable size.",
+        min=1, max=4096,
+    )
+    activation: str = option("gelu", "Nonlinearity inside the bottleneck.", choices=list(ACTIVATIONS))
+    train_layer_norms: bool = option(
+        False, "Also train the backbone's layer norms, as Houlsby et al. did (a few thousand more weights).",
+    )
+
+
+class BottleneckAdapter(nn.Module):
+    """`h + up(act(down(h)))`, starting as the identity."""
+
+    def __init__(self, hidden_size: int, bottleneck: int, activation: str, layer_index: int):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        self.down = nn.Linear(hidden_size, bottleneck)
+        self.activation = ACT2FN[activation]
+        self.up = nn.Linear(bottleneck, hidden_size)
+        self.layer_index = layer_index
+        # Mean square of the adapter's own contribution in the last training forward pass,
+        # kept as a detached 0-d tensor so telemetry costs no extra pass and no sync per call.
+        self.last_mean_square: torch.Tensor | None = None
+        nn.init.trunc_normal_(self.down.weight, std=DOWN_INIT_STD, a=-2 * DOWN_INIT_STD, b=2 * DOWN_INIT_STD)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        update = self.up(self.activation(self.down(hidden)))
+        if self.training:
+            self.last_mean_square = update.detach().float().pow(2).mean()
+        return hidden + update
+
+
+class DropoutThenAdapter(nn.Module):
+    """Takes the place of a sublayer's output dropout: the dropout, then the adapter."""
+
+    def __init__(self, dropout: nn.Dropout, adapter: BottleneckAdapter):
+        super().__init__()
+        self.dropout = dropout
+        self.adapter = adapter
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.dropout(hidden))
+
+
+class AdapterClassifier(nn.Module):
+    """The backbone classifier with adapters installed; `forward(**inputs)` gives its output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
+
+    def adapters(self) -> list[BottleneckAdapter]:
+        return [m for m in self.modules() if isinstance(m, BottleneckAdapter)]
+
+
+def adapter_slots(model_type: str) -> tuple[str, str]:
+    try:
+        return ADAPTER_SLOTS[model_type]
+    except KeyError:
+        raise ConfigError(
+            f"adapters are not available for '{model_type}' backbones; use a BERT, RoBERTa, XLM-RoBERTa, "
+            "ELECTRA or MPNet backbone"
+        ) from None
+
+
+def install_adapters(classifier: nn.Module, config: AdapterConfig) -> list[BottleneckAdapter]:
+    view = EncoderView(classifier)
+    hidden_size = view.config.hidden_size
+    installed = []
+    for index, layer in enumerate(view.layers):
+        for slot in adapter_slots(view.model_type):
+            parent_path, _, attribute = slot.rpartition(".")
+            parent = layer.get_submodule(parent_path)
+            dropout = getattr(parent, attribute, None)
+            if not isinstance(dropout, nn.Dropout):
+                raise ConfigError(
+                    f"layer {index} of this {view.model_type} backbone has no dropout at '{slot}' to place an "
+                    "adapter after; its layout differs from the supported transformers version"
+                )
+            adapter = BottleneckAdapter(hidden_size, config.bottleneck, config.activation, index)
+            setattr(parent, attribute, DropoutThenAdapter(dropout, adapter))
+            installed.append(adapter)
+    return installed
+
+
+class HoulsbyAdapters(Method):
+    name = "adapter"
+    title = "Adapters (Houlsby)"
+    summary = ("A small bottleneck after attention and after the feed-forward block of every layer; only the "
+               "adapters and the head train, but backpropagation still runs through the whole backbone.")
+    Config = AdapterConfig
+    # New randomly initialised modules on a frozen backbone: 1e-4 (the paper's range is 1e-5..1e-3
+    # over many epochs) barely moves them in a short CPU run.
+    default_lr = 1e-3
+    exports_plain_model = False
+
+    def check_compatible(self, backbone, label_names: list[str]) -> None:
+        adapter_slots(backbone.config.model_type)
+        hidden = backbone.config.hidden_size
+        if self.config.bottleneck > hidden:
+            raise ConfigError(
+                f"bottleneck {self.config.bottleneck} is wider than the backbone's hidden size ({hidden}); "
+                f"choose at most {hidden} (the paper used 8 to 256 on hidden size 768)"
+            )
+
+    def build(self, ctx: BuildContext) -> AdapterClassifier:
+        classifier = ctx.backbone.load_for_classification(ctx.label_names)
+        head = head_parameter_names(classifier)
+        layer_norms = {
+            f"{module_name}.{parameter_name}"
+            for module_name, module in classifier.named_modules() if isinstance(module, nn.LayerNorm)
+            for parameter_name, _ in module.named_parameters(recurse=False)
+        } if self.config.train_layer_norms else set()
+        for name, parameter in classifier.named_parameters():
+            parameter.requires_grad_(name in head or name in layer_norms)
+        install_adapters(classifier, self.config)  # adapters are created trainable
+        return AdapterClassifier(classifier)
+
+    def step_telemetry(self, model: AdapterClassifier, state) -> dict | None:
+        by_layer: dict[int, list[torch.Tensor]] = {}
+        for adapter in model.adapters():
+            if adapter.last_mean_square is not None:
+                by_layer.setdefault(adapter.layer_index, []).append(adapter.last_mean_square)
+        if not by_layer:
+            return None
+        layers = sorted(by_layer)
+        values = torch.stack([torch.stack(by_layer[i]).mean().sqrt() for i in layers]).tolist()
+        return {"updates": {"labels": [f"layer {i}" for i in layers], "values": values, "kind": TELEMETRY_KIND}}
