@@ -23,11 +23,15 @@ from conftest import train_now
 # leave the backbone's weights frozen (BitFit, adapters, prompts) have nothing to amplify there.
 MATRIX: dict[str, tuple[dict, dict]] = {
     "full_ft": ({}, {"lr": 1e-3}),
+    "truncate": ({}, {"lr": 1e-3}),
+    "theseus": ({"scheduler": "constant", "replace_rate": 0.75}, {"lr": 1e-3}),
+    "distill": ({"hidden_weight": 1.0, "attention_weight": 1.0}, {"lr": 1e-3}),
     "bitfit": ({}, {"lr": 1e-2, "learning_backbone": "minilm-l6"}),
     "adapter": ({"bottleneck": 16}, {"lr": 1e-2, "learning_backbone": "minilm-l6"}),
     "prompt_tuning": ({"num_virtual_tokens": 4}, {"lr": 1e-2, "learning_backbone": "minilm-l6"}),
     "p_tuning": ({"num_virtual_tokens": 4, "encoder_hidden_size": 32}, {"lr": 1e-2, "learning_backbone": "minilm-l6"}),
     "lora": ({"rank": 4}, {"lr": 1e-2}),
+    "lst": ({}, {"lr": 3e-3}),
 }
 
 EASY_WORDS = ("wonderful", "terrible")
@@ -85,7 +89,7 @@ def _context(matrix_store, backbone, batches, device=torch.device("cpu")):
     from app.checkpoints import load_reference
 
     return BuildContext(
-        backbone=backbone, label_names=["terrible", "wonderful"], device=device, seed=0,
+        backbone=backbone, label_names=["0", "1"], device=device, seed=0,  # the easy CSV's classes
         train_batches=lambda: iter(batches), load_reference=lambda ref: load_reference(matrix_store, ref, device),
         max_length=24,
     )

@@ -20,6 +20,10 @@ BASE = dict(backbone="minilm-l6", dataset="rotten-tomatoes", max_length=40, batc
 # method name -> run settings (method settings under "method_config")
 REAL: dict[str, dict] = {
     "full_ft": dict(steps=60, eval_every=60),
+    "truncate": dict(steps=60, eval_every=60, method_config={"layers": 3}),
+    "theseus": dict(steps=60, eval_every=15, method_config={"layers": 3}),
+    "distill": dict(steps=60, eval_every=60, method_config={"layers": 3}),
+    "lst": dict(steps=60, eval_every=60),
 }
 
 

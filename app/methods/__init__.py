@@ -6,10 +6,14 @@ from ..errors import ConfigError
 from .adapter import HoulsbyAdapters
 from .base import Method, describe_fields, parse_config
 from .bitfit import BitFit
+from .distill import Distill
 from .full_ft import FullFineTuning
 from .lora import Lora
+from .lst import LadderSideTuning
 from .p_tuning import PTuning
 from .prompt_tuning import PromptTuning
+from .theseus import Theseus
+from .truncate import Truncate
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
@@ -20,6 +24,10 @@ METHODS: dict[str, type[Method]] = {
         PromptTuning,
         PTuning,
         Lora,
+        Truncate,
+        Theseus,
+        Distill,
+        LadderSideTuning,
     )
 }
 DEFAULT_METHOD = "full_ft"

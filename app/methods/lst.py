@@ -1,0 +1,438 @@
+"""LST — Ladder Side-Tuning (Sung, Cho & Bansal, NeurIPS 2022) for encoder classification.
+
+A small side network (the backbone's own layer type, every width divided by r) runs beside the
+frozen backbone. Before side block k, a gated ladder mixes the side stream with a projection of
+the backbone's hidden state:
+
+    mu_k = sigmoid(alpha_k / T)
+    h    = mu_k * h + (1 - mu_k) * down_k(h_backbone)
+
+Every trainable parameter (ladder projections, gates, side layers, upsampling, head) lives
+outside the backbone, which runs under `torch.no_grad()` in eval mode: autograd keeps none of
+its activations and backward never enters it. That is where the training memory goes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..encoder import EncoderView, masked_mean, pool_first_token
+from ..errors import ConfigError
+from . import lst_init
+from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, model_inputs, option
+
+LAYER_DROPPING = ("all", "every_other", "list")
+INIT_CHOICES = ("magnitude", "fisher", "random")
+HIST_BINS = 20
+HIST_RANGE = (-4.0, 4.0)
+HIST_EDGES = [HIST_RANGE[0] + i * (HIST_RANGE[1] - HIST_RANGE[0]) / HIST_BINS for i in range(HIST_BINS + 1)]
+PCA_DECIMALS = 4
+
+
+@dataclass
+class LSTConfig(MethodConfig):
+    reduction_factor: int = option(
+        8, "Side network width divisor r: hidden d/r, FFN d_ff/r, per-head size d_head/r, same head count.",
+        min=1, max=64,
+    )
+    layer_dropping: str = option(
+        "all", "Which backbone layers feed side blocks: all, every_other (counting back from the last "
+        "layer), or list (the layer_indices below). Fewer side blocks use less memory.",
+        choices=list(LAYER_DROPPING),
+    )
+    layer_indices: list[int] = option(
+        [], "0-based backbone layers whose outputs feed side blocks, used when layer_dropping is 'list' "
+        "(e.g. 1,3,5).",
+    )
+    init: str = option(
+        "magnitude", "Side network init: structural pruning of the backbone by L1 magnitude or Fisher "
+        "importance, or random (the ablation the paper shows trains worse).",
+        choices=list(INIT_CHOICES),
+    )
+    fisher_samples: int = option(
+        512, "Training examples scored for Fisher importance (init = fisher only).", min=1, max=100_000,
+        advanced=True,
+    )
+    gate_temperature: float = option(
+        0.1, "Temperature T of the ladder gates mu = sigmoid(alpha / T); alpha starts at 0 (mu = 0.5).",
+        min=1e-3, max=100.0, advanced=True,
+    )
+    pooling: str = option(
+        "mean", "How the final side states become one vector: mean over tokens or the first token.",
+        choices=["mean", "first"],
+    )
+    attention_dropout: float = option(
+        0.0, "Dropout on the side network's attention weights. Off by default: the side network keeps the "
+        "backbone's head count, so its attention maps do not shrink with r, and with dropout on them "
+        "PyTorch's attention kernel falls back to a path that keeps every map for backward.",
+        min=0.0, max=0.9, advanced=True,
+    )
+    classifier_dropout: float = option(0.1, "Dropout before the classification head.", min=0.0, max=0.9)
+    cache_hidden_states: bool = option(
+        False, "Keep the frozen backbone's hidden states of training examples after their first pass, so "
+        "later epochs run only the side network (the backbone is deterministic in eval mode).",
+    )
+    cache_mb: int = option(
+        1024, "Memory limit of that cache in MB; examples beyond it are recomputed every epoch.",
+        min=1, max=1_000_000, advanced=True,
+    )
+
+    def validate(self) -> None:
+        if self.layer_dropping == "list":
+            if not self.layer_indices:
+                raise ConfigError("layer_dropping 'list' needs layer_indices, e.g. 1,3,5")
+        elif self.layer_indices:
+            raise ConfigError(
+                f"layer_indices are only used with layer_dropping 'list' (now '{self.layer_dropping}'); "
+                "set layer_dropping to list or clear layer_indices"
+            )
+        if any(i < 0 for i in self.layer_indices):
+            raise ConfigError(f"layer_indices must be 0 or more, got {self.layer_indices}")
+        if len(set(self.layer_indices)) != len(self.layer_indices):
+            raise ConfigError(f"layer_indices must not repeat a layer, got {self.layer_indices}")
+
+
+def feed_layers(config: LSTConfig, num_layers: int) -> list[int]:
+    """0-based backbone layers whose outputs feed the side blocks, in order."""
+    if config.layer_dropping == "all":
+        return list(range(num_layers))
+    if config.layer_dropping == "every_other":
+        # Counting back from the last layer keeps the backbone's final state in the ladder.
+        return list(range(num_layers - 1, -1, -2))[::-1]
+    bad = [i for i in config.layer_indices if i >= num_layers]
+    if bad:
+        raise ConfigError(
+            f"layer_indices {bad} do not exist: the backbone has {num_layers} layers (0..{num_layers - 1})"
+        )
+    return sorted(config.layer_indices)
+
+
+class HiddenStateCache:
+    """Backbone hidden states of training examples, keyed by example index, within a byte budget.
+
+    Only real tokens are stored: padded positions get zeros when a batch is rebuilt. Padded keys
+    are masked in every attention and pooling ignores them, so their values never reach the loss
+    or the gradients; storing them would only cost memory.
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = limit_bytes
+        self.entries: dict[int, torch.Tensor] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, index: torch.Tensor, attention_mask: torch.Tensor, like: tuple[int, int]):
+        """Stacked states (n_states, batch, length, hidden) when every example is cached, else None."""
+        keys = index.tolist()
+        if not all(k in self.entries for k in keys):
+            self.misses += len(keys)
+            return None
+        self.hits += len(keys)
+        n_states, hidden = like
+        first = self.entries[keys[0]]
+        batch, length = attention_mask.shape
+        out = first.new_zeros(n_states, batch, length, hidden)
+        real = attention_mask.bool()
+        for row, key in enumerate(keys):
+            out[:, row, real[row]] = self.entries[key]
+        return out
+
+    def store(self, index: torch.Tensor, attention_mask: torch.Tensor, stacked: torch.Tensor) -> None:
+        real = attention_mask.bool()
+        for row, key in enumerate(index.tolist()):
+            if key in self.entries:
+                continue
+            entry = stacked[:, row, real[row]].clone()
+            size = entry.numel() * entry.element_size()
+            if self.bytes + size > self.limit_bytes:
+                return
+            self.entries[key] = entry
+            self.bytes += size
+
+    def summary(self) -> dict:
+        return {"examples": len(self.entries), "bytes": self.bytes, "limit_bytes": self.limit_bytes,
+                "hits": self.hits, "misses": self.misses}
+
+
+class LadderSideNetwork(nn.Module):
+    """Frozen backbone + gated ladder + side network + head; `forward(**inputs)` gives logits."""
+
+    def __init__(self, backbone: nn.Module, side_config, feeds: list[int], label_names: list[str], *,
+                 pooling: str, gate_temperature: float, classifier_dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.view = EncoderView(backbone)
+        self.feeds = list(feeds)
+        self.label_names = list(label_names)
+        self.pooling = pooling
+        self.gate_temperature = gate_temperature
+        d, ds = self.view.config.hidden_size, side_config.hidden_size
+        self.embedding_dropout = nn.Dropout(side_config.hidden_dropout_prob)
+        # downs[0] starts the side stream from the embeddings; downs[k + 1] feeds side block k.
+        self.downs = nn.ModuleList(nn.Linear(d, ds) for _ in range(len(self.feeds) + 1))
+        self.gate_alpha = nn.Parameter(torch.zeros(len(self.feeds)))
+        self.side_layers = lst_init.build_side_layers(self.view, side_config, len(self.feeds))
+        self.upsample = nn.Linear(ds, d)
+        self.head_dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(d, len(label_names))
+        self.cache: HiddenStateCache | None = None
+        self.backbone_passes = 0  # how often the backbone really ran in training (cache misses)
+        self.last_stats: dict | None = None
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # The backbone stays in eval mode: no dropout in it, so its states are a fixed function of
+        # the input (what makes the cache valid) and it behaves as the frozen feature source it is.
+        self.backbone.eval()
+        return self
+
+    def side_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
+    def gates(self) -> torch.Tensor:
+        return torch.sigmoid(self.gate_alpha / self.gate_temperature)
+
+    # -- the frozen part ------------------------------------------------------------------
+    @torch.no_grad()
+    def _backbone_states(self, input_ids, attention_mask, token_type_ids) -> list[torch.Tensor]:
+        """Embeddings, then each feeding layer's output (batch, length, d). Layers after the last
+        feeding one are not run at all."""
+        hidden = self.view.embed(input_ids, token_type_ids)
+        mask = self.view.layer_mask(attention_mask, hidden)
+        context = self.view.layer_context(hidden)
+        states = [hidden]
+        wanted = set(self.feeds)
+        for i, layer in enumerate(self.view.layers[: self.feeds[-1] + 1]):
+            hidden = self.view.run_layer(layer, hidden, mask, context)
+            if i in wanted:
+                states.append(hidden)
+        return states
+
+    def backbone_states(self, input_ids, attention_mask, token_type_ids, example_index=None):
+        """The ladder's inputs, indexable by k: from the cache when every example of the batch is in
+        it (training only), else from a backbone pass."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        use_cache = self.cache is not None and example_index is not None and self.training
+        if use_cache:
+            cached = self.cache.lookup(example_index, attention_mask, (len(self.feeds) + 1, self.view.config.hidden_size))
+            if cached is not None:
+                return cached
+        states = self._backbone_states(input_ids, attention_mask, token_type_ids)
+        if self.training:
+            self.backbone_passes += 1
+        if use_cache:
+            self.cache.store(example_index, attention_mask, torch.stack(states))
+        return states
+
+    # -- the trained part -------------------------------------------------------------------
+    def side_features(self, input_ids, attention_mask=None, token_type_ids=None, example_index=None) -> torch.Tensor:
+        """The pooled final side state (batch, d/r): what the head sees before upsampling."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        states = self.backbone_states(input_ids, attention_mask, token_type_ids, example_index)
+        with torch.no_grad():
+            mask = self.view.layer_mask(attention_mask, states[0])
+            # MPNet's relative position bias: the side network has the backbone's head count and
+            # each side head is pruned from the same backbone head, so the backbone's own frozen
+            # per-head bias is what those heads were trained with. Reusing it (computed from the
+            # frozen table, no gradient) adds no parameters and keeps the pruned heads faithful.
+            context = self.view.layer_context(states[0])
+        capture = self.training
+        stats = [] if capture else None
+        real = attention_mask.bool()
+        h = self.downs[0](self.embedding_dropout(states[0]))
+        mus = self.gates()
+        for k, layer in enumerate(self.side_layers):
+            side_term = mus[k] * h
+            ladder_term = (1 - mus[k]) * self.downs[k + 1](states[k + 1])
+            h = self.view.run_layer(layer, side_term + ladder_term, mask, context)
+            if capture:
+                stats.append(_block_stats(h, side_term, ladder_term, real))
+        if capture:
+            self.last_stats = {"blocks": stats, "gates": mus.detach()}
+        return masked_mean(h, attention_mask) if self.pooling == "mean" else pool_first_token(h)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, example_index=None):
+        pooled = self.side_features(input_ids, attention_mask, token_type_ids, example_index)
+        # Upsampling d/r -> d as in the official code. It is linear, so upsampling the pooled
+        # vector equals pooling upsampled tokens (mean weights sum to 1), at a fraction of the cost.
+        return self.classifier(self.head_dropout(self.upsample(pooled)))
+
+
+@torch.no_grad()
+def _block_stats(h: torch.Tensor, side_term: torch.Tensor, ladder_term: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """One side block's summary over real tokens, as one small tensor (converted at telemetry time):
+    mean, std, rms, side-term norm, ladder-term norm, then the histogram counts. Values beyond
+    the fixed range are counted in the end bins, so counts always add up to all values."""
+    values = h.detach()[real].float()
+    flat = values.reshape(-1)
+    hist = torch.histc(flat.clamp(*HIST_RANGE), bins=HIST_BINS, min=HIST_RANGE[0], max=HIST_RANGE[1])
+    head = torch.stack([
+        flat.mean(),
+        flat.std(unbiased=False),
+        flat.pow(2).mean().sqrt(),
+        side_term.detach()[real].float().norm(dim=-1).mean(),
+        ladder_term.detach()[real].float().norm(dim=-1).mean(),
+    ])
+    return torch.cat([head, hist])
+
+
+class LadderSideTuning(Method):
+    name = "lst"
+    title = "Ladder Side-Tuning (LST)"
+    summary = ("A thin side network, pruned from the backbone, reads the frozen backbone's layer outputs "
+               "through gated ladders; backprop never enters the backbone, so training memory drops.")
+    Config = LSTConfig
+    # Side networks start from a pruned, much narrower copy and train well with a high rate
+    # (the official runs use 3e-3).
+    default_lr = 3e-3
+
+    def check_compatible(self, backbone, label_names: list[str]) -> None:
+        lst_init.side_dimensions(backbone.config, self.config.reduction_factor)
+        feed_layers(self.config, backbone.num_layers)
+
+    def build(self, ctx: BuildContext) -> nn.Module:
+        cfg = self.config
+        encoder = ctx.backbone.load_encoder()
+        view = EncoderView(encoder)
+        feeds = feed_layers(cfg, view.num_layers)
+        shrunk = lst_init.side_config(view.config, cfg.reduction_factor)
+        shrunk.attention_probs_dropout_prob = cfg.attention_dropout
+        model = LadderSideNetwork(encoder, shrunk, feeds, ctx.label_names, pooling=cfg.pooling,
+                                  gate_temperature=cfg.gate_temperature, classifier_dropout=cfg.classifier_dropout)
+        model.to(ctx.device)
+        std = getattr(view.config, "initializer_range", 0.02)
+        lst_init.init_like_pretraining(model.downs, std)
+        lst_init.init_like_pretraining(model.side_layers, std)
+        lst_init.init_like_pretraining(model.upsample, std)
+        lst_init.init_like_pretraining(model.classifier, std)
+        if cfg.cache_hidden_states:
+            model.cache = HiddenStateCache(cfg.cache_mb * 1024 * 1024)
+        if ctx.restoring or cfg.init == "random":
+            return model  # restoring: the trained weights are loaded over these
+        if cfg.init == "fisher":
+            if ctx.train_batches is None:
+                raise ConfigError("Fisher initialisation needs the training set, which is not available here")
+            ctx.progress(f"Fisher importance over {cfg.fisher_samples} training examples")
+            scores = lst_init.fisher_scores(
+                view, feeds, ctx.train_batches(), num_samples=cfg.fisher_samples, num_labels=len(ctx.label_names),
+                pooling=cfg.pooling, seed=ctx.seed, progress=ctx.progress,
+            )
+        else:
+            scores = lst_init.magnitude_scores(view, feeds)
+        indices = lst_init.choose_indices(scores, num_heads=view.config.num_attention_heads,
+                                          reduction_factor=cfg.reduction_factor)
+        for side_layer, backbone_index in zip(model.side_layers, feeds):
+            # Side block k follows backbone layer feeds[k] (as in the official code, side block i
+            # sits after backbone block i), so it starts as that layer, pruned.
+            lst_init.copy_pruned_layer(view.layers[backbone_index], side_layer, indices.hidden,
+                                       indices.heads[backbone_index], indices.ffn[backbone_index])
+        for down in model.downs:
+            lst_init.selection_projection(down, indices.hidden)
+        lst_init.selection_projection(model.upsample, indices.hidden, transpose=True)
+        model.pruned_hidden = indices.hidden.tolist()
+        return model
+
+    def trainable_parameters(self, model: nn.Module):
+        return model.side_parameters()
+
+    def training_step(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
+        logits = model(**model_inputs(batch), example_index=batch.get("index"))
+        return StepOutput(F.cross_entropy(logits.float(), batch["labels"]), logits)
+
+    def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        # No example index: evaluation splits have their own indices, so they never meet the cache.
+        return model(**model_inputs(batch))
+
+    def step_telemetry(self, model: nn.Module, state: TrainState) -> dict | None:
+        stats = model.last_stats
+        if not stats:
+            return None
+        rows = torch.stack(stats["blocks"]).cpu().tolist()
+        return {"lst": {
+            "gates": [float(g) for g in stats["gates"].cpu().tolist()],
+            "layers": [{"mean": r[0], "std": r[1], "rms": r[2], "hist": [int(round(c)) for c in r[5:]]}
+                       for r in rows],
+            "hist_edges": list(HIST_EDGES),
+            "side_norm": [r[3] for r in rows],
+            "ladder_norm": [r[4] for r in rows],
+            "backbone_layers": list(model.feeds),
+        }}
+
+    def eval_telemetry(self, model: nn.Module, batch: dict, state: TrainState) -> dict | None:
+        features = model.side_features(**model_inputs(batch)).float()
+        points, explained = pca_2d(features)
+        return {"lst_pca": {
+            "points": [[round(x, PCA_DECIMALS), round(y, PCA_DECIMALS)] for x, y in points.tolist()],
+            "labels": [int(v) for v in batch["labels"].tolist()],
+            "label_names": list(model.label_names),
+            "explained_variance": [float(v) for v in explained.tolist()],
+        }}
+
+    def run_summary(self, model: nn.Module) -> dict:
+        summary = {
+            "backbone_layers": list(model.feeds),
+            "side_blocks": len(model.feeds),
+            "gates": [float(g) for g in model.gates().detach().cpu().tolist()],
+            "side_hidden_size": model.upsample.in_features,
+            "init": self.config.init,
+        }
+        if model.cache is not None:
+            summary["hidden_state_cache"] = model.cache.summary()
+            summary["hidden_state_cache"]["backbone_passes"] = model.backbone_passes
+        return summary
+
+    def export(self, model: nn.Module, out_dir: Path, ctx: BuildContext) -> dict:
+        """The side network, ladders, gates and head as safetensors; the frozen backbone is only
+        named (its weights reload from that backbone), which keeps the export a few MB."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()
+                 if not n.startswith("backbone.")}
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"method": self.name})
+        ctx.backbone.tokenizer.save_pretrained(out_dir)
+        (out_dir / "lab_config.json").write_text(json.dumps(
+            {"method": self.name, "method_config": self.config.as_dict(), "backbone": ctx.backbone.name,
+             "label_names": ctx.label_names}, indent=2))
+        (out_dir / "README.md").write_text(
+            "# Exported LST model\n\n"
+            "`model.safetensors` holds the trained side network, ladder projections, gates, upsampling and "
+            "classification head; the frozen backbone is not included: its weights load from backbone "
+            f"`{ctx.backbone.name}` (named in `lab_config.json` with the settings and class names).\n"
+            "Load it with this lab:\n\n"
+            f"    from app.export import load_exported\n    model = load_exported('{out_dir.name}')\n"
+        )
+        return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}
+
+
+def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection on the first two principal components and their share of the variance.
+
+    Signs are fixed (largest loading positive) so successive evaluations do not flip the plot.
+    """
+    centred = features - features.mean(0, keepdim=True)
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    components = vh[:2]
+    if components.shape[0] < 2:  # fewer than two examples or one feature: pad with zeros
+        components = torch.cat([components, components.new_zeros(2 - components.shape[0], components.shape[1])])
+    signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
+    signs[signs == 0] = 1
+    components = components * signs
+    total = singular.pow(2).sum()
+    explained = singular.pow(2)[:2] / total if total > 0 else torch.zeros(2)
+    if explained.numel() < 2:
+        explained = torch.cat([explained, explained.new_zeros(2 - explained.numel())])
+    return centred @ components.T, explained

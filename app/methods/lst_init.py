@@ -1,0 +1,271 @@
+"""Building and initialising the ladder side network of LST from the backbone's own layers.
+
+The side network is the backbone's layer type with every width divided by the reduction factor r.
+Its initial weights come from structural pruning of the backbone: importance scores pick which
+hidden dimensions, which dimensions inside each attention head and which FFN neurons survive,
+and the kept rows/columns are copied. Index sets are kept consistent:
+
+* hidden dimensions: ONE set for the whole side network. It indexes the columns of q/k/v and of
+  the FFN input, the rows of the attention output and FFN output projections, and both
+  LayerNorms of every side layer. One set (rather than one per layer) is what the side stream's
+  residual connections need: the backbone's residual stream uses the same basis in every layer,
+  so side dimension j must mean the same backbone dimension j in every side block and in the
+  ladder projections that feed them.
+* attention: per layer and per head, the same d_head/r dimensions index the rows of q, k and v
+  and the columns of the output projection, so each side head is a thinner copy of the same
+  backbone head (q·k sums over matching dimensions, v lines up with o).
+* FFN: per layer, the kept neurons index the rows of the FFN input and the columns of its output.
+
+Importance is either L1 magnitude of the weights or an empirical Fisher score (squared gradients
+of the task loss, summed over training batches).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..encoder import EncoderView, masked_mean, pool_first_token
+from ..errors import ConfigError
+
+
+@dataclass
+class LayerParts:
+    """The weight-carrying pieces of one encoder layer, named the same for every architecture."""
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attn_out: nn.Linear
+    attn_norm: nn.LayerNorm
+    ffn_in: nn.Linear
+    ffn_out: nn.Linear
+    ffn_norm: nn.LayerNorm
+
+    def linears(self) -> dict[str, nn.Linear]:
+        return {"query": self.query, "key": self.key, "value": self.value, "attn_out": self.attn_out,
+                "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
+
+
+def layer_parts(layer: nn.Module) -> LayerParts:
+    attention = layer.attention
+    if hasattr(attention, "self"):  # BERT, RoBERTa, XLM-R, ELECTRA
+        heads = attention.self
+        return LayerParts(heads.query, heads.key, heads.value, attention.output.dense, attention.output.LayerNorm,
+                          layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
+    if hasattr(attention, "attn"):  # MPNet
+        heads = attention.attn
+        return LayerParts(heads.q, heads.k, heads.v, heads.o, attention.LayerNorm,
+                          layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
+    raise TypeError(f"{type(layer).__name__} is not a supported encoder layer")
+
+
+# --- the shrunken configuration --------------------------------------------------------------
+
+
+def side_dimensions(config, reduction_factor: int) -> dict:
+    """Side widths for a backbone config, or a ConfigError that says which width does not divide."""
+    d, heads, d_ff = config.hidden_size, config.num_attention_heads, config.intermediate_size
+    r = reduction_factor
+    if d % heads:
+        raise ConfigError(f"backbone hidden size {d} is not a multiple of its {heads} heads")
+    head_size = d // heads
+    if head_size % r:
+        raise ConfigError(
+            f"reduction_factor {r} does not divide the backbone's per-head size {head_size} "
+            f"(hidden {d} / {heads} heads); choose a divisor of {head_size}"
+        )
+    if d_ff % r:
+        raise ConfigError(f"reduction_factor {r} does not divide the backbone's FFN size {d_ff}")
+    return {"hidden": d // r, "ffn": d_ff // r, "heads": heads, "head_size": head_size // r}
+
+
+def side_config(config, reduction_factor: int):
+    """A copy of the backbone config with every width divided by r and the same head count."""
+    dims = side_dimensions(config, reduction_factor)
+    shrunk = copy.deepcopy(config)
+    shrunk.hidden_size = dims["hidden"]
+    shrunk.intermediate_size = dims["ffn"]
+    shrunk.num_attention_heads = dims["heads"]
+    return shrunk
+
+
+def build_side_layers(view: EncoderView, config, count: int) -> nn.ModuleList:
+    """`count` real instances of the backbone's own layer class built from the shrunken config."""
+    layer_class = type(view.layers[0])
+    return nn.ModuleList(layer_class(config) for _ in range(count))
+
+
+def init_like_pretraining(module: nn.Module, std: float) -> None:
+    """BERT-style initialisation (normal weights, zero biases, unit LayerNorms): the `random` ablation."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+
+
+# --- importance ------------------------------------------------------------------------------
+
+
+Scores = dict[int, dict[str, torch.Tensor]]  # backbone layer index -> part name -> score per weight
+
+
+def magnitude_scores(view: EncoderView, layer_indices: Iterable[int]) -> Scores:
+    """|W| for every weight matrix of the given backbone layers."""
+    return {
+        i: {name: linear.weight.detach().abs().float() for name, linear in layer_parts(view.layers[i]).linears().items()}
+        for i in layer_indices
+    }
+
+
+def fisher_scores(
+    view: EncoderView,
+    layer_indices: Iterable[int],
+    batches: Iterator[dict],
+    *,
+    num_samples: int,
+    num_labels: int,
+    pooling: str,
+    seed: int,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Scores:
+    """Empirical Fisher importance: squared gradients of the task loss, summed over batches.
+
+    A pretrained encoder has no head for this task, so the loss goes through a temporary linear
+    head (seeded, thrown away afterwards) on the pooled last hidden state. Squared gradients are
+    taken per batch (the batch-mean gradient), which costs one backward per batch instead of one
+    per example. The backbone is left as it was found: frozen, in eval mode, without gradients.
+    """
+    layer_indices = sorted(set(layer_indices))
+    parts = {i: layer_parts(view.layers[i]).linears() for i in layer_indices}
+    weights = [linear.weight for linears in parts.values() for linear in linears.values()]
+    totals = {id(w): torch.zeros_like(w, dtype=torch.float32) for w in weights}
+    generator = torch.Generator().manual_seed(seed)
+    hidden = view.config.hidden_size
+    head = nn.Linear(hidden, num_labels)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(num_labels, hidden, generator=generator) * view.config.initializer_range)
+        head.bias.zero_()
+    was_training = view.model.training
+    previous = [w.requires_grad for w in weights]
+    view.model.eval()
+    seen = 0
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        head.to(weights[0].device)
+        for batch in batches:
+            if seen >= num_samples:
+                break
+            take = min(len(batch["labels"]), num_samples - seen)
+            input_ids = batch["input_ids"][:take]
+            attention_mask = batch.get("attention_mask")
+            attention_mask = attention_mask[:take] if attention_mask is not None else None
+            token_type_ids = batch.get("token_type_ids")
+            token_type_ids = token_type_ids[:take] if token_type_ids is not None else None
+            last = view.hidden_states(input_ids, attention_mask, token_type_ids)[-1]
+            pooled = masked_mean(last, attention_mask) if pooling == "mean" and attention_mask is not None \
+                else pool_first_token(last)
+            loss = F.cross_entropy(head(pooled).float(), batch["labels"][:take])
+            grads = torch.autograd.grad(loss, weights)
+            for w, g in zip(weights, grads):
+                totals[id(w)] += g.float().pow(2)
+            seen += take
+            progress(f"Fisher importance: {seen}/{num_samples} training examples")
+    finally:
+        for w, flag in zip(weights, previous):
+            w.requires_grad_(flag)
+            w.grad = None
+        view.model.train(was_training)
+    if seen == 0:
+        raise ConfigError("Fisher importance needs training examples, but the training set gave none")
+    return {i: {name: totals[id(linear.weight)] for name, linear in linears.items()} for i, linears in parts.items()}
+
+
+# --- choosing and copying ----------------------------------------------------------------------
+
+
+def top_indices(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` largest scores, in ascending index order (ties go to the lower index)."""
+    order = torch.sort(scores, descending=True, stable=True).indices[:keep]
+    return torch.sort(order).values
+
+
+def hidden_importance(layer_scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Score of each hidden dimension in one layer: the columns that read it, the rows that write it."""
+    reads = sum(layer_scores[name].sum(0) for name in ("query", "key", "value", "ffn_in"))
+    writes = sum(layer_scores[name].sum(1) for name in ("attn_out", "ffn_out"))
+    return reads + writes
+
+
+@dataclass
+class PrunedIndices:
+    hidden: torch.Tensor  # shared by every side layer and every ladder projection
+    heads: dict[int, torch.Tensor]  # backbone layer -> kept rows of q/k/v = kept columns of o
+    ffn: dict[int, torch.Tensor]  # backbone layer -> kept FFN neurons
+
+
+def choose_indices(scores: Scores, *, num_heads: int, reduction_factor: int) -> PrunedIndices:
+    """Keep the 1/r most important hidden dims (summed over layers), then per layer the most
+    important dims of each head and FFN neurons, scored on the kept hidden dims only."""
+    layers = sorted(scores)
+    first = scores[layers[0]]
+    hidden_size = first["query"].shape[1]
+    head_size = first["query"].shape[0] // num_heads
+    ffn_size = first["ffn_in"].shape[0]
+    r = reduction_factor
+    hidden = top_indices(sum(hidden_importance(scores[i]) for i in layers), hidden_size // r)
+    heads, ffn = {}, {}
+    for i in layers:
+        s = scores[i]
+        per_dim = (s["query"][:, hidden].sum(1) + s["key"][:, hidden].sum(1) + s["value"][:, hidden].sum(1)
+                   + s["attn_out"][hidden].sum(0))
+        kept = [h * head_size + top_indices(per_dim[h * head_size:(h + 1) * head_size], head_size // r)
+                for h in range(num_heads)]
+        heads[i] = torch.cat(kept)
+        ffn[i] = top_indices(s["ffn_in"][:, hidden].sum(1) + s["ffn_out"][hidden].sum(0), ffn_size // r)
+    return PrunedIndices(hidden, heads, ffn)
+
+
+@torch.no_grad()
+def copy_pruned_layer(source: nn.Module, target: nn.Module, hidden: torch.Tensor, heads: torch.Tensor,
+                      ffn: torch.Tensor) -> None:
+    """Copy the kept rows/columns of a backbone layer into a side layer of the same class."""
+    src, dst = layer_parts(source), layer_parts(target)
+
+    def copy_linear(s: nn.Linear, d: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        d.weight.copy_(s.weight[rows][:, cols])
+        if d.bias is not None:
+            d.bias.copy_(s.bias[rows])
+
+    for name in ("query", "key", "value"):
+        copy_linear(getattr(src, name), getattr(dst, name), heads, hidden)
+    copy_linear(src.attn_out, dst.attn_out, hidden, heads)
+    copy_linear(src.ffn_in, dst.ffn_in, ffn, hidden)
+    copy_linear(src.ffn_out, dst.ffn_out, hidden, ffn)
+    for norm_src, norm_dst in ((src.attn_norm, dst.attn_norm), (src.ffn_norm, dst.ffn_norm)):
+        norm_dst.weight.copy_(norm_src.weight[hidden])
+        norm_dst.bias.copy_(norm_src.bias[hidden])
+
+
+@torch.no_grad()
+def selection_projection(linear: nn.Linear, hidden: torch.Tensor, *, transpose: bool = False) -> None:
+    """Make a ladder projection pick (or, transposed, put back) the kept hidden dimensions, so the
+    pruned side layers first see the backbone's states in the basis they were cut from."""
+    linear.weight.zero_()
+    positions = torch.arange(len(hidden), device=linear.weight.device)
+    if transpose:
+        linear.weight[hidden.to(linear.weight.device), positions] = 1.0
+    else:
+        linear.weight[positions, hidden.to(linear.weight.device)] = 1.0
+    if linear.bias is not None:
+        linear.bias.zero_()
