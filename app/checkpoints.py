@@ -8,6 +8,7 @@ Nothing here unpickles: tensors are safetensors, the rest JSON.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,11 @@ def check_reference(store: RunStore | None, value: str, label_names: list[str], 
         if names and len(names) != len(label_names):
             raise ConfigError(
                 f"{field_name} '{value}' predicts {len(names)} classes; this dataset has {len(label_names)}"
+            )
+        # Folders saved without class names carry placeholders (LABEL_0, ...): only the count compares.
+        if names and not all(re.match(r"^LABEL_\d+$", str(n)) for n in names) and names != list(label_names):
+            raise ConfigError(
+                f"{field_name} '{value}' was trained on classes {names}; this dataset has {list(label_names)}"
             )
         return
     if not RUN_ID_PATTERN.match(value or ""):
