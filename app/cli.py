@@ -95,6 +95,8 @@ def cmd_train(args) -> int:
             values[key] = value
     if args.bf16:
         values["bf16"] = True
+    if values["method"] == "theseus" and str(values["method_config"].get("predecessor", "")).strip().lower() == "new":
+        return _train_predecessor_then_theseus(args, values)
     config = RunConfig.from_dict(values)
     store = RunStore(_runs_dir(args))
     store.mark_orphans_interrupted()
@@ -125,6 +127,56 @@ def cmd_train(args) -> int:
         print(f"run {run_id} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
         return EXIT_RUN_FAILED
     return 0
+
+
+def _train_predecessor_then_theseus(args, values: dict) -> int:
+    """`train --method theseus --set predecessor=new`: fine-tune a predecessor (full_ft, same run
+    settings), then Theseus it, as one chain; prints both runs (with --json, the last line is the
+    Theseus run with its predecessor under "predecessor_run")."""
+    import time
+
+    from tqdm import tqdm
+
+    from .manager import RunManager
+    from .pipelines import theseus_chain
+    from .store import ACTIVE_STATUSES
+
+    settings = dict(values["method_config"])
+    settings.pop("predecessor")
+    configs = theseus_chain(values, include_truncate=False, theseus_settings=settings)
+    manager = RunManager(_store(args))
+    records = []
+    try:
+        ids = manager.submit_chain(configs)  # every check runs before anything is queued
+        for config, run_id in zip(configs, ids):
+            bar = tqdm(total=config.get("steps"), desc=f"{config['method']} {run_id}", unit="step", file=sys.stderr,
+                       disable=args.quiet, dynamic_ncols=True)
+            try:
+                while True:
+                    record = manager.store.get_run(run_id)
+                    bar.update(max(0, (record.get("step") or 0) - bar.n))
+                    if record["status"] not in ACTIVE_STATUSES:
+                        break
+                    time.sleep(0.25)
+            finally:
+                bar.close()
+            records.append(record)
+    finally:
+        manager.shutdown(wait=True)
+    results = []
+    for record in records:
+        result = run_summary(record)
+        result["run_dir"] = str(manager.store.run_dir(record["id"]))
+        results.append(result)
+    if args.json:
+        _print_json(dict(results[-1], predecessor_run=results[0]))
+    else:
+        for result in results:
+            _print_human(result)
+    failed = [record for record in records if record["status"] != "finished"]
+    for record in failed:
+        print(f"run {record['id']} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
+    return EXIT_RUN_FAILED if failed else 0
 
 
 def _print_human(result: dict) -> None:
@@ -339,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--text-column", default="text")
     train.add_argument("--text-pair-column")
     train.add_argument("--label-column", default="label")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="a method setting (repeatable); with --method theseus, predecessor=new first "
+                            "fine-tunes a predecessor with the same settings")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     runs = sub.add_parser("runs", help="list, show or delete stored runs")

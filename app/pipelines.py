@@ -49,8 +49,8 @@ def theseus_chain(
         raise ConfigError(f"layers must be at least 1, got {layers}")
     for name, settings in (("theseus_settings", theseus_settings), ("truncate_settings", truncate_settings),
                            ("distill_settings", distill_settings)):
-        if settings and "layers" in settings:
-            raise ConfigError(f"give the layer count once, as layers=, not inside {name}")
+        if layers is not None and settings and "layers" in settings:
+            raise ConfigError(f"give the layer count once, as layers=, not also inside {name}")
     depth = {} if layers is None else {"layers": layers}
     label = f"{layers} layers" if layers is not None else "half the layers"
 

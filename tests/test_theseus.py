@@ -268,11 +268,17 @@ def test_a_model_folder_works_as_predecessor(session_store, finished_full_ft, tm
     assert method.run_summary(model)["predecessor"]["source"] == str(tmp_path / "predecessor")
 
 
-def test_layer_count_that_does_not_divide_is_refused(session_store, finished_full_ft):
+def test_layer_count_that_does_not_divide_is_refused(session_store, finished_full_ft, tmp_path):
+    from app.export import export_run
     from app.training import prepare_run
 
-    with pytest.raises(ConfigError, match=r"4 layers do not split into 3 equal modules; choose layers from \[1, 2, 4\]"):
+    with pytest.raises(ConfigError, match=r"backbone 'tiny-random' has 4 layers, which do not split into 3 "
+                                          r"equal modules; choose layers from \[1, 2, 4\]"):
         prepare_run(tiny_config(method="theseus", method_config={"predecessor": finished_full_ft["id"],
+                                                                 "layers": 3}), session_store)
+    export_run(session_store, finished_full_ft["id"], tmp_path / "predecessor")
+    with pytest.raises(ConfigError, match=r"predecessor '.*predecessor' has 4 layers, which do not split into 3"):
+        prepare_run(tiny_config(method="theseus", method_config={"predecessor": str(tmp_path / "predecessor"),
                                                                  "layers": 3}), session_store)
 
 
@@ -368,3 +374,20 @@ def test_chain_settings_are_checked_before_anything_is_queued(manager):
     with pytest.raises(ConfigError, match="do not split into 3"):
         submit_theseus_chain(manager, tiny_config(), layers=3, include_truncate=False)
     assert manager.store.list_runs() == []
+
+
+def test_cli_trains_a_new_predecessor_then_theseus(runs_dir, capsys):
+    from app.cli import main
+
+    code = main(["train", "--backbone", "tiny-random", "--dataset", "sms-spam", "--method", "theseus",
+                 "--set", "predecessor=new", "--set", "layers=2", "--steps", "4", "--batch-size", "8",
+                 "--max-length", "32", "--max-train-examples", "128", "--max-eval-examples", "32",
+                 "--eval-every", "2", "--quiet", "--json", "--runs-dir", str(runs_dir)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["method"] == "theseus" and result["status"] == "finished"
+    assert result["predecessor_run"]["method"] == "full_ft" and result["predecessor_run"]["status"] == "finished"
+    from app.store import RunStore
+
+    record = RunStore(runs_dir).get_run(result["run_id"])
+    assert record["config"]["method_config"]["predecessor"] == result["predecessor_run"]["run_id"]

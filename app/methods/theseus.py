@@ -13,7 +13,9 @@ successor exports as a plain m-layer model.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -140,19 +142,29 @@ class TheseusModel(nn.Module):
         return classify_hidden(self.successor, hidden)
 
 
-def successor_layer_count(predecessor_layers: int, requested: int | None) -> int:
+def successor_layer_count(predecessor_layers: int, requested: int | None, whose: str = "the predecessor") -> int:
     m = requested if requested is not None else predecessor_layers // 2
     if m < 1:
-        raise ConfigError(f"the predecessor has {predecessor_layers} layer(s): too few to compress")
+        raise ConfigError(f"{whose} has {predecessor_layers} layer(s): too few to compress")
     if m > predecessor_layers:
-        raise ConfigError(f"layers={m} is more than the predecessor's {predecessor_layers} layers")
+        raise ConfigError(f"layers={m} is more than the {predecessor_layers} layers of {whose}")
     if predecessor_layers % m:
         divisors = [d for d in range(1, predecessor_layers + 1) if predecessor_layers % d == 0]
         raise ConfigError(
-            f"the predecessor's {predecessor_layers} layers do not split into {m} equal modules; "
+            f"{whose} has {predecessor_layers} layers, which do not split into {m} equal modules; "
             f"choose layers from {divisors}"
         )
     return m
+
+
+def _folder_depth(value: str) -> int | None:
+    config_file = Path(value).expanduser() / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        return int(json.loads(config_file.read_text()).get("num_hidden_layers"))
+    except (ValueError, TypeError, json.JSONDecodeError):
+        return None
 
 
 def phase2_start_step(setting: float, total_steps: int) -> int | None:
@@ -199,9 +211,14 @@ class Theseus(Method):
                 "theseus needs a predecessor: set predecessor to a finished run id (e.g. a full_ft run "
                 "on this dataset) or a model folder"
             )
-        # The predecessor is usually fine-tuned from this backbone; its exact depth is checked again
-        # once it is loaded.
-        successor_layer_count(backbone.num_layers, self.config.layers)
+        depth = _folder_depth(self.config.predecessor)
+        if depth is not None:
+            successor_layer_count(depth, self.config.layers, f"predecessor '{self.config.predecessor}'")
+        else:
+            # A predecessor run is normally fine-tuned from this backbone, so it has its depth; the
+            # exact depth is checked again once the predecessor is loaded.
+            successor_layer_count(backbone.num_layers, self.config.layers,
+                                  f"a predecessor fine-tuned from backbone '{backbone.name}'")
 
     def build(self, ctx: BuildContext) -> nn.Module:
         if ctx.load_reference is None:
@@ -213,7 +230,7 @@ class Theseus(Method):
         check_same_vocabulary(predecessor, ctx.backbone, "predecessor", reference.source)
         predecessor_layers = layer_list(predecessor)
         n = len(predecessor_layers)
-        m = successor_layer_count(n, self.config.layers)
+        m = successor_layer_count(n, self.config.layers, f"predecessor '{reference.source}'")
 
         if self.config.successor_init == "backbone" and not ctx.restoring:
             check_same_layer_shape(
