@@ -86,11 +86,16 @@ def test_successor_init_copies_predecessor_layers_or_backbone_layers(session_sto
     from app.backbones import get_backbone
 
     _, from_predecessor = _built(session_store, finished_full_ft["id"])
+    _, from_block_ends = _built(session_store, finished_full_ft["id"], successor_init="block_last")
     _, from_backbone = _built(session_store, finished_full_ft["id"], successor_init="backbone")
     fresh = get_backbone("tiny-random").load_encoder()
     for i in range(2):
         ours = from_predecessor.successor.bert.encoder.layer[i].state_dict()
         theirs = from_predecessor.predecessor.bert.encoder.layer[i].state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+        # Module i replaces layers 2i and 2i+1 and starts as layer 2i+1.
+        ours = from_block_ends.successor.bert.encoder.layer[i].state_dict()
+        theirs = from_block_ends.predecessor.bert.encoder.layer[2 * i + 1].state_dict()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
         ours = from_backbone.successor.bert.encoder.layer[i].state_dict()
         pretrained = fresh.encoder.layer[i].state_dict()

@@ -89,9 +89,12 @@ class TheseusConfig(MethodConfig):
     )
     successor_init: str = option(
         "predecessor",
-        "Initial successor layers: the predecessor's layers 0..m-1 (official) or the pretrained "
-        "backbone's first m layers (bojone's variant).",
-        choices=["predecessor", "backbone"],
+        "Initial successor layers. predecessor: its layers 0..m-1 (official). block_last: each "
+        "module starts as the last layer of the block it replaces (k-1, 2k-1, ...), which keeps "
+        "encoders whose first-token state only forms in the top layer (sentence-transformers such "
+        "as MiniLM) close to the predecessor from the start. backbone: the pretrained backbone's "
+        "first m layers (bojone's variant).",
+        choices=["predecessor", "block_last", "backbone"],
     )
     train_embeddings_and_head: bool = option(
         False,
@@ -242,7 +245,9 @@ class Theseus(Method):
             layers = [layer_list(encoder)[i] for i in range(m)]
         else:
             # When restoring, the trained weights overwrite these copies right after the build.
-            layers = [copy.deepcopy(predecessor_layers[i]) for i in range(m)]
+            k = n // m
+            chosen = [k * i + k - 1 for i in range(m)] if self.config.successor_init == "block_last" else range(m)
+            layers = [copy.deepcopy(predecessor_layers[i]) for i in chosen]
         successor = shallow_copy_with_layers(predecessor, layers, share_rest=True)
         for p in predecessor.parameters():
             p.requires_grad_(False)
