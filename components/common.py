@@ -145,12 +145,14 @@ def run_label(record: dict) -> str:
     """One line naming a run in pickers: id, method, backbone, dataset, status."""
     name = f" “{record['name']}”" if record.get("name") else ""
     dataset = Path(record["dataset"]).name if "/" in record["dataset"] else record["dataset"]
-    return f"{record['id']}{name} · {record['method']} · {record['backbone']} · {dataset} · {record['status']}"
+    # Nothing that changes over a run's life (its status): a selectbox keeps showing the label its
+    # choice had when picked, even after the options are relabelled.
+    return f"{record['id']}{name} · {record['method']} · {record['backbone']} · {dataset}"
 
 
 def short_run_label(record: dict) -> str:
     """A compact name for chips of multiselects and chart legends."""
-    return f"{record['method']} · {record['id'][-6:]} · {record['status']}"
+    return f"{record['method']} · {record['id'][-6:]}"
 
 
 def run_link(run_id: str) -> str:

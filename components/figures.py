@@ -102,6 +102,11 @@ def accuracy_figure(evals: list[dict], reference: tuple[float, str] | None = Non
                        "mode": "lines+markers", "dash": "dot"})
     hline = (100 * reference[0], reference[1]) if reference else None
     fig = lines(traces, "step", "accuracy (%)", title, hline=hline)
+    if 0 < len(val) <= 12:
+        fig.update_xaxes(tickmode="array", tickvals=[e["step"] for e in val])  # no fractional steps
+    if not val:
+        fig.update_yaxes(range=[0, 100])
+        fig.add_annotation(text="no validation pass yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     return fig
 
 
@@ -336,10 +341,11 @@ def size_speed_figure(rows: list[dict]) -> go.Figure:
                          name="parameters (M)", marker_color="#4C78A8", offsetgroup=0))
     fig.add_trace(go.Bar(x=[r["name"] for r in rows], y=[r.get("layers") or 0 for r in rows], name="layers",
                          marker_color="#F58518", yaxis="y2", offsetgroup=1))
-    fig.update_layout(yaxis2=dict(title="layers", overlaying="y", side="right", rangemode="tozero"),
-                      barmode="group")
+    fig.update_layout(barmode="group")
     fig = _layout(fig, "model", "parameters (millions)", "Predecessor vs successor")
-    fig.update_layout(hovermode="closest")
+    # After _layout, which titles every y axis alike.
+    fig.update_layout(hovermode="closest", yaxis2=dict(title=dict(text="layers"), overlaying="y", side="right",
+                                                       rangemode="tozero", dtick=1, showgrid=False))
     return fig
 
 

@@ -157,7 +157,7 @@ def dataset_picker() -> dict:
     label_default = lower.index("label") if "label" in lower else len(columns) - 1
     cols = st.columns(3)
     text = cols[0].selectbox("Text column", columns, index=text_default, key=f"launch.text_col.{path.name}")
-    pair = cols[1].selectbox("Second text (pairs, optional)", ["(none)"] + columns, index=0,
+    pair = cols[1].selectbox("Second text (optional)", ["(none)"] + columns, index=0,
                              key=f"launch.pair_col.{path.name}")
     label = cols[2].selectbox("Label column", columns, index=label_default, key=f"launch.label_col.{path.name}")
     return {"dataset": str(path), "text_column": text, "label_column": label,

@@ -114,10 +114,11 @@ def render_memory(store, records: list[dict]) -> None:
         "allocated, of the optimizer state, and of every tensor autograd saved for backward in the forward "
         "pass. Peak = their sum at the end of the forward pass. On CUDA the allocator's own peak is shown too."
     )
+    on_cuda = any(r.get("cuda_peak") for r in rows)
     st.dataframe(
         [{"run": r["id"], "method": r["method"], "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
           **{f"{p} (MiB)": _round_mib(r[p]) for p in PARTS},
-          "CUDA max allocated (MiB)": _round_mib(r.get("cuda_peak")),
+          **({"CUDA max allocated (MiB)": _round_mib(r.get("cuda_peak"))} if on_cuda else {}),
           "trainable params": r["trainable"], "total params": r["total"]} for r in rows],
         hide_index=True,
     )

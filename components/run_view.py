@@ -44,7 +44,6 @@ def render_live(run_id: str) -> bool:
     head.progress(fraction, text=f"{STATUS_ICONS.get(record['status'], '')} {text}")
     if active and button.button("Cancel run", key=f"run.cancel.{run_id}", type="secondary"):
         manager.cancel(run_id)
-        st.toast(f"Cancelling {run_id}…")
     val = [e for e in evals if e["split"] == "validation"]
     test = [e for e in evals if e["split"] == "test"]
     cols = st.columns(5)
@@ -58,11 +57,20 @@ def render_live(run_id: str) -> bool:
     if not steps:
         st.info("No steps yet: the curves appear with the first step." if active else "This run recorded no steps.")
         return active
+    # Between two steps a refresh finds nothing new: reuse the figures instead of rebuilding them
+    # (plotly figure construction is the costliest part of a refresh).
+    stamp = (run_id, len(steps), len(evals), record["status"])
+    cached = st.session_state.get("run.figures")
+    if not cached or cached[0] != stamp:
+        cached = (stamp, [figures.loss_figure(steps), figures.accuracy_figure(evals), figures.throughput_figure(steps),
+                          figures.memory_parts_figure(steps)])
+        st.session_state["run.figures"] = cached
+    loss, accuracy, throughput, memory = cached[1]
     left, right = st.columns(2)
-    left.plotly_chart(figures.loss_figure(steps), key="run.loss")
-    right.plotly_chart(figures.accuracy_figure(evals), key="run.accuracy")
-    left.plotly_chart(figures.throughput_figure(steps), key="run.throughput")
-    right.plotly_chart(figures.memory_parts_figure(steps), key="run.memory")
+    left.plotly_chart(loss, key="run.loss")
+    right.plotly_chart(accuracy, key="run.accuracy")
+    left.plotly_chart(throughput, key="run.throughput")
+    right.plotly_chart(memory, key="run.memory")
     return active
 
 
