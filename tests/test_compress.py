@@ -79,7 +79,7 @@ def count(model) -> int:
 
 @pytest.mark.parametrize("scope", ["global", "per_layer"])
 def test_magnitude_pruning_reaches_the_asked_sparsity_on_encoder_weights_only(scope):
-    from app.compression.pruning import linear_targets, magnitude_prune, make_pruning_permanent
+    from app.compression.pruning import magnitude_prune, make_pruning_permanent
 
     model = tiny_model()
     untouched = {n: p.detach().clone() for n, p in model.named_parameters()
@@ -278,7 +278,8 @@ def lab(*args, runs_dir, timeout=300):
 def test_compress_cli_json_contract(compress_store, easy_run):
     result = lab("compress", easy_run["id"], "--sparsity", "0.3,0.6", "--quantize", "int8,4bit",
                  "--structured-heads", "1", "--structured-ffn", "0.25", "--per-layer",
-                 "--latency-repeats", "1", "--latency-warmup", "0", "--latency-batch-size", "8", "--json", runs_dir=compress_store.runs_dir)
+                 "--latency-repeats", "1", "--latency-warmup", "0", "--latency-batch-size", "8", "--json",
+                 runs_dir=compress_store.runs_dir)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["run_id"] == easy_run["id"]

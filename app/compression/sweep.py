@@ -423,14 +423,18 @@ def _quantized_point(session: _Session, kind: str) -> dict:
     bits = KBIT_KINDS[kind]
     model = copy.deepcopy(session.base)
     targets = fake_quantize(model, bits)
+    zeroed = target_sparsity(targets)
     point = _measure(
         session, model, kind="kbit", setting=kind, key=kind,
         bytes_value=measure.packed_kbit_bytes(model, targets, bits), bytes_kind="computed packed size",
         note=f"weight fake-quant: target weights rounded to {bits}-bit per-output-channel symmetric levels"
-             + (" (binary: sign x mean|w|)" if bits == 1 else " (ternary at 2 bits)" if bits == 2 else "")
-             + ", computed in fp32, so latency is the fp32 model's; bytes is computed, not written: "
+             + (" (binary: sign x mean|w|)" if bits == 1 else
+                " (ternary {-s, 0, s} with s = row max: every weight under half its row's maximum becomes 0)"
+                if bits == 2 else "")
+             + f"; {zeroed:.0%} of target weights end up zero; computed in fp32, so latency is the fp32 "
+             "model's; bytes is computed, not written: "
              f"{bits} bits per target weight plus an fp32 scale per row, other tensors as stored",
-        bits=bits, targets=targets.description, target_weights=targets.weight_count,
+        bits=bits, targets=targets.description, target_weights=targets.weight_count, zeroed_fraction=zeroed,
     )
     _release(model)
     return point
