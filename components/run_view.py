@@ -110,8 +110,8 @@ def render_details(record: dict) -> None:
     elif record["status"] in ("cancelled", "interrupted") and record.get("error"):
         st.warning(f"{record['status'].capitalize()}: {record['error']}")
     notes = (record.get("summary") or {}).get("notes") or []
-    for note in notes:
-        st.caption(f"Note: {note}")
+    if notes:
+        st.caption("Notes: " + "; ".join(notes) + ".")
     with st.expander("Configuration"):
         st.json(record["config"], expanded=2)
         summary = {k: v for k, v in (record.get("summary") or {}).items() if k not in ("notes",)}
