@@ -20,10 +20,14 @@ BASE = dict(backbone="minilm-l6", dataset="rotten-tomatoes", max_length=40, batc
 # method name -> run settings (method settings under "method_config")
 REAL: dict[str, dict] = {
     "full_ft": dict(steps=60, eval_every=60),
-    "truncate": dict(steps=60, eval_every=60, method_config={"layers": 3}),
-    "theseus": dict(steps=60, eval_every=15, method_config={"layers": 3}),
-    "distill": dict(steps=60, eval_every=60, method_config={"layers": 3}),
-    "lst": dict(steps=60, eval_every=60),
+    "truncate": dict(steps=100, eval_every=100, lr=3e-4, method_config={"layers": 3}),  # 3 layers: cheap steps
+    # MiniLM's first-token state only forms in its top layer, so in 60 steps the 3-layer students
+    # learn when they start from the predecessor's block-final layers (2, 4, 6); from layers 1-3
+    # (the official Theseus init, or the backbone's first layers) they stay near chance this short.
+    "theseus": dict(steps=60, eval_every=15, loss_falls_after=30,
+                    method_config={"layers": 3, "successor_init": "block_last"}),
+    "distill": dict(steps=60, eval_every=60, method_config={"layers": 3, "student_init": "teacher"}),
+    "lst": dict(steps=40, eval_every=40),
 }
 
 
@@ -44,13 +48,16 @@ def test_every_registered_method_has_a_real_row():
 def test_method_learns_on_real_weights_and_data(name, real_store, request):
     settings = dict(BASE, **REAL[name])
     method_config = dict(settings.pop("method_config", {}))
+    # Steps whose training loss is not the trained model's own (e.g. Theseus phase 1, where the
+    # fine-tuned predecessor's blocks are mixed in) are left out of the falling-loss check.
+    loss_after = settings.pop("loss_falls_after", 0)
     from app.methods import METHODS
 
     for field_name in METHODS[name].reference_fields:
         method_config.setdefault(field_name, request.getfixturevalue("real_full_ft_run"))
     record = train_now(real_store, method=name, method_config=method_config, **settings)
     assert record["status"] == "finished", record.get("traceback") or record.get("error")
-    losses = [s["loss"] for s in real_store.steps(record["id"])]
+    losses = [s["loss"] for s in real_store.steps(record["id"]) if s["step"] > loss_after]
     assert record["metrics"]["val_accuracy"] >= MIN_ACCURACY, record["metrics"]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
 

@@ -149,7 +149,7 @@ class HiddenStateCache:
         for row, key in enumerate(index.tolist()):
             if key in self.entries:
                 continue
-            entry = stacked[:, row, real[row]].clone()
+            entry = stacked[:, row, real[row]]  # boolean indexing copies: the entry owns its storage
             size = entry.numel() * entry.element_size()
             if self.bytes + size > self.limit_bytes:
                 return
@@ -341,7 +341,6 @@ class LadderSideTuning(Method):
         for down in model.downs:
             lst_init.selection_projection(down, indices.hidden)
         lst_init.selection_projection(model.upsample, indices.hidden, transpose=True)
-        model.pruned_hidden = indices.hidden.tolist()
         return model
 
     def trainable_parameters(self, model: nn.Module):
