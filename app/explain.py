@@ -8,6 +8,8 @@ module replacement) need no special case. Everything returned is plain data.
 
 from __future__ import annotations
 
+import contextlib
+import types
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +88,41 @@ def used_word_embeddings(explainer: Explainer, batch: dict) -> nn.Embedding:
     return fired[0]
 
 
+def _is_gradient_free_wrapper(function) -> bool:
+    """A method wrapped by `@torch.no_grad()` or `@torch.inference_mode()`."""
+    if getattr(function, "__wrapped__", None) is None or getattr(function, "__code__", None) is None:
+        return False
+    cells = dict(zip(function.__code__.co_freevars, function.__closure__ or ()))
+    factory = cells.get("ctx_factory")
+    owner = getattr(factory.cell_contents, "__self__", factory.cell_contents) if factory else None
+    return isinstance(owner, (torch.no_grad, torch.inference_mode)) or owner in (torch.no_grad, torch.inference_mode)
+
+
+@contextlib.contextmanager
+def gradients_through_frozen_paths(model: nn.Module):
+    """Integrated Gradients needs d(prediction)/d(embeddings). Methods that run a frozen part without
+    autograd (LST's backbone) cut that path, so while attributing, their gradient-free methods run
+    undecorated on this model instance. No weight changes; the instances get their methods back."""
+    patched = []
+    for module in model.modules():
+        seen = set()
+        for cls in type(module).__mro__:
+            if cls is nn.Module or cls is object:
+                break
+            for name, function in vars(cls).items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                if _is_gradient_free_wrapper(function):
+                    setattr(module, name, types.MethodType(function.__wrapped__, module))
+                    patched.append((module, name))
+    try:
+        yield len(patched)
+    finally:
+        for module, name in patched:
+            delattr(module, name)
+
+
 def merge_wordpieces(tokens: list[str], scores: list[float], special: set[str]) -> tuple[list[str], list[float]]:
     """Word-level tokens and summed scores: '##' pieces join the word before them; with BPE or
     sentencepiece tokens a marked piece starts a word."""
@@ -139,7 +176,7 @@ def attribute(explainer: Explainer, text: str, pair: str | None = None, *, targe
         raise LabError(f"target class {chosen} does not exist; this run has {len(explainer.label_names)} classes")
     ig = LayerIntegratedGradients(forward, layer)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), gradients_through_frozen_paths(explainer.model):
             attributions, delta = ig.attribute(
                 inputs=input_ids, baselines=baseline, target=chosen,
                 additional_forward_args=(attention_mask, token_type_ids), n_steps=n_steps,
@@ -167,6 +204,7 @@ def attribute(explainer: Explainer, text: str, pair: str | None = None, *, targe
         "target_name": explainer.label_names[chosen],
         "probabilities": probabilities.tolist(),
         "label_names": list(explainer.label_names),
+        "total": float(per_token.sum()),  # IG completeness: p(target | text) - p(target | baseline)
         "convergence_delta": float(delta.abs().max()),
         "n_steps": n_steps,
     }

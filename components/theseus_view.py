@@ -42,6 +42,12 @@ def render_theseus(run_id: str) -> bool:
     pred_acc, predecessor = predecessor_reference(store, record)
     successor = summary.get("successor") or {}
 
+    source = predecessor.get("source")
+    if record["status"] == "queued" and source and store.has_run(source):
+        upstream = store.get_run(source)
+        if upstream["status"] in ACTIVE_STATUSES:
+            st.info(f"Waiting for the predecessor [{source}](run?run={source}) to finish "
+                    f"({upstream['status']}, step {upstream['step']} / {upstream['total_steps'] or '?'}).")
     if rows:
         steps = [r["step"] for r in rows]
         left, right = st.columns(2)

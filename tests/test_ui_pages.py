@@ -417,6 +417,29 @@ def test_compress_page_runs_a_sweep_in_the_background_and_draws_it(ui_runs, monk
     assert trace(size_spec, "fp16")["x"] == pytest.approx([fp16["bytes"] / MIB])
 
 
+def test_shrink_lesson_sweeps_in_the_background_and_its_cancel_button_stops_it(ui_runs, monkeypatch):
+    pytest.importorskip("app.compression")
+    path, store, runs = ui_runs
+    target = runs["full_ft"]["id"]
+    at = open_app(path, monkeypatch)
+    at.selectbox(key="lesson.shrink_run").set_value(target).run()
+    at.button(key="lesson.shrink").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.title[0].value == "Compress" and at.query_params["run"] == target
+    cancel = [b for b in at.button if b.key and b.key.startswith("compress.cancel.")]
+    if cancel:  # still sweeping: stop it from the page
+        cancel[0].click().run()
+
+    def over():
+        at.run()
+        return not any(b.key and b.key.startswith("compress.cancel.") for b in at.button)
+
+    wait_for(over, timeout=300, interval=1.0)
+    assert not at.exception
+    stopped = any("cancelled" in w.value for w in at.warning)
+    assert stopped or len(store.records(target, "compress")) >= 11  # the whole lesson plan, baseline included
+
+
 def test_explain_page_predicts_attributes_and_escapes_text(ui_runs, monkeypatch):
     path, store, runs = ui_runs
     run_id = runs["full_ft"]["id"]
@@ -438,6 +461,55 @@ def test_explain_page_predicts_attributes_and_escapes_text(ui_runs, monkeypatch)
         assert not at.exception
         titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text") for c in at.get("plotly_chart")]
         assert titles.count("Prediction") == 2
+
+
+def test_integrated_gradients_add_up_to_the_change_in_probability(ui_runs):
+    import torch
+
+    from app.explain import attribute, load_explainer
+
+    path, store, runs = ui_runs
+    explainer = load_explainer(store, runs["full_ft"]["id"])
+    text = "win a free prize now"
+    result = attribute(explainer, text, n_steps=64)
+    assert len(result["tokens"]) == len(result["scores"]) and max(abs(v) for v in result["scores"]) == 1.0
+    probabilities = explainer.probabilities([text])[0]
+    assert result["target"] == max(range(len(probabilities)), key=probabilities.__getitem__)
+    batch = explainer.encode(text)
+    special = set(explainer.tokenizer.all_special_ids)
+    baseline = batch["input_ids"].clone()
+    baseline[0, [i not in special for i in baseline[0].tolist()]] = explainer.tokenizer.pad_token_id
+    with torch.no_grad():
+        start = torch.softmax(explainer.method.predict(explainer.model, dict(batch, input_ids=baseline)), -1)[0]
+    assert result["total"] == pytest.approx(probabilities[result["target"]] - float(start[result["target"]]), abs=2e-3)
+
+
+def test_lst_runs_are_attributed_through_their_frozen_backbone_and_left_unchanged(ui_runs):
+    from app.explain import attention_maps, attribute, load_explainer
+
+    path, store, runs = ui_runs
+    if "lst" not in runs:
+        pytest.skip("LST is not installed")
+    explainer = load_explainer(store, runs["lst"]["id"])
+    before = explainer.probabilities(["call now to claim"])[0]
+    result = attribute(explainer, "call now to claim", n_steps=32)
+    assert any(abs(v) > 0 for v in result["scores"]) and result["convergence_delta"] < 0.05
+    assert explainer.probabilities(["call now to claim"])[0] == pytest.approx(before)
+    assert not any(name in vars(m) for m in explainer.model.modules() for name in ("_backbone_states",))
+    maps = attention_maps(explainer, "call now to claim")
+    for row in maps["attentions"][0][0]:
+        assert sum(row) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_word_pieces_merge_into_words_with_summed_scores():
+    from app.explain import merge_wordpieces
+
+    words, scores = merge_wordpieces(["[CLS]", "un", "##believ", "##able", "film", "[SEP]"],
+                                     [0.0, 0.1, 0.2, 0.3, -0.5, 0.0], {"[CLS]", "[SEP]"})
+    assert words == ["[CLS]", "unbelievable", "film", "[SEP]"]
+    assert scores == pytest.approx([0.0, 0.6, -0.5, 0.0])
+    words, _ = merge_wordpieces(["<s>", "Ġgreat", "ly", "Ġdone", "</s>"], [0, 1, 1, 1, 0], {"<s>", "</s>"})
+    assert words == ["<s>", "greatly", "done", "</s>"]
 
 
 def test_pages_open_by_deep_link_with_the_run_from_the_url(ui_runs, monkeypatch):
