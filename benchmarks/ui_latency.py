@@ -39,11 +39,14 @@ def settle(page) -> None:
     wait_for_render(page, TIMEOUT_MS)
 
 
-def measure_launch(page, url: str, steps: int, store) -> dict:
+def measure_launch(page, url: str, steps: int, store, first: bool) -> dict:
     """Seconds from the Launch click to the first point drawn, split into the engine's part (until
     the first step is in the store) and the UI's (until the browser has drawn it)."""
-    page.goto(url + "/")
-    wait_for_render(page, TIMEOUT_MS)
+    if first:
+        page.goto(url + "/")
+        wait_for_render(page, TIMEOUT_MS)
+    else:  # as a user would: through the sidebar, in the same browser session
+        click_and_wait(page, "Launch")
     page.get_by_role("button", name="Tiny smoke test (seconds)").click()
     settle(page)
     field = page.get_by_label("steps", exact=True)
@@ -116,8 +119,8 @@ def main() -> int:
                 from app.store import RunStore
 
                 store = RunStore(runs_dir)
-                for _ in range(args.launches):
-                    launch_times.append(measure_launch(page, url, args.steps, store))
+                for index in range(args.launches):
+                    launch_times.append(measure_launch(page, url, args.steps, store, first=index == 0))
                     page.get_by_role("button", name="Cancel run").click()  # only the first point matters
                     # The whole page reruns once the run has stopped: its details show why.
                     page.get_by_text("Cancelled: cancelled by the user").wait_for(timeout=TIMEOUT_MS)
@@ -140,8 +143,9 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"launch click -> first live point (s): median {result['launch_to_first_point_s']['median']:.2f} "
-              "(target < 3)")
+        print(f"launch click -> first live point (s): first (cold browser and server) "
+              f"{result['launch_to_first_point_s']['first']:.2f}, median of the rest "
+              f"{statistics.median(totals[1:] or totals):.2f} (target < 3)")
         for t in launch_times:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in t.items() if k != "total")
             print(f"  {t['total']:.2f}  ({parts})")
