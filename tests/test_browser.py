@@ -81,7 +81,7 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             assert heading(page) == "Launch a run"
             page.get_by_role("button", name="Tiny smoke test (seconds)").click()
             settle(page)
-            set_number(page, "steps", 12)
+            set_number(page, "steps", 6)
             page.get_by_role("button", name="Launch", exact=True).click()
             page.wait_for_url("**/run?run=*", timeout=TIMEOUT_MS)
             first_run = page.url.split("run=")[1]
