@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-# (url path, file, title, icon); the first is the default page.
+# (url path, file, title, icon); the first is the default page. Streamlit serves the default page
+# at "/" only, so it is a small home page and every working page keeps a deep link of its own.
 PAGES = [
+    ("home", "home.py", "Home", ":material/home:"),
     ("launch", "launch.py", "Launch", ":material/rocket_launch:"),
     ("run", "run.py", "Run", ":material/monitoring:"),
     ("ladder", "ladder.py", "Ladder (LST)", ":material/stairs:"),

@@ -21,7 +21,8 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 TIMEOUT_MS = 120_000
 PAGE_TITLES = {
-    "": "Launch a run",
+    "": "Ladder & Theseus Lab",
+    "launch": "Launch a run",
     "run": "Run",
     "ladder": "Ladder Side-Tuning",
     "theseus": "BERT-of-Theseus",
@@ -30,7 +31,7 @@ PAGE_TITLES = {
     "compress": "Compress",
     "explain": "Explain predictions",
 }
-SIDEBAR = {"Launch": "", "Run": "run", "Ladder (LST)": "ladder", "Theseus": "theseus", "Memory": "memory",
+SIDEBAR = {"Home": "", "Launch": "launch", "Run": "run", "Ladder (LST)": "ladder", "Theseus": "theseus", "Memory": "memory",
            "Compare": "compare", "Compress": "compress", "Explain": "explain"}
 
 
@@ -76,7 +77,7 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             page.set_default_timeout(TIMEOUT_MS)
 
             # Launch a tiny run by clicking; the app opens its page and the live chart gains points.
-            page.goto(url + "/")
+            page.goto(url + "/launch")
             wait_for_render(page, TIMEOUT_MS)
             assert heading(page) == "Launch a run"
             page.get_by_role("button", name="Tiny smoke test (seconds)").click()
@@ -119,16 +120,16 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
                 page.goto(f"{url}/{path}")
                 wait_for_render(page, TIMEOUT_MS)
                 assert heading(page) == title, path
-                assert_no_exception(page, path or "launch")
+                assert_no_exception(page, path or "home")
             for label, path in SIDEBAR.items():
                 page.locator('[data-testid="stSidebarNav"] a', has_text=label).first.click()
                 settle(page)
                 assert heading(page) == PAGE_TITLES[path], label
                 assert_no_exception(page, label)
-                page.screenshot(path=str(artifacts / f"{path or 'launch'}-light.png"))
+                page.screenshot(path=str(artifacts / f"{path or 'home'}-light.png"))
 
             # Upload a CSV and map its columns.
-            page.goto(url + "/")
+            page.goto(url + "/launch")
             wait_for_render(page, TIMEOUT_MS)
             page.get_by_label("Dataset", exact=True).click()
             page.get_by_role("option", name="Upload a file…").click()

@@ -12,15 +12,15 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, train_now
 
 MIB = 1024 * 1024
-PAGES = ("launch", "run", "ladder", "theseus", "memory", "compare", "compress", "explain")
+PAGES = ("home", "launch", "run", "ladder", "theseus", "memory", "compare", "compress", "explain")
 
 
-def open_app(runs_dir: Path, monkeypatch, page: str | None = None, query: dict | None = None) -> AppTest:
+def open_app(runs_dir: Path, monkeypatch, page: str | None = "launch", query: dict | None = None) -> AppTest:
     monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
     if query:
         at.query_params.update(query)
-    if page and page != "launch":
+    if page and page != "home":
         at.switch_page(f"../pages/{page}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -90,7 +90,7 @@ def ui_runs(tmp_path_factory):
 def test_every_page_guides_the_user_when_there_are_no_runs(tmp_path, monkeypatch):
     at = open_app(tmp_path / "empty", monkeypatch)
     assert any("No runs yet" in info.value for info in at.info)
-    expected = {"run": "No runs yet", "ladder": "No LST runs yet", "theseus": "No Theseus runs yet",
+    expected = {"home": "No runs yet", "run": "No runs yet", "ladder": "No LST runs yet", "theseus": "No Theseus runs yet",
                 "memory": "No runs yet", "compare": "No runs yet", "compress": "No finished runs yet",
                 "explain": "No finished runs yet"}
     for page, message in expected.items():
