@@ -27,4 +27,12 @@ class RunNotFound(LabError):
 
 
 class RunCancelled(Exception):
-    """Raised inside a training loop when its run was cancelled; not a failure."""
+    """Raised inside a training loop when its run was cancelled; not a failure.
+
+    `status` is what the run becomes: `cancelled` when a user asked, `interrupted` when the
+    process is stopping."""
+
+    def __init__(self, reason: str = "cancelled by the user", status: str = "cancelled"):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status

@@ -8,6 +8,7 @@ finish is failed with that reason instead of starting.
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import re
@@ -41,6 +42,7 @@ class RunManager:
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._running: set[str] = set()
+        self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._work, name=f"lab-worker-{i}", daemon=True) for i in range(max(1, workers))
         ]
@@ -118,6 +120,15 @@ class RunManager:
                 raise TimeoutError(f"run {run_id} still {record['status']} after {timeout}s")
             time.sleep(0.05)
 
+    def stop_for_exit(self, timeout: float = 20.0) -> None:
+        """At process exit: running runs end as `interrupted` at their next step, and the worker
+        threads are joined so no thread is inside torch while the interpreter tears down."""
+        self._stopping.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+
     def shutdown(self, wait: bool = True, cancel_running: bool = True) -> None:
         if cancel_running:
             with self._lock:
@@ -156,6 +167,9 @@ class RunManager:
         record = self.store.get_run(run_id)
         if record["status"] != "queued":
             return  # cancelled while waiting
+        if self._stopping.is_set():
+            self.store.set_status(run_id, "interrupted", error="the app stopped before this run started")
+            return
         blockers = [v for v in record["config"].get("method_config", {}).values() if v in failed_in_chain]
         if blockers:
             self.store.set_status(
@@ -165,7 +179,7 @@ class RunManager:
             return
         with self._lock:
             self._running.add(run_id)
-        final = execute_run(self.store, run_id, LoopHooks(cancel=event))
+        final = execute_run(self.store, run_id, LoopHooks(cancel=event, shutdown=self._stopping))
         if final.get("status") != "finished":
             failed_in_chain[run_id] = final.get("status", "failed")
 
@@ -183,4 +197,5 @@ def get_manager(runs_dir: str | Path | None = None, workers: int | None = None) 
             count = workers if workers is not None else int(os.environ.get("LAB_WORKERS", "1"))
             manager = RunManager(RunStore(path), workers=count)
             _managers[path] = manager
+            atexit.register(manager.stop_for_exit)
         return manager

@@ -200,8 +200,12 @@ class LoopHooks:
     cancel: threading.Event = field(default_factory=threading.Event)
     on_step: Callable[[int, int, float], None] | None = None
     on_message: Callable[[str], None] | None = None
+    # Set when the whole process is stopping: the run ends as interrupted, not cancelled.
+    shutdown: threading.Event | None = None
 
     def check_cancel(self) -> None:
+        if self.shutdown is not None and self.shutdown.is_set():
+            raise RunCancelled("the app stopped while this run was training", status="interrupted")
         if self.cancel.is_set():
             raise RunCancelled()
 
@@ -449,8 +453,8 @@ def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, pr
             prepared = prepare_run(record["config"], store)
         train(prepared, store, run_id, hooks)
         store.set_status(run_id, "finished")
-    except RunCancelled:
-        _final_status(store, run_id, "cancelled", "cancelled by the user", None)
+    except RunCancelled as stop:
+        _final_status(store, run_id, stop.status, stop.reason, None)
     except BaseException as exc:  # a run's failure must never take the process down
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             _final_status(store, run_id, "cancelled", "interrupted from the keyboard", None)

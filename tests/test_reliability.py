@@ -221,3 +221,34 @@ def test_soak_fifty_runs(store):
     print(f"RSS after 5 runs {rss['after_5'] / 2**20:.0f} MiB, after 50 runs {rss['after_50'] / 2**20:.0f} MiB "
           f"(growth {growth / 2**20:.0f} MiB)")
     assert growth < 150 * 2**20
+
+
+def test_process_exit_interrupts_running_and_queued_runs_cleanly(tmp_path):
+    """A process that exits (a stopped server) records its runs as interrupted on the way out."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from app.store import RunStore
+
+    root = Path(__file__).resolve().parent.parent
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(root)!r}); sys.path.insert(0, {str(root / 'tests')!r})
+from conftest import tiny_config
+from app.manager import get_manager
+manager = get_manager({str(tmp_path)!r})
+running = manager.submit(tiny_config(steps=100000, eval_every=100000))
+queued = manager.submit(tiny_config(steps=5))
+while manager.store.get_run(running)["step"] < 2:
+    time.sleep(0.05)
+sys.exit(0)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    assert "terminate called" not in result.stderr
+    runs = sorted(RunStore(tmp_path).list_runs(), key=lambda r: r["created_at"])
+    assert [r["status"] for r in runs] == ["interrupted", "interrupted"]
+    assert "stopped while this run was training" in runs[0]["error"]
+    assert runs[0]["step"] >= 2 and len(RunStore(tmp_path).steps(runs[0]["id"])) == runs[0]["step"]
