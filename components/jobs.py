@@ -7,6 +7,7 @@ still sees how a sweep ended.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import threading
 import time
@@ -30,6 +31,7 @@ class Job:
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def active(self) -> bool:
@@ -60,6 +62,17 @@ class JobBoard:
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        atexit.register(self.stop_for_exit)
+
+    def stop_for_exit(self, timeout: float = 20.0) -> None:
+        """At process exit: running jobs are cancelled at their next progress report and joined,
+        so no job thread is inside torch while the interpreter tears down."""
+        running = self.active()
+        for job in running:
+            job.cancel_event.set()
+        for job in running:
+            if job.thread is not None:
+                job.thread.join(timeout=timeout)
 
     def start(self, kind: str, run_id: str, title: str, target: Callable[[Job], object]) -> Job:
         """Run `target(job)` in a daemon thread; its return value becomes `job.result`."""
@@ -91,7 +104,8 @@ class JobBoard:
             finally:
                 job.finished_at = time.time()
 
-        threading.Thread(target=work, name=f"lab-job-{job.id}", daemon=True).start()
+        job.thread = threading.Thread(target=work, name=f"lab-job-{job.id}", daemon=True)
+        job.thread.start()
         return job
 
     def jobs(self, run_id: str | None = None, kind: str | None = None) -> list[Job]:

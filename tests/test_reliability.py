@@ -252,3 +252,37 @@ sys.exit(0)
     assert [r["status"] for r in runs] == ["interrupted", "interrupted"]
     assert "stopped while this run was training" in runs[0]["error"]
     assert runs[0]["step"] >= 2 and len(RunStore(tmp_path).steps(runs[0]["id"])) == runs[0]["step"]
+
+
+def test_process_exit_cancels_background_jobs_before_torch_tears_down(tmp_path):
+    """A compression sweep still running when the server stops is cancelled and joined on the
+    way out: the process exits 0 instead of aborting with a thread inside torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = f"""
+import atexit, sys, time
+sys.path.insert(0, {str(root)!r})
+import torch
+seen = {{}}
+atexit.register(lambda: print("job status at exit:", seen["job"].status))  # runs after the board's stop
+from components.jobs import JobBoard
+board = JobBoard()
+
+def sweep(job):
+    weights = torch.randn(256, 256)
+    for i in range(10**9):
+        weights = torch.tanh(weights @ weights)
+        job.report(i, 10**9, "sweeping")
+
+seen["job"] = board.start("compress", "run-1", "endless sweep", sweep)
+while seen["job"].message != "sweeping":
+    time.sleep(0.01)
+sys.exit(0)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "terminate called" not in result.stderr
+    assert "job status at exit: cancelled" in result.stdout
