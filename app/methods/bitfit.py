@@ -21,7 +21,7 @@ def is_bias(name: str) -> bool:
 class BitFit(Method):
     name = "bitfit"
     title = "BitFit"
-    summary = "Only the bias terms of every layer (and the classification head) train: about 0.1% of the weights."
+    summary = "Only the bias terms of every layer (and the classification head) train: well under 1% of the weights."
     Config = BitFitConfig
     # Biases move the activations only a little per unit of change: they need a larger step than
     # full fine-tuning (the paper used 1e-4..1e-3 on BERT; short CPU runs sit at the high end).
