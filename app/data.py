@@ -170,7 +170,7 @@ class ColumnMap:
     text_pair: str | None = None
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     size = path.stat().st_size
     if size == 0:
         raise DatasetError(f"'{path.name}' is empty")
@@ -231,7 +231,7 @@ def _sorted_labels(keys: set[str]) -> list[str]:
 
 
 def read_file_corpus(path: Path, columns: ColumnMap) -> RawCorpus:
-    rows = _read_rows(path)
+    rows = read_rows(path)
     available = list(rows[0].keys())
     wanted = [columns.text, columns.label] + ([columns.text_pair] if columns.text_pair else [])
     for column in wanted:

@@ -103,22 +103,12 @@ def save_upload(uploaded) -> Path:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def preview_file(path: str, size: int) -> tuple[list[str], list[dict]]:
-    """Columns and the first rows of a saved upload (`size` keys the cache to the content)."""
-    import pandas as pd
+    """Columns and the first rows of a saved upload (`size` keys the cache to the content), read
+    by the engine's own reader so the preview refuses a file with the engine's message."""
+    from app.data import read_rows
 
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix in (".jsonl", ".json"):
-            text = Path(path).read_text(encoding="utf-8-sig")
-            frame = pd.read_json(path, lines=not text.lstrip().startswith("["), dtype=False)
-        else:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, nrows=2000,
-                                keep_default_na=False, encoding="utf-8-sig")
-    except Exception as exc:
-        raise LabError(f"the file cannot be read as {suffix[1:].upper()}: {exc}") from exc
-    if frame.empty:
-        raise LabError("the file has no rows")
-    return [str(c) for c in frame.columns], frame.head(5).astype(str).to_dict("records")
+    rows = read_rows(Path(path))
+    return [str(c) for c in rows[0]], [{str(k): str(v) for k, v in row.items()} for row in rows[:5]]
 
 
 def dataset_picker() -> dict:

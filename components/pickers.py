@@ -7,6 +7,14 @@ import streamlit as st
 from components.common import run_label, short_run_label
 
 
+def _warn_unknown(param: str, ids: list[str]) -> None:
+    """A link naming runs this lab does not hold (deleted, mistyped, another lab's) says so
+    instead of silently showing something else."""
+    if ids:
+        shown = ", ".join(repr(rid[:60]) for rid in ids[:5])
+        st.warning(f"No run {shown} in this lab (from the link's `{param}=`); pick one below.")
+
+
 def _sync_single(key: str, param: str):
     value = st.session_state.get(key)
     if value:
@@ -19,6 +27,8 @@ def pick_run(runs: list[dict], *, label: str = "Run", key: str = "picked_run", p
         return None
     by_id = {r["id"]: r for r in runs}
     wanted = st.query_params.get(param)
+    if wanted and wanted not in by_id and st.session_state.get(key) is None:
+        _warn_unknown(param, [wanted])
     if wanted in by_id and st.session_state.get(key) != wanted:
         st.session_state[key] = wanted
     if st.session_state.get(key) not in by_id:
@@ -40,7 +50,10 @@ def pick_runs(runs: list[dict], *, label: str = "Runs", key: str = "picked_runs"
     if not runs:
         return []
     by_id = {r["id"]: r for r in runs}
-    wanted = [rid for rid in (st.query_params.get(param) or "").split(",") if rid in by_id]
+    linked = [rid for rid in (st.query_params.get(param) or "").split(",") if rid]
+    if key not in st.session_state:
+        _warn_unknown(param, [rid for rid in linked if rid not in by_id])
+    wanted = [rid for rid in linked if rid in by_id]
     if wanted and st.session_state.get(key) != wanted:
         st.session_state[key] = wanted
     if key not in st.session_state or any(rid not in by_id for rid in st.session_state[key]):

@@ -146,6 +146,96 @@ def test_bad_input_shows_the_engines_message_and_stores_nothing(runs_dir, monkey
     assert RunStore(runs_dir).list_runs() == []
 
 
+def _upload(content: bytes, name: str = "data.csv"):
+    def act(at: AppTest, _reference: str) -> None:
+        at.selectbox(key="launch.dataset").set_value("Upload a file…").run()
+        at.file_uploader[0].set_value((name, content, "text/csv")).run()
+    return act
+
+
+def _backbone(name: str):
+    def act(at: AppTest, _reference: str) -> None:
+        # Typed into the selectbox (it accepts new options). AppTest only sends values listed in
+        # the element's options, so list the typed one before each rerun, launch included.
+        box = at.selectbox(key="launch.backbone")
+        box.options.append(name)
+        box.set_value(name).run()
+        at.selectbox(key="launch.backbone").options.append(name)
+        at.button(key="launch.submit").click().run()
+    return act
+
+
+def _method(name: str, dataset: str | None = None, **settings):
+    def act(at: AppTest, reference: str) -> None:
+        if dataset:
+            at.selectbox(key="launch.dataset").set_value(dataset).run()
+        at.selectbox(key="launch.method").set_value(name).run()
+        for field_name, value in settings.items():
+            widget = at.selectbox if field_name in ("predecessor", "teacher") else at.number_input
+            widget(key=f"method.{name}.{field_name}").set_value(reference if value == "REF" else value).run()
+    return act
+
+
+# What a user can type or upload on the launch page that the engine must refuse: (act, message).
+BAD_LAUNCHES = {
+    "unknown backbone folder": (_backbone("/nowhere/model"), "not an existing model folder"),
+    "uncached hub id, offline": (_backbone("someone/not-a-cached-model"), "cannot be reached"),
+    "empty file": (_upload(b""), "empty"),
+    "file that is not UTF-8": (_upload("text,label\ncaf\xe9,1\nthe,0\n".encode("latin-1")), "UTF-8"),
+    "single class": (_upload(b"text,label\n" + b"same again,1\n" * 40), "single class"),
+    "labels that are not single values": (
+        _upload(b"".join(b'{"text": "t%d", "label": [%d, 2]}\n' % (i, i % 2) for i in range(40)), "d.jsonl"),
+        "single values"),
+    "Theseus layers that do not divide": (_method("theseus", "trec-6", predecessor="REF", layers=3),
+                                           "do not split into 3"),
+    "predecessor with other classes": (_method("theseus", predecessor="REF", layers=2), "trained on classes"),
+    "teacher with other classes": (_method("distill", teacher="REF", layers=2), "trained on classes"),
+}
+
+
+@pytest.fixture
+def other_labels_run(runs_dir) -> str:
+    """A finished tiny run on TREC-6: six classes, unlike the form's two-class SMS spam."""
+    from app.store import RunStore
+
+    record = train_now(RunStore(runs_dir), dataset="trec-6", steps=2, eval_every=2)
+    assert record["status"] == "finished", record.get("error")
+    return record["id"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LAUNCHES))
+def test_launch_refuses_bad_input_with_a_clear_message_and_queues_nothing(case, runs_dir, other_labels_run,
+                                                                          monkeypatch):
+    from app.store import RunStore
+
+    act, message = BAD_LAUNCHES[case]
+    at = _tiny_form(open_app(runs_dir, monkeypatch))
+    act(at, other_labels_run)
+    if not at.error:  # some input is refused as it is entered, the rest when launching
+        at.button(key="launch.submit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert any(message in e for e in errors), errors
+    assert [r["id"] for r in RunStore(runs_dir).list_runs()] == [other_labels_run]
+
+
+def test_launch_caps_max_length_at_the_backbones_limit(runs_dir, monkeypatch):
+    from app.backbones import get_backbone
+
+    at = _tiny_form(open_app(runs_dir, monkeypatch))
+    assert at.number_input(key="run.max_length").max == get_backbone("tiny-random").max_length
+
+
+def test_links_to_runs_the_lab_does_not_hold_say_so(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    for page, query in (("run", {"run": "../../etc/passwd"}), ("memory", {"runs": f"no-such-run,{runs['full_ft']['id']}"})):
+        at = open_app(path, monkeypatch, page, query)
+        assert not at.exception and not at.error, page
+        assert any("No run" in w.value and "in this lab" in w.value for w in at.warning), page
+    at = open_app(path, monkeypatch, "run", {"run": runs["full_ft"]["id"]})
+    assert not any("No run" in w.value for w in at.warning)
+
+
 def test_launch_opens_the_run_page_and_its_cancel_button_acts_on_the_manager(runs_dir, monkeypatch):
     from app.manager import get_manager
 
