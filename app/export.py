@@ -32,19 +32,29 @@ def export_plain_or_state(method, model: torch.nn.Module, out_dir: Path, ctx) ->
         if tensor.data_ptr() in seen and tensor.numel() > 0:
             continue  # tied weights: safetensors stores each storage once
         seen.add(tensor.data_ptr())
-        state[name] = tensor.detach().to("cpu").contiguous()
+        state[name] = tensor
+    return save_lab_state(
+        method, state, out_dir, ctx,
+        f"# Exported {method.name} model\n\n"
+        f"This method's result is not a plain transformers model. `model.safetensors` holds its full state dict;\n"
+        f"`lab_config.json` its method, settings, backbone and class names. Load it with this lab:\n\n"
+        f"    from app.export import load_exported\n    model = load_exported('{out_dir.name}')\n\n"
+        f"or rebuild the module yourself and call `load_state_dict(safetensors.torch.load_file(...))`.\n",
+    )
+
+
+def save_lab_state(method, state: dict[str, torch.Tensor], out_dir: Path, ctx, readme: str) -> dict:
+    """A state dict that only this lab's code rebuilds: safetensors, the tokenizer, the method's
+    settings with backbone and class names (what `load_exported` reads), and a loading note."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"method": method.name})
     ctx.backbone.tokenizer.save_pretrained(out_dir)
     (out_dir / "lab_config.json").write_text(json.dumps(
         {"method": method.name, "method_config": method.config.as_dict(), "backbone": ctx.backbone.name,
          "label_names": ctx.label_names}, indent=2))
-    (out_dir / "README.md").write_text(
-        f"# Exported {method.name} model\n\n"
-        f"This method's result is not a plain transformers model. `model.safetensors` holds its full state dict;\n"
-        f"`lab_config.json` its method, settings, backbone and class names. Load it with this lab:\n\n"
-        f"    from app.export import load_exported\n    model = load_exported('{out_dir.name}')\n\n"
-        f"or rebuild the module yourself and call `load_state_dict(safetensors.torch.load_file(...))`.\n"
-    )
+    (out_dir / "README.md").write_text(readme)
     return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}
 
 

@@ -14,7 +14,6 @@ its activations and backward never enters it. That is where the training memory 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,26 +394,18 @@ class LadderSideTuning(Method):
     def export(self, model: nn.Module, out_dir: Path, ctx: BuildContext) -> dict:
         """The side network, ladders, gates and head as safetensors; the frozen backbone is only
         named (its weights reload from that backbone), which keeps the export a few MB."""
-        from safetensors.torch import save_file
+        from ..export import save_lab_state
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        state = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()
-                 if not n.startswith("backbone.")}
-        save_file(state, str(out_dir / "model.safetensors"), metadata={"method": self.name})
-        ctx.backbone.tokenizer.save_pretrained(out_dir)
-        (out_dir / "lab_config.json").write_text(json.dumps(
-            {"method": self.name, "method_config": self.config.as_dict(), "backbone": ctx.backbone.name,
-             "label_names": ctx.label_names}, indent=2))
-        (out_dir / "README.md").write_text(
+        state = {n: t for n, t in model.state_dict().items() if not n.startswith("backbone.")}
+        return save_lab_state(
+            self, state, out_dir, ctx,
             "# Exported LST model\n\n"
             "`model.safetensors` holds the trained side network, ladder projections, gates, upsampling and "
             "classification head; the frozen backbone is not included: its weights load from backbone "
             f"`{ctx.backbone.name}` (named in `lab_config.json` with the settings and class names).\n"
             "Load it with this lab:\n\n"
-            f"    from app.export import load_exported\n    model = load_exported('{out_dir.name}')\n"
+            f"    from app.export import load_exported\n    model = load_exported('{Path(out_dir).name}')\n",
         )
-        return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}
 
 
 def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
