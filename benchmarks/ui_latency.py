@@ -43,7 +43,7 @@ def measure_launch(page, url: str, steps: int, store, first: bool) -> dict:
     """Seconds from the Launch click to the first point drawn, split into the engine's part (until
     the first step is in the store) and the UI's (until the browser has drawn it)."""
     if first:
-        page.goto(url + "/")
+        page.goto(url + "/launch")
         wait_for_render(page, TIMEOUT_MS)
     else:  # as a user would: through the sidebar, in the same browser session
         click_and_wait(page, "Launch")
