@@ -82,10 +82,10 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             assert heading(page) == "Launch a run"
             page.get_by_role("button", name="Tiny smoke test (seconds)").click()
             settle(page)
-            set_number(page, "steps", 6)
+            # Long enough to be still training however slowly the browser draws its first chart.
+            set_number(page, "steps", 100000)
             page.get_by_role("button", name="Launch", exact=True).click()
             page.wait_for_url("**/run?run=*", timeout=TIMEOUT_MS)
-            first_run = page.url.split("run=")[1]
             page.wait_for_function(
                 """() => { const c = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
                            return c && c.data && c.data[0].x && c.data[0].x.length >= 1; }""", timeout=TIMEOUT_MS)
@@ -96,19 +96,19 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             assert plotly_point_count(page) > seen
             page.screenshot(path=str(artifacts / "run-live.png"))
 
-            # A second run waits in the queue; cancel it from its page.
-            page.locator('[data-testid="stSidebarNav"] a', has_text="Launch").click()
-            settle(page)
-            set_number(page, "steps", 40)
-            page.get_by_role("button", name="Launch", exact=True).click()
-            page.wait_for_url(lambda u: "run=" in u and first_run not in u, timeout=TIMEOUT_MS)
-            settle(page)
+            # Cancel it from its page.
+            cancelled_run = page.url.split("run=")[1]
             page.get_by_role("button", name="Cancel run").click()
             page.get_by_text("cancelled", exact=False).first.wait_for(timeout=TIMEOUT_MS)
             assert_no_exception(page, "cancel")
 
-            # The first run finishes while we watch its page.
-            page.goto(f"{url}/run?run={first_run}")
+            # A second, short run finishes while we watch its page.
+            page.locator('[data-testid="stSidebarNav"] a', has_text="Launch").click()
+            settle(page)
+            set_number(page, "steps", 6)
+            page.get_by_role("button", name="Launch", exact=True).click()
+            page.wait_for_url(lambda u: "run=" in u and cancelled_run not in u, timeout=TIMEOUT_MS)
+            finished_run = page.url.split("run=")[1]
             page.get_by_text("finished at step", exact=False).first.wait_for(timeout=300_000)
             # The live part saw the run end and reran the whole page, which now offers the model export.
             page.get_by_role("button", name="Export the model").wait_for(timeout=TIMEOUT_MS)
@@ -144,7 +144,7 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             # Dark theme: the charts must stay readable.
             dark = browser.new_context(viewport={"width": 1400, "height": 1100}, color_scheme="dark").new_page()
             dark.set_default_timeout(TIMEOUT_MS)
-            dark.goto(f"{url}/run?run={first_run}")
+            dark.goto(f"{url}/run?run={finished_run}")
             wait_for_render(dark, TIMEOUT_MS)
             assert_no_exception(dark, "dark run page")
             dark.screenshot(path=str(artifacts / "run-dark.png"))
