@@ -58,11 +58,29 @@ def get_job_board():
     return _job_board(runs_dir())
 
 
+LAUNCH_FORM_KEYS = ("launch.backbone", "launch.dataset", "launch.device", "launch.method", "launch.open")
+
+
+def keep_launch_form() -> None:
+    """Streamlit forgets a widget's value once a script run does not draw it, so a visit to
+    another page would reset the Launch form to its defaults. Assigning the values back before
+    any widget is drawn makes them plain session state, which survives page switches."""
+    from dataclasses import fields
+
+    from app.config import RunConfig
+
+    settings = {f"run.{f.name}" for f in fields(RunConfig)}
+    for key in list(st.session_state.keys()):
+        if key in settings or key in LAUNCH_FORM_KEYS or key.startswith("method."):
+            st.session_state[key] = st.session_state[key]
+
+
 def page_setup() -> None:
-    """Shared look of every page (called once per script run by the entry script)."""
+    """Shared look and state of every page (called once per script run by the entry script)."""
     css = ASSETS / "style.css"
     if css.exists():
         st.html(f"<style>{css.read_text()}</style>")
+    keep_launch_form()
 
 
 # --- reading runs -----------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def run_config(method: str, method_config: dict) -> dict:
 base_setup = {k: v for k, v in run_config(method_name, {}).items() if k not in ("method", "method_config")}
 base_setup["name"] = ""
 
-open_after = st.checkbox("Open the run's page after launch", value=True, key="launch.open")
+if "launch.open" not in st.session_state:
+    st.session_state["launch.open"] = True
+open_after = st.checkbox("Open the run's page after launch", key="launch.open")
 if st.button("Launch", type="primary", key="launch.submit", icon=":material/rocket_launch:"):
     try:
         run_id = manager.submit(run_config(method_name, method_values))

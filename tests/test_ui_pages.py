@@ -135,6 +135,22 @@ def test_launch_queues_a_run_and_the_queue_cancel_button_stops_it(runs_dir, monk
     assert final["status"] == "cancelled"
 
 
+def test_the_launch_form_keeps_its_settings_across_page_switches(runs_dir, monkeypatch):
+    at = _tiny_form(open_app(runs_dir, monkeypatch), steps=123)
+    at.selectbox(key="launch.method").set_value("lora").run()
+    at.number_input(key="method.lora.rank").set_value(2).run()
+    for page in ("memory", "run", "launch"):
+        at.switch_page(f"../pages/{page}.py").run()
+        assert not at.exception, page
+    assert at.selectbox(key="launch.backbone").value == "tiny-random"
+    assert at.selectbox(key="launch.dataset").value == "sms-spam"
+    assert at.selectbox(key="launch.method").value == "lora"
+    assert at.number_input(key="method.lora.rank").value == 2
+    assert (at.number_input(key="run.steps").value, at.number_input(key="run.batch_size").value) == (123, 8)
+    assert at.checkbox(key="launch.open").value is False
+    assert not at.warning, [w.value for w in at.warning]
+
+
 def test_bad_input_shows_the_engines_message_and_stores_nothing(runs_dir, monkeypatch):
     from app.store import RunStore
 
