@@ -73,19 +73,16 @@ def stop_new_managers():
 
 @pytest.fixture(scope="session")
 def ui_runs(tmp_path_factory):
-    """A runs folder with real finished tiny runs: full fine-tuning, and LST and Theseus (whose
-    predecessor is the full fine-tuning run) wherever those methods are installed."""
-    from app.methods import METHODS
+    """A runs folder with real finished tiny runs: full fine-tuning, LST, and Theseus (whose
+    predecessor is the full fine-tuning run)."""
     from app.store import RunStore
 
     path = tmp_path_factory.mktemp("ui-runs")
     store = RunStore(path)
     quick = dict(steps=4, eval_every=2, max_eval_examples=48)
     runs = {"full_ft": train_now(store, method="full_ft", **quick)}
-    if "lst" in METHODS:
-        runs["lst"] = train_now(store, method="lst", **quick)
-    if "theseus" in METHODS:
-        runs["theseus"] = train_now(store, method="theseus", method_config={"predecessor": runs["full_ft"]["id"]}, **quick)
+    runs["lst"] = train_now(store, method="lst", **quick)
+    runs["theseus"] = train_now(store, method="theseus", method_config={"predecessor": runs["full_ft"]["id"]}, **quick)
     for method, record in runs.items():
         assert record["status"] == "finished", (method, record.get("error"))
     return path, store, runs
@@ -317,32 +314,30 @@ def test_upload_names_never_come_from_the_user():
 
 def test_lessons_queue_their_runs_and_open_their_pages(runs_dir, monkeypatch):
     from app.manager import get_manager
-    from app.methods import METHODS
 
     manager = get_manager(runs_dir)
     at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2000)
     at.button(key="lesson.lst").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     queued = manager.store.list_runs()
-    expected = [m for m in ("full_ft", "adapter", "prompt_tuning", "lora", "lst") if m in METHODS]
+    expected = ["full_ft", "adapter", "prompt_tuning", "lora", "lst"]
     assert sorted(r["method"] for r in queued) == sorted(expected)
     assert {r["config"]["backbone"] for r in queued} == {"tiny-random"}
     assert at.title[0].value == "Training memory"
     assert sorted(at.query_params["runs"].split(",")) == sorted(r["id"] for r in queued)
     for r in queued:
         manager.cancel(r["id"])
-    if "theseus" in METHODS and "truncate" in METHODS:
-        at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2000)
-        at.button(key="lesson.theseus").click().run()
-        assert not at.exception and not at.error, [e.value for e in at.error]
-        chain = [r for r in manager.store.list_runs() if r["id"] not in {q["id"] for q in queued}]
-        by_method = {r["method"]: r for r in chain}
-        assert set(by_method) == {"full_ft", "theseus", "truncate"}
-        assert by_method["theseus"]["config"]["method_config"]["predecessor"] == by_method["full_ft"]["id"]
-        assert by_method["truncate"]["config"]["method_config"]["layers"] == 2  # tiny-random has 4 layers
-        assert at.title[0].value == "BERT-of-Theseus"
-        for r in chain:
-            manager.cancel(r["id"])
+    at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2000)
+    at.button(key="lesson.theseus").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    chain = [r for r in manager.store.list_runs() if r["id"] not in {q["id"] for q in queued}]
+    by_method = {r["method"]: r for r in chain}
+    assert set(by_method) == {"full_ft", "theseus", "truncate"}
+    assert by_method["theseus"]["config"]["method_config"]["predecessor"] == by_method["full_ft"]["id"]
+    assert by_method["truncate"]["config"]["method_config"]["layers"] == 2  # tiny-random has 4 layers
+    assert at.title[0].value == "BERT-of-Theseus"
+    for r in chain:
+        manager.cancel(r["id"])
     for r in manager.store.list_runs():
         manager.wait(r["id"], timeout=180)
 
@@ -463,10 +458,9 @@ def test_memory_page_overlays_runs_and_reads_the_numbers(ui_runs, monkeypatch):
     full = store.get_run(runs["full_ft"]["id"])["metrics"]["memory_breakdown"]
     assert trace(bars, "optimizer")["y"][0] == pytest.approx(full["optimizer"] / MIB)
     reading = " ".join(m.value for m in at.markdown)
-    if "lst" in runs:
-        lst_peak = store.get_run(runs["lst"]["id"])["metrics"]["peak_memory_bytes"]
-        ratio = lst_peak / store.get_run(runs["full_ft"]["id"])["metrics"]["peak_memory_bytes"]
-        assert f"{ratio:.2f}×" in reading and "without autograd" in reading
+    lst_peak = store.get_run(runs["lst"]["id"])["metrics"]["peak_memory_bytes"]
+    ratio = lst_peak / store.get_run(runs["full_ft"]["id"])["metrics"]["peak_memory_bytes"]
+    assert f"{ratio:.2f}×" in reading and "without autograd" in reading
 
 
 def test_memory_reading_uses_the_selected_runs_numbers():
@@ -508,7 +502,6 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_compress_page_runs_a_sweep_in_the_background_and_draws_it(ui_runs, monkeypatch):
-    pytest.importorskip("app.compression")
     path, store, runs = ui_runs
     run_id = runs["full_ft"]["id"]
     at = open_app(path, monkeypatch, "compress", {"run": run_id})
@@ -532,7 +525,6 @@ def test_compress_page_runs_a_sweep_in_the_background_and_draws_it(ui_runs, monk
 
 
 def test_shrink_lesson_sweeps_in_the_background_and_its_cancel_button_stops_it(ui_runs, monkeypatch):
-    pytest.importorskip("app.compression")
     path, store, runs = ui_runs
     target = runs["full_ft"]["id"]
     at = open_app(path, monkeypatch)
@@ -573,11 +565,10 @@ def test_explain_page_predicts_attributes_and_escapes_text(ui_runs, monkeypatch)
     attention = next(s for t, s in specs.items() if t.startswith("Attention"))
     tokens = attention["layout"]["xaxis"]["ticktext"]
     assert tokens[0] == "[CLS]" and len(attention["data"][0]["z"]) == len(tokens)
-    if "theseus" in runs:
-        at.multiselect(key="explain.runs").set_value([run_id, runs["theseus"]["id"]]).run()
-        assert not at.exception
-        titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text") for c in at.get("plotly_chart")]
-        assert titles.count("Prediction") == 2
+    at.multiselect(key="explain.runs").set_value([run_id, runs["theseus"]["id"]]).run()
+    assert not at.exception
+    titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text") for c in at.get("plotly_chart")]
+    assert titles.count("Prediction") == 2
 
 
 def test_integrated_gradients_add_up_to_the_change_in_probability(ui_runs):
@@ -605,8 +596,6 @@ def test_lst_runs_are_attributed_through_their_frozen_backbone_and_left_unchange
     from app.explain import attention_maps, attribute, load_explainer
 
     path, store, runs = ui_runs
-    if "lst" not in runs:
-        pytest.skip("LST is not installed")
     explainer = load_explainer(store, runs["lst"]["id"])
     before = explainer.probabilities(["call now to claim"])[0]
     result = attribute(explainer, "call now to claim", n_steps=32)
