@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from .backbones import DEFAULT_BACKBONE
+from .batching import PADDING_CHOICES
 from .data import DEFAULT_DATASET
 from .errors import ConfigError
 from .methods.base import check_bounds, describe_fields, option
@@ -24,6 +25,13 @@ class RunConfig:
     steps: int = option(100, "Optimizer steps to take.", min=1, max=1_000_000)
     batch_size: int = option(16, "Examples per step.", min=1, max=4096)
     max_length: int = option(64, "Tokens per example (longer texts are truncated).", min=8, max=8192)
+    padding: str = option(
+        "dynamic",
+        "dynamic: each batch is padded to its own longest example (rounded up to 8) and training batches "
+        "group examples of similar length; max: every batch is padded to max_length (one shape every step, "
+        "for comparing methods' memory on the same shape).",
+        choices=list(PADDING_CHOICES),
+    )
     lr: float | None = option(None, "Peak learning rate; empty takes the method's default.", min=1e-8, max=1.0)
     weight_decay: float = option(0.01, "AdamW weight decay.", min=0.0, max=1.0)
     warmup_ratio: float = option(0.06, "Fraction of steps with linear warm-up.", min=0.0, max=0.5)

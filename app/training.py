@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, get_backbone
 from .config import RunConfig
+from .batching import Batcher, batch_tokens
 from .data import ColumnMap, TextDataset, load_dataset, tokenize_split
 from .errors import ConfigError, LabError, RunCancelled
 from .memory import MemoryMeter
@@ -112,12 +113,8 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
 # --- evaluation --------------------------------------------------------------------------
 
 
-def _batches(tensors: dict, indices: torch.Tensor, batch_size: int, device: torch.device):
-    for start in range(0, len(indices), batch_size):
-        chosen = indices[start : start + batch_size]
-        batch = {k: v[chosen].to(device, non_blocking=True) for k, v in tensors.items()}
-        batch["index"] = chosen
-        yield batch
+def batcher_for(prepared: "PreparedRun") -> Batcher:
+    return Batcher.for_tokenizer(prepared.config.padding, prepared.backbone.tokenizer)
 
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
@@ -134,21 +131,22 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> fl
 
 @torch.no_grad()
 def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: torch.device, num_labels: int,
-             autocast=None, check_cancel: Callable[[], None] = lambda: None) -> dict:
+             autocast=None, check_cancel: Callable[[], None] = lambda: None, batcher: Batcher = Batcher()) -> dict:
     was_training = model.training
     model.eval()
-    losses, predictions = [], []
+    losses = []
+    predicted_by_index = torch.empty(len(tensors["labels"]), dtype=torch.long)
     try:
-        for batch in _batches(tensors, torch.arange(len(tensors["labels"])), batch_size, device):
+        for batch in batcher.in_order(tensors, batch_size, device):
             check_cancel()
             with autocast() if autocast else _null():
                 logits = method.predict(model, batch).float()
             losses.append(F.cross_entropy(logits, batch["labels"], reduction="sum").item())
-            predictions.append(logits.argmax(-1).cpu())
+            predicted_by_index[batch["index"]] = logits.argmax(-1).cpu()
     finally:
         model.train(was_training)
     labels = tensors["labels"].numpy()
-    predicted = torch.cat(predictions).numpy()
+    predicted = predicted_by_index.numpy()
     return {
         "accuracy": float((predicted == labels).mean()),
         "macro_f1": macro_f1(predicted, labels, num_labels),
@@ -216,6 +214,7 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
 
     config = prepared.config
     device = prepared.device
+    batcher = batcher_for(prepared)
 
     def train_batches():
         if prepared.dataset is None:
@@ -223,13 +222,14 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
         tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "train", config.max_length)
         generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(tensors["labels"]), generator=generator)
-        yield from _batches(tensors, order, config.batch_size, device)
+        for start in range(0, len(order), config.batch_size):
+            yield batcher.batch(tensors, order[start : start + config.batch_size], device)
 
     def validation_batches():
         if prepared.dataset is None:
             raise RuntimeError("validation batches are not available while restoring a finished run")
         tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "validation", config.max_length)
-        yield from _batches(tensors, torch.arange(len(tensors["labels"])), max(config.batch_size, 32), device)
+        yield from batcher.in_order(tensors, max(config.batch_size, 32), device)
 
     def progress(message: str) -> None:
         hooks.check_cancel()
@@ -310,15 +310,14 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     generator = torch.Generator().manual_seed(config.seed)
     draw_generator = torch.Generator().manual_seed(config.seed + 1)
     state = TrainState(step=0, total_steps=config.steps, device=device, generator=draw_generator)
-    n_train = len(train_tensors["labels"])
-    telemetry_sample = {
-        k: v[:EVAL_TELEMETRY_SAMPLE].to(device) for k, v in val_tensors.items()
-    }
-    telemetry_sample["index"] = torch.arange(len(telemetry_sample["labels"]))
+    batcher = batcher_for(prepared)
+    telemetry_sample = batcher.batch(val_tensors, torch.arange(min(EVAL_TELEMETRY_SAMPLE, len(val_tensors["labels"]))),
+                                     device)
 
     def run_eval(split_tensors, split):
         return evaluate(method, model, split_tensors, batch_size=max(config.batch_size, 32), device=device,
-                        num_labels=prepared.dataset.num_labels, autocast=autocast, check_cancel=hooks.check_cancel)
+                        num_labels=prepared.dataset.num_labels, autocast=autocast, check_cancel=hooks.check_cancel,
+                        batcher=batcher)
 
     def validation_pass():
         metrics = run_eval(val_tensors, "validation")
@@ -333,19 +332,19 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
 
     method.on_train_start(model, state)
     peak_sample: dict | None = None
+    real_tokens = padded_positions = examples_seen = 0
+    step_seconds_total = 0.0
     started = time.perf_counter()
-    epoch_order = torch.randperm(n_train, generator=generator)
-    cursor = 0
+    epoch_batches: list[torch.Tensor] = []
     last_val: dict | None = None
     for step in range(1, config.steps + 1):
         hooks.check_cancel()
-        if cursor + config.batch_size > n_train:
-            epoch_order = torch.randperm(n_train, generator=generator)
-            cursor = 0
-        indices = epoch_order[cursor : cursor + config.batch_size]
-        cursor += config.batch_size
-        batch = {k: v[indices].to(device, non_blocking=True) for k, v in train_tensors.items()}
-        batch["index"] = indices
+        if not epoch_batches:
+            epoch_batches = batcher.epoch(train_tensors, config.batch_size, generator)[::-1]
+        indices = epoch_batches.pop()
+        batch = batcher.batch(train_tensors, indices, device)
+        shape = list(batch["input_ids"].shape)
+        tokens, positions = batch_tokens(batch)
         state.step = step
         measure = config.memory_every == 1 or step == 1 or step == config.steps or step % config.memory_every == 0
 
@@ -368,12 +367,17 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_seconds = time.perf_counter() - step_start
+        step_seconds_total += step_seconds
+        real_tokens += tokens
+        padded_positions += positions
+        examples_seen += shape[0]
 
-        memory = meter.sample(gradient_bytes).as_dict() if measure else None
+        memory = dict(meter.sample(gradient_bytes).as_dict(), batch_shape=shape) if measure else None
         if memory and (peak_sample is None or memory["peak"] > peak_sample["peak"]):
             peak_sample = dict(memory, step=step)
         telemetry = method.step_telemetry(model, state)
-        data = {"step_seconds": step_seconds}
+        data = {"step_seconds": step_seconds, "batch_shape": shape, "tokens": tokens,
+                "tokens_per_second": tokens / step_seconds if step_seconds > 0 else None}
         if out.terms:
             data["terms"] = out.terms
         loss_value = float(loss.detach())
@@ -382,7 +386,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
             elapsed=time.perf_counter() - started,
             loss=loss_value,
             lr=scheduler.get_last_lr()[0],
-            examples_per_second=config.batch_size / step_seconds if step_seconds > 0 else None,
+            examples_per_second=shape[0] / step_seconds if step_seconds > 0 else None,
             memory=memory,
             data=data,
             telemetry=telemetry,
@@ -414,10 +418,18 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         "steps_done": state.step,
         "train_seconds": train_seconds,
         "steps_per_second": state.step / train_seconds if train_seconds > 0 else None,
+        "padding": config.padding,
+        # Throughput over the training steps themselves (evaluation passes excluded).
+        "examples_per_second": examples_seen / step_seconds_total if step_seconds_total > 0 else None,
+        "tokens_per_second": real_tokens / step_seconds_total if step_seconds_total > 0 else None,
+        "padding_fraction": 1 - real_tokens / padded_positions if padded_positions else None,
         "peak_memory_bytes": peak_sample["peak"] if peak_sample else None,
         "memory_breakdown": {k: peak_sample[k] for k in ("weights", "gradients", "optimizer", "activations")}
         if peak_sample else None,
     }
+    if peak_sample:
+        metrics["peak_memory_shape"] = peak_sample["batch_shape"]
+        metrics["peak_memory_step"] = peak_sample["step"]
     if peak_sample and "cuda_max_allocated" in peak_sample:
         metrics["cuda_max_allocated_bytes"] = peak_sample["cuda_max_allocated"]
     extra_summary = method.run_summary(model)
