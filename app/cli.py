@@ -63,6 +63,11 @@ def run_summary(record: dict) -> dict:
         "memory_breakdown": metrics.get("memory_breakdown"),
         "train_seconds": metrics.get("train_seconds"),
         "steps_per_second": metrics.get("steps_per_second"),
+        "padding": record["config"].get("padding", "max"),
+        "examples_per_second": metrics.get("examples_per_second"),
+        "tokens_per_second": metrics.get("tokens_per_second"),
+        "padding_fraction": metrics.get("padding_fraction"),
+        "peak_memory_shape": metrics.get("peak_memory_shape"),
         "run_dir": None,
     }
     if "cuda_max_allocated_bytes" in metrics:
@@ -88,7 +93,7 @@ def cmd_train(args) -> int:
         text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
         device=args.device, name=args.name or "",
     )
-    for key in ("batch_size", "max_length", "lr", "eval_every", "max_train_examples", "max_eval_examples",
+    for key in ("batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "max_eval_examples",
                 "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
         value = getattr(args, key)
         if value is not None:
@@ -360,6 +365,7 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import DEFAULT_BACKBONE
+    from .batching import PADDING_CHOICES
     from .data import DEFAULT_DATASET
 
     common = argparse.ArgumentParser(add_help=False)
@@ -376,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=100)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int)
+    train.add_argument("--padding", choices=PADDING_CHOICES,
+                       help="dynamic (default): each batch padded to its own longest example, training batches "
+                            "grouped by length; max: every batch padded to --max-length")
     train.add_argument("--lr", type=float)
     train.add_argument("--weight-decay", type=float)
     train.add_argument("--warmup-ratio", type=float)

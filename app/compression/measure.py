@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from ..batching import Batcher
 from ..methods.base import logits_of, model_inputs
 from .pruning import Targets
 from .quantization import is_dynamic_quantized
@@ -86,16 +87,17 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 @torch.inference_mode()
 def test_logits(model: nn.Module, tensors: dict, *, batch_size: int = 64,
-                check_cancel: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """fp32 logits of every example of a split, in order."""
+                check_cancel: Callable[[], None] = lambda: None, batcher: Batcher = Batcher()) -> torch.Tensor:
+    """fp32 logits of every example of a split, in the split's order."""
     model.eval()
-    out = []
-    n = len(tensors["labels"])
-    for start in range(0, n, batch_size):
+    out: torch.Tensor | None = None
+    for batch in batcher.in_order(tensors, batch_size):
         check_cancel()
-        batch = {k: v[start : start + batch_size] for k, v in tensors.items()}
-        out.append(logits_of(model(**model_inputs(batch))).float())
-    return torch.cat(out)
+        logits = logits_of(model(**model_inputs(batch))).float()
+        if out is None:
+            out = logits.new_empty((len(tensors["labels"]), logits.shape[-1]))
+        out[batch["index"]] = logits
+    return out
 
 
 def logit_drift(logits: torch.Tensor, reference: torch.Tensor) -> float:
@@ -104,11 +106,12 @@ def logit_drift(logits: torch.Tensor, reference: torch.Tensor) -> float:
     return float(((logits - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-12)).mean())
 
 
-def latency_batch(tensors: dict, batch_size: int) -> dict:
-    """`batch_size` test examples at the run's max length (repeated when the split is smaller)."""
+def latency_batch(tensors: dict, batch_size: int, batcher: Batcher = Batcher("max")) -> dict:
+    """The first `batch_size` test examples (repeated when the split is smaller), padded as the run
+    pads: to their own longest example with dynamic padding, to the run's max length otherwise."""
     n = len(tensors["labels"])
     index = torch.arange(batch_size) % n
-    return {k: v[index] for k, v in model_inputs(tensors).items()}
+    return model_inputs(batcher.batch(tensors, index))
 
 
 @torch.inference_mode()

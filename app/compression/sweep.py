@@ -12,7 +12,7 @@ measured, so a page can draw the sweep while it runs. Point fields:
     logit_drift     mean relative L2 change of the test logits against the uncompressed model's
     params          parameters stored; nonzero_params: of them, the nonzero ones
     bytes           size of the compressed state (bytes_kind says whether written or computed)
-    latency_ms      median CPU time of one forward pass over a batch at the run's max length
+    latency_ms      median CPU time of one forward pass over one batch of test examples, padded as the run pads
     note            what the figures do and do not mean for this kind
 """
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import Batcher
 from ..errors import ConfigError, LabError, RunCancelled
 from ..methods.base import MethodConfig, logits_of, model_inputs, option, parse_config
 from . import measure
@@ -133,6 +134,7 @@ class _Session:
     latency_input: dict
     check_cancel: Callable[[], None]
     report: Callable[[str], None]
+    batcher: Batcher = Batcher()
     baseline_logits: torch.Tensor | None = None
     baseline_bytes: int | None = None
 
@@ -192,22 +194,20 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     if plan.recovery_steps and not any(p.requires_grad for p in base.parameters()):
         raise LabError(f"recovery cannot run: method '{loaded.method.name}' trained no parameter of its inference model")
 
+    batcher = Batcher.for_tokenizer(config.padding, tokenizer)
+
     def train_batches():
         tensors = tokenize_split(tokenizer, prepared.dataset, "train", config.max_length)
         generator = torch.Generator().manual_seed(config.seed)
-        n = len(tensors["labels"])
         while True:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n - config.batch_size + 1, config.batch_size):
-                chosen = order[start : start + config.batch_size]
-                yield {k: v[chosen] for k, v in tensors.items()}
+            yield from (batcher.batch(tensors, chosen) for chosen in batcher.epoch(tensors, config.batch_size, generator))
 
     test = tokenize_split(tokenizer, prepared.dataset, "test", config.max_length)
     session = _Session(
         store=store, run_id=run_id, plan=plan, base=base, test=test, train_batches=train_batches,
         lr=plan.recovery_lr or record["summary"].get("lr") or prepared.lr,
         grad_clip=config.grad_clip, weight_decay=config.weight_decay,
-        latency_input=measure.latency_batch(test, plan.latency_batch_size),
+        latency_input=measure.latency_batch(test, plan.latency_batch_size, batcher), batcher=batcher,
         check_cancel=check_cancel, report=report,
     )
     points: list[dict] = []
@@ -247,7 +247,7 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
 def _measure(session: _Session, model: nn.Module, *, kind: str, setting: str, key: str, note: str,
              bytes_value: int | None = None, bytes_kind: str = "safetensors file", **extra) -> dict:
     session.check_cancel()
-    logits = measure.test_logits(model, session.test, check_cancel=session.check_cancel)
+    logits = measure.test_logits(model, session.test, check_cancel=session.check_cancel, batcher=session.batcher)
     finite = torch.isfinite(logits).all(dim=-1)
     predicted = logits.argmax(-1)
     labels = session.test["labels"]
@@ -301,7 +301,7 @@ def _recover(session: _Session, model: nn.Module) -> dict:
     """A short fine-tune of a pruned model on the run's training data (constant lr, AdamW, the
     run's grad clip and weight decay) on the parameters the method trained. Masks of unstructured
     pruning stay attached, so pruned weights stay zero."""
-    before = measure.test_logits(model, session.test, check_cancel=session.check_cancel).argmax(-1)
+    before = measure.test_logits(model, session.test, check_cancel=session.check_cancel, batcher=session.batcher).argmax(-1)
     accuracy_before = float((before == session.test["labels"]).float().mean())
     parameters = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in parameters if p.ndim >= 2]
