@@ -13,7 +13,7 @@ from components.forms import settings_form
 
 UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 UPLOAD_CHOICE = "Upload a file…"
-GENERAL_FIELDS = ("steps", "batch_size", "max_length", "lr", "eval_every", "max_train_examples", "seed")
+GENERAL_FIELDS = ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "seed")
 ADVANCED_FIELDS = ("max_eval_examples", "weight_decay", "warmup_ratio", "grad_clip", "split_seed", "memory_every",
                    "bf16", "name")
 

@@ -46,12 +46,13 @@ SHRINK_PLAN = {
 
 
 def lst_lesson(base: dict) -> tuple[list[dict], list[str]]:
-    """Same setup, five methods (those installed here); returns configs and the methods missing."""
+    """Same setup, five methods (those installed here); returns configs and the methods missing.
+    Every batch is padded to max_length, so every method's memory is measured on the same shape."""
     present = [m for m in LST_LESSON_METHODS if m in METHODS]
     missing = [m for m in LST_LESSON_METHODS if m not in METHODS]
     configs = []
     for method in present:
-        config = dict(base, method=method, method_config={}, lr=None)
+        config = dict(base, method=method, method_config={}, lr=None, padding="max")
         config["name"] = f"lesson: memory · {method}"
         configs.append(config)
     return configs, missing

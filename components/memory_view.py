@@ -18,12 +18,17 @@ def memory_row(store, record: dict) -> dict:
     metrics, summary = record.get("metrics") or {}, record.get("summary") or {}
     breakdown = metrics.get("memory_breakdown")
     peak = metrics.get("peak_memory_bytes")
+    shape = metrics.get("peak_memory_shape")
     if not breakdown:
         samples = [s["memory"] for s in store.steps(record["id"]) if s.get("memory")]
         if samples:
             top = max(samples, key=lambda m: m.get("peak", 0))
             breakdown = {p: top.get(p, 0) for p in PARTS}
             peak = top.get("peak")
+            shape = top.get("batch_shape")
+    config = record.get("config") or {}
+    if shape is None and peak is not None and config.get("batch_size"):
+        shape = [config["batch_size"], config.get("max_length")]  # runs from before shapes were recorded
     row = {
         "id": record["id"],
         "name": f"{record['method']} · {record['id'][-6:]}",
@@ -33,6 +38,8 @@ def memory_row(store, record: dict) -> dict:
         "trainable": summary.get("trainable_params"),
         "total": summary.get("total_params"),
         "cuda_peak": metrics.get("cuda_max_allocated_bytes"),
+        "shape": list(shape) if shape else None,
+        "padding": config.get("padding", "max"),
     }
     for part in PARTS:
         row[part] = (breakdown or {}).get(part)
@@ -48,7 +55,7 @@ def memory_reading(rows: list[dict]) -> list[str]:
     rows = [r for r in rows if r.get("peak")]
     if not rows:
         return []
-    lines: list[str] = []
+    lines: list[str] = [shape_reading(rows)]
     reference = next((r for r in rows if r["method"] == "full_ft"), None)
     ref_name = "full fine-tuning" if reference else None
     if reference is None:
@@ -91,6 +98,25 @@ def memory_reading(rows: list[dict]) -> list[str]:
     return lines
 
 
+def fmt_shape(shape) -> str:
+    return f"{shape[0]} × {shape[1]}" if shape else "?"
+
+
+def shape_reading(rows: list[dict]) -> str:
+    """Which batch shape each peak came from, and whether the runs compare like for like."""
+    shapes = {tuple(r["shape"]) for r in rows if r.get("shape")}
+    if len(shapes) == 1:
+        (shape,) = shapes
+        how = ("every batch padded to the maximum length" if all(r["padding"] == "max" for r in rows)
+               else "the largest batch each run met")
+        return (f"Every peak here comes from a batch of **{fmt_shape(shape)}** (examples × tokens; {how}), "
+                "so the runs compare like for like.")
+    per_run = ", ".join(f"{method_title(r['method'])} {fmt_shape(r.get('shape'))}" for r in rows)
+    return (f"The peaks come from batches of different shapes (examples × tokens: {per_run}). With dynamic "
+            "padding each batch is only as long as its longest example, so memory also depends on which batches "
+            "a run met: compare methods with padding = max (the memory lesson does).")
+
+
 def render_memory(store, records: list[dict]) -> None:
     rows = [memory_row(store, r) for r in records]
     series = []
@@ -117,6 +143,7 @@ def render_memory(store, records: list[dict]) -> None:
     on_cuda = any(r.get("cuda_peak") for r in rows)
     st.dataframe(
         [{"run": r["id"], "method": r["method"], "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
+          "peak batch (examples × tokens)": fmt_shape(r.get("shape")) if r.get("shape") else None,
           **{f"{p} (MiB)": _round_mib(r[p]) for p in PARTS},
           **({"CUDA max allocated (MiB)": _round_mib(r.get("cuda_peak"))} if on_cuda else {}),
           "trainable params": r["trainable"], "total params": r["total"]} for r in rows],

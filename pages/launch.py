@@ -41,7 +41,8 @@ with top_right.container(border=True):
     first, second = st.columns(2)
     lst_clicked = first.button("Why LST saves memory", key="lesson.lst", width="stretch",
                                help="Full fine-tuning, Adapter, prompt tuning, LoRA and LST on the same setup, "
-                                    "then the Memory page.")
+                                    "every batch padded to the maximum length so that all five are measured "
+                                    "on the same shape, then the Memory page.")
     theseus_clicked = second.button("Theseus: halve the layers", key="lesson.theseus", width="stretch",
                                     help="Fine-tune a predecessor, compress it with BERT-of-Theseus to half its "
                                          "layers, and fine-tune the first half directly as the baseline.")
