@@ -3,7 +3,7 @@
 Two phases, both through the engine (the same loop, memory measurement and store the app uses):
 
 1. Cost. Each method trains `--steps` steps on the same batches (batch size, length and seed
-   equal for all) and reports trainable parameters, the measured peak training memory with its
+   equal for all, every batch padded to the maximum length so every method sees one shape) and reports trainable parameters, the measured peak training memory with its
    breakdown (weights, gradients, optimizer state, activations saved for backward) and the median
    step time. Training uses the first `--cost-examples` examples, so a method that caches per
    example (LST's hidden-state cache) gets its later epochs measured separately.
@@ -145,7 +145,9 @@ def main() -> None:
     variants.sort(key=lambda v: v.label != REFERENCE)
 
     base = dict(backbone=args.backbone, dataset=args.dataset, batch_size=args.batch_size,
-                max_length=args.max_length, seed=args.seed, max_eval_examples=args.max_eval_examples)
+                max_length=args.max_length, seed=args.seed, max_eval_examples=args.max_eval_examples,
+                # every method measured on the same batch shape, so memory and speed compare like for like
+                padding="max")
     machine = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                "platform": platform.platform(), "load_average_start": load_average(),
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -274,7 +276,8 @@ def print_table(results: dict, args) -> None:
     mb = 1024 * 1024
     header = (f"{'method':<14}{'trainable':>12}{'x ft':>8}{'peak MB':>9}{'x ft':>7}{'weights':>9}{'grads':>8}"
               f"{'optim':>8}{'activ':>8}{'s/step':>8}{'x ft':>7}{'steps':>7}{'val':>7}{'test':>7}{'Δtest':>7}")
-    print(f"\n{args.backbone} + {args.dataset}, batch {args.batch_size}, length {args.max_length}; "
+    print(f"\n{args.backbone} + {args.dataset}, batch {args.batch_size}, every batch padded to length {args.max_length} "
+          f"(padding=max, the same shape for every method); "
           f"memory in MB (breakdown: weights, gradients, optimizer state, activations saved for backward); "
           f"s/step and the accuracy budget ({args.seconds:.0f} s of training per method) count "
           f"{'wall-clock' if args.clock == 'wall' else 'process CPU'} seconds, {torch.get_num_threads()} thread(s)")
