@@ -5,8 +5,9 @@ Two phases, both through the engine (the same loop, memory measurement and store
 1. Cost. Each method trains `--steps` steps on the same batches (batch size, length and seed
    equal for all, every batch padded to the maximum length so every method sees one shape) and
    reports trainable parameters, the measured peak training memory with its breakdown (weights,
-   gradients, optimizer state, activations saved for backward) and the median step time. Training uses the first `--cost-examples` examples, so a method that caches per
-   example (LST's hidden-state cache) gets its later epochs measured separately.
+   gradients, optimizer state, activations saved for backward) and the median step time.
+   Training uses the first `--cost-examples` examples, so a method that caches per example
+   (LST's hidden-state cache) gets its later epochs measured separately.
 2. Accuracy at an equal time budget (`--seconds` per method; 0 skips this phase). A method that
    steps faster takes more steps: each method gets the number of steps its phase-1 step time fits
    into the budget, with its full learning-rate schedule, on the whole training set. The budget
