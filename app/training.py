@@ -66,6 +66,16 @@ class PreparedRun:
         return self.config.lr if self.config.lr is not None else self.method.default_lr
 
 
+def load_run_dataset(config: RunConfig) -> TextDataset:
+    return load_dataset(
+        config.dataset,
+        columns=ColumnMap(config.text_column, config.label_column, config.text_pair_column or None),
+        split_seed=config.split_seed,
+        max_train_examples=config.max_train_examples,
+        max_eval_examples=config.max_eval_examples,
+    )
+
+
 def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pending_ids: set[str] = frozenset()) -> PreparedRun:
     """Every check that can be made before training; raises a `LabError` with a clear message."""
     if isinstance(config, dict):
@@ -86,13 +96,7 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
             f"what backbone '{config.backbone}' accepts ({backbone.max_length}); lower max_length to at most "
             f"{backbone.max_length - extra_tokens} or use fewer virtual tokens"
         )
-    dataset = load_dataset(
-        config.dataset,
-        columns=ColumnMap(config.text_column, config.label_column, config.text_pair_column or None),
-        split_seed=config.split_seed,
-        max_train_examples=config.max_train_examples,
-        max_eval_examples=config.max_eval_examples,
-    )
+    dataset = load_run_dataset(config)
     if config.batch_size > len(dataset.train):
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the training set ({len(dataset.train)} examples)"
@@ -423,6 +427,8 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         "examples_per_second": examples_seen / step_seconds_total if step_seconds_total > 0 else None,
         "tokens_per_second": real_tokens / step_seconds_total if step_seconds_total > 0 else None,
         "padding_fraction": 1 - real_tokens / padded_positions if padded_positions else None,
+        # throughput on a CPU depends on torch's intra-op threads (one per physical core by default)
+        "torch_threads": torch.get_num_threads(),
         "peak_memory_bytes": peak_sample["peak"] if peak_sample else None,
         "memory_breakdown": {k: peak_sample[k] for k in ("weights", "gradients", "optimizer", "activations")}
         if peak_sample else None,

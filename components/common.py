@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.manager import default_runs_dir, get_manager
+from app.warmup import start_warm_up
 from app.store import ACTIVE_STATUSES
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -35,6 +36,8 @@ def runs_dir() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _manager(path: str):
+    # the app's first run would otherwise pay the imports and tokenization before its first step
+    start_warm_up()
     return get_manager(path)
 
 
