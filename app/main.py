@@ -19,6 +19,7 @@ import streamlit as st  # noqa: E402
 from components.common import page_setup  # noqa: E402
 from components.navigation import all_pages  # noqa: E402
 
-st.set_page_config(page_title="Ladder & Theseus Lab", page_icon=":material/stairs:", layout="wide")
+# a local file: a material-symbol page icon makes the browser fetch the favicon from a font server
+st.set_page_config(page_title="Ladder & Theseus Lab", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
 page_setup()
 st.navigation(all_pages()).run()

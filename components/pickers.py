@@ -45,7 +45,7 @@ def _sync_multi(key: str, param: str):
 
 
 def pick_runs(runs: list[dict], *, label: str = "Runs", key: str = "picked_runs", param: str = "runs",
-              default: list[str] | None = None) -> list[dict]:
+              default: list[str] | None = None, max_selections: int | None = None) -> list[dict]:
     """A multiselect of runs; starts from `?runs=A,B` when it names some of them."""
     if not runs:
         return []
@@ -53,13 +53,13 @@ def pick_runs(runs: list[dict], *, label: str = "Runs", key: str = "picked_runs"
     linked = [rid for rid in (st.query_params.get(param) or "").split(",") if rid]
     if key not in st.session_state:
         _warn_unknown(param, [rid for rid in linked if rid not in by_id])
-    wanted = [rid for rid in linked if rid in by_id]
+    wanted = [rid for rid in linked if rid in by_id][:max_selections]
     if wanted and st.session_state.get(key) != wanted:
         st.session_state[key] = wanted
     if key not in st.session_state or any(rid not in by_id for rid in st.session_state[key]):
-        st.session_state[key] = [rid for rid in (default or []) if rid in by_id]
+        st.session_state[key] = [rid for rid in (default or []) if rid in by_id][:max_selections]
     chosen = st.multiselect(label, list(by_id), key=key, format_func=lambda rid: short_run_label(by_id[rid]),
-                            on_change=_sync_multi, args=(key, param))
+                            on_change=_sync_multi, args=(key, param), max_selections=max_selections)
     return [by_id[rid] for rid in chosen]
 
 

@@ -17,7 +17,7 @@ if not runs:
     st.page_link(page("launch"), label="Go to Launch", icon=":material/rocket_launch:")
     st.stop()
 
-chosen = pick_runs(runs, label="Runs (one or two)", key="explain.runs", default=[runs[0]["id"]])[:2]
+chosen = pick_runs(runs, label="Runs (one or two)", key="explain.runs", default=[runs[0]["id"]], max_selections=2)
 if not chosen:
     st.info("Pick one or two runs above.")
     st.stop()

@@ -75,6 +75,10 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
             page.set_default_timeout(TIMEOUT_MS)
+            # the app must work offline: every request it makes goes to its own server
+            outside: list[str] = []
+            page.on("request", lambda request: outside.append(request.url)
+                    if not request.url.startswith((url, "data:", "blob:")) else None)
 
             # Launch a tiny run by clicking; the app opens its page and the live chart gains points.
             page.goto(url + "/launch")
@@ -148,5 +152,6 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             wait_for_render(dark, TIMEOUT_MS)
             assert_no_exception(dark, "dark run page")
             dark.screenshot(path=str(artifacts / "run-dark.png"))
+            assert outside == [], outside
         finally:
             browser.close()

@@ -571,6 +571,15 @@ def test_explain_page_predicts_attributes_and_escapes_text(ui_runs, monkeypatch)
     assert titles.count("Prediction") == 2
 
 
+def test_explain_takes_at_most_two_runs_even_from_a_link(ui_runs, monkeypatch):
+    path, store, runs = ui_runs
+    three = [runs[m]["id"] for m in ("full_ft", "lst", "theseus")]
+    at = open_app(path, monkeypatch, "explain", {"runs": ",".join(three)})
+    assert not at.exception
+    picker = at.multiselect(key="explain.runs")
+    assert picker.value == three[:2] and picker.proto.max_selections == 2
+
+
 def test_integrated_gradients_add_up_to_the_change_in_probability(ui_runs):
     import torch
 
