@@ -33,6 +33,17 @@ def truncation_baselines(store, record: dict, layers: int | None) -> list[dict]:
     return out
 
 
+def pending_baselines(store, record: dict) -> list[dict]:
+    """Truncation runs on the same backbone and dataset that are still queued or running: the page
+    keeps refreshing until their numbers are in."""
+    return [r for r in store.list_runs(method="truncate") if r["status"] in ACTIVE_STATUSES
+            and r["backbone"] == record["backbone"] and r["dataset"] == record["dataset"]]
+
+
+def theseus_page_active(store, record: dict) -> bool:
+    return record["status"] in ACTIVE_STATUSES or bool(pending_baselines(store, record))
+
+
 def render_theseus(run_id: str) -> bool:
     store = get_store()
     record = store.get_run(run_id)
@@ -75,6 +86,10 @@ def render_theseus(run_id: str) -> bool:
         base_acc = (best.get("metrics") or {}).get("val_accuracy")
         cols[2].metric("truncation baseline (validation)", fmt_pct(base_acc),
                        help=f"Run {best['id']}: the first layers fine-tuned directly; Theseus must beat it.")
+    elif pending_baselines(store, record):
+        waiting = pending_baselines(store, record)[0]
+        cols[2].metric("truncation baseline", waiting["status"],
+                       help=f"Run {waiting['id']} is {waiting['status']}; its accuracy appears here when it ends.")
     else:
         cols[2].metric("truncation baseline", "–", help="Run the truncation method with the successor's depth "
                                                          "on the same backbone and dataset to compare.")
@@ -99,4 +114,4 @@ def render_theseus(run_id: str) -> bool:
                                                         if summary.get("stopped_early") else "."))
     else:
         st.info("Sizes appear when the run has finished.")
-    return active
+    return theseus_page_active(store, record)

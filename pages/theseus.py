@@ -1,11 +1,10 @@
 import streamlit as st
 
-from app.store import ACTIVE_STATUSES
-from components.common import list_runs, method_registered
+from components.common import get_store, list_runs, method_registered
 from components.live import live
 from components.navigation import page
 from components.pickers import pick_run
-from components.theseus_view import render_theseus
+from components.theseus_view import render_theseus, theseus_page_active
 
 st.title("BERT-of-Theseus")
 st.caption("Predecessor modules are replaced at random by successor layers (probability pₜ) while only the "
@@ -21,4 +20,4 @@ if not runs:
     st.stop()
 
 record = pick_run(runs, label="Theseus run")
-live(render_theseus, record["id"], active=record["status"] in ACTIVE_STATUSES)
+live(render_theseus, record["id"], active=theseus_page_active(get_store(), record))

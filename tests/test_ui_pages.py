@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, train_now
+from conftest import ROOT, tiny_config, train_now
 
 MIB = 1024 * 1024
 PAGES = ("home", "launch", "run", "ladder", "theseus", "memory", "compare", "compress", "explain")
@@ -367,7 +367,6 @@ def test_run_page_draws_the_runs_recorded_curves(ui_runs, monkeypatch):
 def test_run_page_shows_a_failed_runs_reason_and_traceback(tmp_path, monkeypatch):
     from app.store import RunStore
     from app.training import execute_run, prepare_run
-    from conftest import tiny_config
 
     store = RunStore(tmp_path / "runs")
     data = tmp_path / "reviews.csv"
@@ -443,6 +442,25 @@ def test_theseus_page_shows_schedule_draws_and_the_predecessor_reference(ui_runs
     layers = trace(size, "layers")["y"]
     summary = store.get_run(run_id)["summary"]["method_summary"]
     assert layers == [summary["predecessor"]["layers"], summary["successor"]["layers"]]
+
+
+def test_theseus_page_keeps_refreshing_while_its_truncation_baseline_waits(ui_runs, monkeypatch):
+    from app.config import RunConfig
+    from components.theseus_view import theseus_page_active
+
+    path, store, runs = ui_runs
+    record = store.get_run(runs["theseus"]["id"])
+    assert not theseus_page_active(store, record)
+    baseline = store.create_run(RunConfig(**tiny_config(method="truncate")).as_dict())
+    try:
+        assert store.get_run(baseline)["status"] == "queued"
+        assert theseus_page_active(store, record)
+        at = open_app(path, monkeypatch, "theseus", {"run": record["id"]})
+        shown = {m.label: m.value for m in at.metric}
+        assert shown["truncation baseline"] == "queued"
+    finally:
+        store.set_status(baseline, "cancelled")
+        store.delete_run(baseline)
 
 
 def test_memory_page_overlays_runs_and_reads_the_numbers(ui_runs, monkeypatch):
