@@ -1,0 +1,141 @@
+"""Examples per second with dynamic padding, with fixed max-length padding, and with a plain
+transformers `Trainer` (length-grouped sampling, `DataCollatorWithPadding`), side by side in one run.
+
+Every configuration trains the same model (the lab's classifier on the backbone, same initial
+weights) on the same data with the same optimizer (AdamW, weight decay 0.01 on matrices, linear
+warm-up 6% and decay, gradient clipping at 1.0), for the same number of steps, with no evaluation
+on the way. The lab's figure covers everything its loop does each step (batching, memory
+measurement at its default sampling, a store write); the Trainer's is its own `train_runtime`.
+Rounds run every configuration once each, in rotated order, so machine load hits all alike; the
+figures are medians over rounds.
+
+    python benchmarks/padding_speed.py [--steps 100] [--batch-size 32] [--max-length 64] [--rounds 1]
+                                       [--methods full_ft,lst,lora] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from app.config import RunConfig  # noqa: E402
+from app.store import RunStore  # noqa: E402
+from app.training import prepare_run, seed_everything, train  # noqa: E402
+
+
+def lab_run(config: RunConfig, store: RunStore) -> dict:
+    prepared = prepare_run(config, store)
+    run_id = store.create_run(config.as_dict())
+    store.set_status(run_id, "running")
+    train(prepared, store, run_id)
+    store.set_status(run_id, "finished")
+    steps = store.steps(run_id)
+    seconds = steps[-1]["elapsed"]  # at the last step's store write: every step, not the final evaluation
+    examples = sum(s["batch_shape"][0] for s in steps)
+    metrics = store.get_run(run_id)["metrics"]
+    return {"seconds": seconds, "examples_per_second": examples / seconds,
+            "tokens_per_second": metrics["tokens_per_second"], "padding_fraction": metrics["padding_fraction"],
+            "peak_memory_mb": metrics["peak_memory_bytes"] / 2**20, "peak_shape": metrics["peak_memory_shape"]}
+
+
+def trainer_run(config: RunConfig) -> dict:
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    prepared = prepare_run(config)
+    tokenizer = prepared.backbone.tokenizer
+    seed_everything(config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = prepared.backbone.load_for_classification(prepared.dataset.label_names)
+    train_split = prepared.dataset.train
+    encoded = tokenizer(train_split.texts, truncation=True, max_length=config.max_length)
+    dataset = datasets.Dataset.from_dict({**encoded, "labels": train_split.labels})
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=config.batch_size, max_steps=config.steps,
+            learning_rate=prepared.lr, weight_decay=config.weight_decay, warmup_steps=round(config.steps * config.warmup_ratio),
+            lr_scheduler_type="linear", max_grad_norm=config.grad_clip, train_sampling_strategy="group_by_length",
+            logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
+            seed=config.seed, dataloader_num_workers=0, disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+        result = trainer.train()
+    seconds = result.metrics["train_runtime"]
+    return {"seconds": seconds, "examples_per_second": config.steps * config.batch_size / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--dataset", default="rotten-tomatoes")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="full_ft,lst,lora", help="lab methods to time both ways")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    base = dict(backbone=args.backbone, dataset=args.dataset, steps=args.steps, batch_size=args.batch_size,
+                max_length=args.max_length, eval_every=10**6, max_eval_examples=64, seed=args.seed, device="cpu")
+    jobs: list[tuple[str, callable]] = []
+    store = RunStore(tempfile.mkdtemp(prefix="padding-bench-"))
+    for method in args.methods.split(","):
+        for padding in ("dynamic", "max"):
+            config = RunConfig.from_dict(dict(base, method=method, padding=padding))
+            jobs.append((f"{method} · lab padding={padding}", lambda c=config: lab_run(c, store)))
+    jobs.append(("full_ft · transformers Trainer", lambda: trainer_run(RunConfig.from_dict(dict(base, method="full_ft")))))
+
+    results: dict[str, list[dict]] = {name: [] for name, _ in jobs}
+    for round_index in range(args.rounds):
+        rotated = jobs[round_index % len(jobs):] + jobs[: round_index % len(jobs)]
+        for name, job in rotated:
+            started = time.perf_counter()
+            results[name].append(job())
+            print(f"round {round_index + 1}: {name}: {results[name][-1]['examples_per_second']:.1f} examples/s "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    def median(name, key):
+        values = [r[key] for r in results[name] if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    trainer_eps = median("full_ft · transformers Trainer", "examples_per_second")
+    print(f"\n{args.backbone} + {args.dataset}, batch {args.batch_size}, max length {args.max_length}, "
+          f"{args.steps} steps, no evaluation, CPU, {torch.get_num_threads()} threads, median of {args.rounds} round(s)\n")
+    print(f"| run | examples/s | × Trainer | × same method, padding=max | padded share | peak memory (MB) at shape |")
+    print("|---|---|---|---|---|---|")
+    table = []
+    for name, _ in jobs:
+        eps = median(name, "examples_per_second")
+        method = name.split(" · ")[0]
+        max_name = f"{method} · lab padding=max"
+        vs_max = eps / median(max_name, "examples_per_second") if max_name in results and "lab" in name else None
+        row = {"run": name, "examples_per_second": eps, "vs_trainer": eps / trainer_eps if trainer_eps else None,
+               "vs_padding_max": vs_max, "padding_fraction": median(name, "padding_fraction"),
+               "peak_memory_mb": median(name, "peak_memory_mb"),
+               "peak_shape": results[name][-1].get("peak_shape")}
+        table.append(row)
+        shape = f" at {row['peak_shape'][0]}×{row['peak_shape'][1]}" if row["peak_shape"] else ""
+        cells = [name, f"{eps:.1f}", f"{row['vs_trainer']:.2f}",
+                 "" if vs_max is None else f"{vs_max:.2f}",
+                 "" if row["padding_fraction"] is None else f"{row['padding_fraction']:.0%}",
+                 "" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}{shape}"]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": table, "raw": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
