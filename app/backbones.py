@@ -20,6 +20,12 @@ from typing import Callable
 
 from .errors import BackboneError
 
+# transformers imports its modules lazily, and two threads importing the same part of it at once can
+# trip Python's import deadlock detection, which hands one of them a half-initialised module
+# ("cannot import name 'AutoConfig'"). Every lab call that can trigger those imports (configs,
+# tokenizers, weights, the start-up warm-up) holds this lock.
+TRANSFORMERS_IMPORTS = threading.RLock()
+
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "mpnet")
 HUB_HOST = "huggingface.co"
 
@@ -218,10 +224,11 @@ def resolve_source(name: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _load_config(source: str):
-    from transformers import AutoConfig
-
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        with TRANSFORMERS_IMPORTS:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:
         raise BackboneError(f"cannot load a model config from '{source}': {exc}") from exc
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -234,10 +241,11 @@ def _load_config(source: str):
 
 @functools.lru_cache(maxsize=32)
 def _load_tokenizer(source: str):
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        with TRANSFORMERS_IMPORTS:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:
         raise BackboneError(f"cannot load a tokenizer from '{source}': {exc}") from exc
 
@@ -266,13 +274,15 @@ class Backbone:
 
     def load_encoder(self, **kwargs):
         """The bare encoder (`AutoModel`), fresh weights each call."""
-        from transformers import AutoModel
+        with TRANSFORMERS_IMPORTS:
+            from transformers import AutoModel
 
         return self._from_pretrained(AutoModel, **kwargs)
 
     def load_for_classification(self, label_names: list[str], **kwargs):
         """`AutoModelForSequenceClassification` with a new head for these labels."""
-        from transformers import AutoModelForSequenceClassification
+        with TRANSFORMERS_IMPORTS:
+            from transformers import AutoModelForSequenceClassification
 
         return self._from_pretrained(
             AutoModelForSequenceClassification,
@@ -290,7 +300,8 @@ class Backbone:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            return auto_class.from_pretrained(self.source, trust_remote_code=False, **kwargs)
+            with TRANSFORMERS_IMPORTS:  # the first load of a model type imports its modeling module
+                return auto_class.from_pretrained(self.source, trust_remote_code=False, **kwargs)
         except Exception as exc:
             raise BackboneError(f"cannot load weights of backbone '{self.name}': {exc}") from exc
 

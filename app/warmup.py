@@ -24,16 +24,17 @@ last_seconds: dict[tuple[str, str, int], float] = {}
 
 def warm_up(config: RunConfig) -> float:
     """Load what a run of `config` needs before its first step; returns the seconds it took."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
-
-    from app.backbones import get_backbone
+    from app.backbones import TRANSFORMERS_IMPORTS, get_backbone
     from app.data import tokenize_split
     from app.training import load_run_dataset
 
     start = time.perf_counter()
     backbone = get_backbone(config.backbone)
-    # resolving the class imports its modeling module, the largest single start-up cost
-    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(backbone.config)]
+    with TRANSFORMERS_IMPORTS:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        # resolving the class imports its modeling module, the largest single start-up cost
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(backbone.config)]
     dataset = load_run_dataset(config)
     for split in ("train", "validation", "test"):
         tokenize_split(backbone.tokenizer, dataset, split, config.max_length)

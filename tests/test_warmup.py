@@ -32,3 +32,29 @@ def test_start_warm_up_runs_once_per_configuration_and_never_raises():
     failing = warmup.start_warm_up(broken)
     failing.join(timeout=60)
     assert not failing.is_alive()  # the failure was logged, not raised
+
+
+def test_a_run_and_the_warm_up_importing_transformers_together_both_succeed(tmp_path):
+    """A fresh process: the warm-up thread and the first page both reach for transformers at once."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = f"""
+import sys, threading
+sys.path.insert(0, {str(ROOT)!r})
+from app.config import RunConfig
+from app.warmup import start_warm_up
+from app.backbones import get_backbone
+thread = start_warm_up(RunConfig(backbone="tiny-random", dataset="sms-spam", max_length=32))
+backbone = get_backbone("tiny-random")
+model = backbone.load_for_classification(["a", "b"])
+thread.join(120)
+from app import warmup
+print("ok", len(warmup.last_seconds))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok", "1"], out.stderr[-2000:]
