@@ -21,8 +21,19 @@ def _sync_single(key: str, param: str):
         st.query_params[param] = value
 
 
+def default_run(runs: list[dict]) -> dict:
+    """The run a page opens on without a link: the one training now, else the newest finished one
+    (a queued run has nothing to show yet), else the newest."""
+    for wanted in ("running", "finished"):
+        match = next((r for r in runs if r["status"] == wanted), None)
+        if match:
+            return match
+    return runs[0]
+
+
 def pick_run(runs: list[dict], *, label: str = "Run", key: str = "picked_run", param: str = "run") -> dict | None:
-    """A selectbox of runs (newest first); starts from `?run=` when it names one of them."""
+    """A selectbox of runs (newest first); starts from `?run=` when it names one of them, else from
+    `default_run`."""
     if not runs:
         return None
     by_id = {r["id"]: r for r in runs}
@@ -32,7 +43,7 @@ def pick_run(runs: list[dict], *, label: str = "Run", key: str = "picked_run", p
     if wanted in by_id and st.session_state.get(key) != wanted:
         st.session_state[key] = wanted
     if st.session_state.get(key) not in by_id:
-        st.session_state[key] = runs[0]["id"]
+        st.session_state[key] = default_run(runs)["id"]
     chosen = st.selectbox(label, list(by_id), key=key, format_func=lambda rid: run_label(by_id[rid]),
                           on_change=_sync_single, args=(key, param))
     if st.query_params.get(param) != chosen:

@@ -345,6 +345,21 @@ def test_lessons_queue_their_runs_and_open_their_pages(runs_dir, monkeypatch):
 # --- pages over finished runs ------------------------------------------------------------------
 
 
+def test_run_page_without_a_link_opens_the_newest_finished_run_not_a_queued_one(ui_runs, monkeypatch):
+    from app.config import RunConfig
+
+    path, store, runs = ui_runs
+    newest_finished = next(r for r in store.list_runs() if r["status"] == "finished")
+    queued = store.create_run(RunConfig(**tiny_config()).as_dict())
+    try:
+        assert store.list_runs()[0]["id"] == queued
+        at = open_app(path, monkeypatch, "run")
+        assert at.selectbox(key="picked_run").value == newest_finished["id"]
+    finally:
+        store.set_status(queued, "cancelled")
+        store.delete_run(queued)
+
+
 def test_run_page_draws_the_runs_recorded_curves(ui_runs, monkeypatch):
     path, store, runs = ui_runs
     run_id = runs["full_ft"]["id"]
