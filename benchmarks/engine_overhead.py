@@ -28,15 +28,15 @@ import torch.nn.functional as F  # noqa: E402
 from app.config import RunConfig  # noqa: E402
 from app.data import tokenize_split  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import linear_schedule, prepare_run, seed_everything, train  # noqa: E402
+from app.training import execute_run, linear_schedule, prepare_run, seed_everything  # noqa: E402
 
 
 def engine_step_seconds(config: RunConfig, store: RunStore) -> float:
     prepared = prepare_run(config, store)
     run_id = store.create_run(config.as_dict())
-    store.set_status(run_id, "running")
-    train(prepared, store, run_id)
-    store.set_status(run_id, "finished")
+    record = execute_run(store, run_id, prepared=prepared)
+    if record["status"] != "finished":
+        raise SystemExit(f"engine run {record['status']}: {record.get('error')}")
     steps = store.steps(run_id)
     # elapsed at the last step's log covers every step and every store write, not the final eval
     return steps[-1]["elapsed"] / len(steps)

@@ -29,15 +29,15 @@ import torch  # noqa: E402
 
 from app.config import RunConfig  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import prepare_run, seed_everything, train  # noqa: E402
+from app.training import execute_run, prepare_run, seed_everything  # noqa: E402
 
 
 def lab_run(config: RunConfig, store: RunStore) -> dict:
     prepared = prepare_run(config, store)
     run_id = store.create_run(config.as_dict())
-    store.set_status(run_id, "running")
-    train(prepared, store, run_id)
-    store.set_status(run_id, "finished")
+    record = execute_run(store, run_id, prepared=prepared)
+    if record["status"] != "finished":
+        raise SystemExit(f"{config.method} padding={config.padding}: {record['status']}: {record.get('error')}")
     steps = store.steps(run_id)
     seconds = steps[-1]["elapsed"]  # at the last step's store write: every step, not the final evaluation
     examples = sum(s["batch_shape"][0] for s in steps)
