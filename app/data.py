@@ -334,14 +334,15 @@ def _file_stamp(name: str) -> tuple:
     if path.is_dir():
         newest = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
         # a `save_to_disk` folder, or a folder in the hub's layout read by `datasets` without a network
-        return ("saved" if is_saved_dataset(path) else "folder", str(path.resolve()), newest)
+        return ("saved" if is_saved_dataset(path) else "folder", str(path.resolve()), newest, max_file_bytes())
     if is_file_reference(name):
         base, sheet = split_sheet(name)
         path = Path(base).expanduser()
         if not path.is_file():
             raise DatasetError(f"dataset file '{base}' does not exist")
         stat = path.stat()
-        return (str(path.resolve()), sheet, stat.st_size, stat.st_mtime_ns)
+        # the size limit is part of the key: a file read under a higher limit is read again under a lower one
+        return (str(path.resolve()), sheet, stat.st_size, stat.st_mtime_ns, max_file_bytes())
     return ()
 
 
