@@ -87,8 +87,15 @@ def cmd_train(args) -> int:
     from .store import RunStore
     from .training import LoopHooks, execute_run, prepare_run
 
+    dataset = args.dataset
+    if args.sheet:
+        from .data_files import split_sheet, with_sheet
+
+        if not split_sheet(dataset)[0].lower().endswith(".xlsx"):
+            raise LabError(f"--sheet applies to .xlsx files; '{dataset}' is not one")
+        dataset = with_sheet(split_sheet(dataset)[0], args.sheet)
     values = dict(
-        backbone=args.backbone, dataset=args.dataset, method=args.method, steps=args.steps,
+        backbone=args.backbone, dataset=dataset, method=args.method, steps=args.steps,
         method_config=parse_sets(args.set), text_column=args.text_column,
         text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
         device=args.device, name=args.name or "",
@@ -377,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", parents=[common], help="train one run in the foreground")
     train.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    train.add_argument("--dataset", default=DEFAULT_DATASET, help="registry name or a CSV/TSV/JSONL path")
+    train.add_argument("--dataset", default=DEFAULT_DATASET, help="registry name, a CSV/TSV/JSON/JSONL/XLSX/Parquet file (book.xlsx#Sheet for one sheet), "
+                            "a folder written by datasets' save_to_disk, or a hub dataset id")
     train.add_argument("--method", default="full_ft")
     train.add_argument("--steps", type=int, default=100)
     train.add_argument("--batch-size", type=int)
@@ -400,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--text-column", default="text")
     train.add_argument("--text-pair-column")
     train.add_argument("--label-column", default="label")
+    train.add_argument("--sheet", help="the sheet of an .xlsx --dataset to read (default: the first)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="a method setting (repeatable); with --method theseus, predecessor=new first "
                             "fine-tunes a predecessor with the same settings")

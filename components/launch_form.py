@@ -7,11 +7,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.data_files import TABLE_SUFFIXES, max_file_bytes
 from app.errors import LabError
 from components.common import fmt_count, runs_dir
 from components.forms import settings_form
 
-UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+UPLOAD_SUFFIXES = TABLE_SUFFIXES
+UPLOAD_KINDS = "CSV, TSV, JSONL, JSON, Excel .xlsx or Parquet"
 UPLOAD_CHOICE = "Upload a file…"
 GENERAL_FIELDS = ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "seed")
 ADVANCED_FIELDS = ("max_eval_examples", "weight_decay", "warmup_ratio", "grad_clip", "split_seed", "memory_every",
@@ -78,13 +80,11 @@ def _safe_upload_name(data: bytes, original: str) -> str:
     """A generated file name: content hash plus an allowed suffix; the user's name is never a path."""
     suffix = Path(original).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
-        raise LabError(f"files ending in {suffix or '(no suffix)'} are not read; use CSV, TSV, JSONL or JSON")
+        raise LabError(f"files ending in {suffix or '(no suffix)'} are not read; use {UPLOAD_KINDS}")
     return f"upload-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
 
 
 def save_upload(uploaded) -> Path:
-    from app.data import max_file_bytes
-
     data = uploaded.getvalue()
     limit = max_file_bytes()
     if len(data) > limit:
@@ -102,13 +102,82 @@ def save_upload(uploaded) -> Path:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def preview_file(path: str, size: int) -> tuple[list[str], list[dict]]:
-    """Columns and the first rows of a saved upload (`size` keys the cache to the content), read
-    by the engine's own reader so the preview refuses a file with the engine's message."""
-    from app.data import read_rows
+def read_upload(path: str, size: int, sheet: str | None):
+    """A saved upload as a table (`size` keys the cache to the content), read by the engine's own
+    reader so that the preview refuses a file with the engine's message."""
+    from app.data_files import read_table
 
-    rows = read_rows(Path(path))
-    return [str(c) for c in rows[0]], [{str(k): str(v) for k, v in row.items()} for row in rows[:5]]
+    return read_table(Path(path), sheet)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def workbook_sheets(path: str, size: int) -> list[str]:
+    from app.data_files import sheet_names
+
+    return sheet_names(Path(path))
+
+
+def _cell(value) -> str:
+    text = "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _pick(columns: list[str], wanted: str, fallback: int) -> int:
+    lower = [c.lower() for c in columns]
+    return lower.index(wanted) if wanted in lower else fallback
+
+
+def class_balance(table, label_column: str) -> None:
+    """Examples per class of the chosen label column, as the engine will count them."""
+    from app.data_files import label_counts
+
+    counts = label_counts(table, label_column)
+    total = sum(counts.values()) or 1
+    st.caption(f"Class balance of `{label_column}`: {len(counts)} classes")
+    st.dataframe([{"class": name, "examples": n, "share": f"{n / total:.1%}"} for name, n in counts.items()],
+                 hide_index=True, key="launch.class_balance")
+    if len(counts) < 2:
+        st.warning(f"Column `{label_column}` holds a single class; classification needs at least two.")
+
+
+def upload_picker() -> dict:
+    """An uploaded file: saved under a generated name, previewed, its columns mapped by the user."""
+    limit_mb = max(1, int(max_file_bytes() / 2**20))
+    uploaded = st.file_uploader(
+        f"Labelled texts ({UPLOAD_KINDS}; up to {limit_mb} MB)", type=[s[1:] for s in UPLOAD_SUFFIXES],
+        key="launch.upload", max_upload_size=limit_mb,
+    )
+    if uploaded is None:
+        st.info("Upload a file with a text column and a label column; you map the columns next.")
+        return {"dataset": ""}
+    sheet = None
+    try:
+        path = save_upload(uploaded)
+        size = path.stat().st_size
+        if path.suffix == ".xlsx":
+            sheets = workbook_sheets(str(path), size)
+            if len(sheets) > 1:
+                sheet = st.selectbox("Sheet", sheets, key=f"launch.sheet.{path.name}")
+        table = read_upload(str(path), size, sheet)
+    except LabError as exc:
+        st.error(str(exc))
+        return {"dataset": ""}
+    columns = list(table.columns)
+    st.caption(f"Saved as `{path.name}` in the runs folder: {len(table):,} rows, {len(columns)} columns. First rows:")
+    st.dataframe([{c: _cell(v) for c, v in row.items()} for row in table.head(5).to_dict("records")],
+                 hide_index=True, key="launch.preview")
+    cols = st.columns(3)
+    text = cols[0].selectbox("Text column", columns, index=_pick(columns, "text", 0),
+                             key=f"launch.text_col.{path.name}")
+    pair = cols[1].selectbox("Second text (optional)", ["(none)"] + columns, index=0,
+                             key=f"launch.pair_col.{path.name}")
+    label = cols[2].selectbox("Label column", columns, index=_pick(columns, "label", len(columns) - 1),
+                              key=f"launch.label_col.{path.name}")
+    class_balance(table, label)
+    from app.data_files import with_sheet
+
+    return {"dataset": with_sheet(str(path), sheet), "text_column": text, "label_column": label,
+            "text_pair_column": None if pair == "(none)" else pair}
 
 
 def dataset_picker() -> dict:
@@ -120,38 +189,12 @@ def dataset_picker() -> dict:
     choice = st.selectbox(
         "Dataset", options, key="launch.dataset", accept_new_options=True,
         format_func=lambda n: f"{n} — {registry[n]}" if n in registry else n,
-        help="A packaged dataset, a file you upload (CSV, TSV, JSONL), or type a hub dataset id.",
+        help=f"A packaged dataset, a file you upload ({UPLOAD_KINDS}), or type a file path, a folder written "
+             "by datasets' save_to_disk, or a hub dataset id.",
     )
     if choice != UPLOAD_CHOICE:
         return {"dataset": choice or ""}
-    from app.data import max_file_bytes
-
-    limit_mb = max(1, int(max_file_bytes() / 2**20))
-    uploaded = st.file_uploader(
-        f"Labelled texts (CSV, TSV, JSONL; up to {limit_mb} MB)", type=[s[1:] for s in UPLOAD_SUFFIXES],
-        key="launch.upload", max_upload_size=limit_mb,
-    )
-    if uploaded is None:
-        st.info("Upload a file with a text column and a label column; you map the columns next.")
-        return {"dataset": ""}
-    try:
-        path = save_upload(uploaded)
-        columns, rows = preview_file(str(path), path.stat().st_size)
-    except LabError as exc:
-        st.error(str(exc))
-        return {"dataset": ""}
-    st.caption(f"Saved as `{path.name}` in the runs folder. First rows:")
-    st.dataframe(rows, hide_index=True)
-    lower = [c.lower() for c in columns]
-    text_default = lower.index("text") if "text" in lower else 0
-    label_default = lower.index("label") if "label" in lower else len(columns) - 1
-    cols = st.columns(3)
-    text = cols[0].selectbox("Text column", columns, index=text_default, key=f"launch.text_col.{path.name}")
-    pair = cols[1].selectbox("Second text (optional)", ["(none)"] + columns, index=0,
-                             key=f"launch.pair_col.{path.name}")
-    label = cols[2].selectbox("Label column", columns, index=label_default, key=f"launch.label_col.{path.name}")
-    return {"dataset": str(path), "text_column": text, "label_column": label,
-            "text_pair_column": None if pair == "(none)" else pair}
+    return upload_picker()
 
 
 def general_settings(max_length_limit: int | None, default_lr: float) -> dict:

@@ -76,6 +76,7 @@ def test_non_encoder_folder_is_refused(tmp_path):
         ("rotten-tomatoes", 12808, ["rotten", "fresh"]),
         ("sms-spam", 4837, ["ham", "spam"]),
         ("trec-6", 5382, ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]),
+        ("bbc-news", 2225, ["business", "entertainment", "politics", "sports", "tech"]),
     ],
 )
 def test_packaged_datasets_have_their_documented_size_and_classes(name, size, labels):
