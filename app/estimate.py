@@ -213,6 +213,8 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
     backbone_obj = _resolve_backbone(backbone)
     labels = list(label_names or DEFAULT_LABELS)
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # where model.to("cuda") puts a run
     notes: list[str] = [WORST_CASE_NOTE]
     for field_name in method_obj.reference_fields:
         if not getattr(method_obj.config, field_name, None):
