@@ -7,6 +7,9 @@ for every run (methods modify the modules they get); configs and tokenizers are 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import copy
 import functools
 import importlib.metadata
 import os
@@ -27,6 +30,18 @@ from .errors import BackboneError
 TRANSFORMERS_IMPORTS = threading.RLock()
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "mpnet")
+# Set while the memory estimate builds a model: weights come from the config, never from files.
+_shapes_only = contextvars.ContextVar("shapes_only", default=False)
+
+
+@contextlib.contextmanager
+def shapes_only():
+    """Inside this block backbones build their models from the config alone (for fake tensors)."""
+    token = _shapes_only.set(True)
+    try:
+        yield
+    finally:
+        _shapes_only.reset(token)
 HUB_HOST = "huggingface.co"
 
 
@@ -299,6 +314,8 @@ class Backbone:
         # progress. Set once for the process: toggling it per call races between worker threads.
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        if _shapes_only.get():
+            return build_from_config(auto_class, self.config, **kwargs)
         try:
             with TRANSFORMERS_IMPORTS:  # the first load of a model type imports its modeling module
                 return auto_class.from_pretrained(self.source, trust_remote_code=False, **kwargs)
@@ -321,6 +338,44 @@ class Backbone:
             vocab_size=cfg.vocab_size,
             num_params=num_params,
         )
+
+
+def build_from_config(auto_class, config, **kwargs):
+    """The model `from_pretrained(**kwargs)` would give, with initialised instead of loaded weights
+    (same modules, shapes and dtype)."""
+    import torch
+
+    config = copy.deepcopy(config)
+    attn_implementation = kwargs.pop("attn_implementation", None)
+    for key, value in kwargs.items():
+        setattr(config, key, value)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    dtype = getattr(config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    if isinstance(dtype, torch.dtype):
+        extra["dtype"] = dtype
+    return auto_class.from_config(config, **extra)
+
+
+class ConfigBackbone(Backbone):
+    """A backbone known only by its config (no weights, no tokenizer): for memory estimates of
+    models too large to load here. Its models exist only as shapes (see `shapes_only`)."""
+
+    def __init__(self, config, name: str | None = None):
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise BackboneError(
+                f"a '{config.model_type}' config; the lab supports encoders of type " + ", ".join(SUPPORTED_MODEL_TYPES)
+            )
+        self.name = name or f"{config.model_type} config ({config.num_hidden_layers} layers, {config.hidden_size} wide)"
+        self.source = None
+        self.config = config
+        self.tokenizer = None
+
+    def _from_pretrained(self, auto_class, **kwargs):
+        if not _shapes_only.get():
+            raise BackboneError(f"backbone '{self.name}' is a config without weights: it can only be estimated")
+        return build_from_config(auto_class, self.config, **kwargs)
 
 
 def count_parameters(config) -> int:

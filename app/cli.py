@@ -1,4 +1,4 @@
-"""Command line: `python -m app train|runs|methods|backbones|datasets|export|compress`.
+"""Command line: `python -m app train|estimate|runs|methods|backbones|datasets|export|compress`.
 
 Every subcommand takes `--runs-dir` (default: `$LAB_RUNS_DIR` or `runs/`). With `--json` the last
 line of stdout is one JSON object. Bad input exits with status 2 and a one-line reason on stderr.
@@ -139,6 +139,42 @@ def cmd_train(args) -> int:
         print(f"run {run_id} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
         return EXIT_RUN_FAILED
     return 0
+
+
+def cmd_estimate(args) -> int:
+    from .estimate import GiB, estimate_memory
+
+    backbone = args.backbone
+    if backbone.endswith(".json"):
+        backbone = _config_file(backbone)
+    labels = [f"class_{i}" for i in range(args.num_labels)]
+    estimate = estimate_memory(backbone, args.method, args.batch_size, args.max_length, parse_sets(args.set),
+                               bf16=args.bf16, label_names=labels, device=args.device)
+    result = estimate.as_dict()
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{estimate.method} on {estimate.backbone}, batch {estimate.batch_size} x {estimate.input_length} tokens: "
+          f"{estimate.predicted_peak_bytes / GiB:.2f} GiB predicted peak ({estimate.seconds:.2f} s)")
+    for part, value in estimate.breakdown.items():
+        print(f"  {part:<12} {value / GiB:8.3f} GiB")
+    print(f"  trainable parameters {estimate.trainable_params:,} of {estimate.total_params:,}")
+    print(f"  on CUDA with the documented overhead: {estimate.cuda_requirement_bytes / GiB:.2f} GiB; fits "
+          + ", ".join(f"{size}: {'yes' if ok else 'no'}" for size, ok in estimate.fits.items()))
+    for note in estimate.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def _config_file(path: str):
+    from transformers import AutoConfig
+
+    if not Path(path).is_file():
+        raise LabError(f"config file '{path}' does not exist")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise LabError(f"'{path}' is not a transformers config: {exc}") from exc
 
 
 def _train_predecessor_then_theseus(args, values: dict) -> int:
@@ -366,6 +402,7 @@ SUBCOMMANDS = {
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,
     "export": cmd_export,
+    "estimate": cmd_estimate,
     "compress": cmd_compress,
 }
 
@@ -413,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a method setting (repeatable); with --method theseus, predecessor=new first "
                             "fine-tunes a predecessor with the same settings")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    estimate = sub.add_parser("estimate", parents=[common],
+                              help="predict a run's training memory before launching it (no step is computed)")
+    estimate.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                          help="registry name, model folder, hub id, or a config .json (no weights needed)")
+    estimate.add_argument("--method", default="full_ft")
+    estimate.add_argument("--batch-size", type=int, required=True)
+    estimate.add_argument("--max-length", type=int, required=True,
+                          help="the estimate is for a full batch of this length (the worst case of dynamic padding)")
+    estimate.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
+    estimate.add_argument("--bf16", action="store_true", help="bf16 autocast (approximate off CUDA)")
+    estimate.add_argument("--num-labels", type=int, default=2, help="classes of the head (default 2)")
+    estimate.add_argument("--device", default="cpu",
+                          help="device whose kernels the fake step uses: cpu (default) or cuda when present")
 
     runs = sub.add_parser("runs", help="list, show or delete stored runs")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)

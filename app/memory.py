@@ -23,8 +23,12 @@ PARTS = ("weights", "gradients", "optimizer", "activations")
 def _storage_key(tensor: torch.Tensor):
     try:
         storage = tensor.untyped_storage()
+        if storage.device.type == "meta":
+            # Fake and meta tensors (the memory estimate) have no data pointer; the storage object
+            # itself identifies them, and views share it just as real views share their memory.
+            return ("meta", storage._cdata), storage.nbytes()
         return (storage.device.type, storage.data_ptr()), storage.nbytes()
-    except (RuntimeError, NotImplementedError):  # sparse, meta or other storage-less tensors
+    except (RuntimeError, NotImplementedError):  # sparse or other storage-less tensors
         return None, 0
 
 

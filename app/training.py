@@ -52,6 +52,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_length_fits(backbone: Backbone, method: Method, max_length: int) -> None:
+    """Every input (max_length tokens plus the method's virtual tokens) must fit the backbone's positions."""
+    if max_length > backbone.max_length:
+        raise ConfigError(
+            f"max_length {max_length} is above what backbone '{backbone.name}' accepts ({backbone.max_length})"
+        )
+    extra_tokens = method.extra_input_tokens()
+    if max_length + extra_tokens > backbone.max_length:
+        raise ConfigError(
+            f"max_length {max_length} plus the {extra_tokens} virtual tokens of method '{method.name}' is above "
+            f"what backbone '{backbone.name}' accepts ({backbone.max_length}); lower max_length to at most "
+            f"{backbone.max_length - extra_tokens} or use fewer virtual tokens"
+        )
+
+
+def select_trainable(method: Method, model) -> list:
+    """The method's trainable (name, parameter) pairs; every other parameter is frozen."""
+    named_trainable = method.trainable_parameters(model)
+    if not named_trainable:
+        raise ConfigError(f"method '{method.name}' left no parameter to train")
+    trainable_ids = {id(p) for _, p in named_trainable}
+    for p in model.parameters():
+        if id(p) not in trainable_ids:
+            p.requires_grad_(False)
+    return named_trainable
+
+
 @dataclass
 class PreparedRun:
     config: RunConfig
@@ -85,17 +112,7 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
     method = create_method(config.method, config.method_config)
     device = resolve_device(config.device)
     backbone = get_backbone(config.backbone)
-    if config.max_length > backbone.max_length:
-        raise ConfigError(
-            f"max_length {config.max_length} is above what backbone '{config.backbone}' accepts ({backbone.max_length})"
-        )
-    extra_tokens = method.extra_input_tokens()
-    if config.max_length + extra_tokens > backbone.max_length:
-        raise ConfigError(
-            f"max_length {config.max_length} plus the {extra_tokens} virtual tokens of method '{method.name}' is above "
-            f"what backbone '{config.backbone}' accepts ({backbone.max_length}); lower max_length to at most "
-            f"{backbone.max_length - extra_tokens} or use fewer virtual tokens"
-        )
+    check_length_fits(backbone, method, config.max_length)
     dataset = load_run_dataset(config)
     if config.batch_size > len(dataset.train):
         raise ConfigError(
@@ -271,13 +288,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         model = method.build(ctx)
     model.to(device)
     model.train()
-    named_trainable = method.trainable_parameters(model)
-    if not named_trainable:
-        raise ConfigError(f"method '{method.name}' left no parameter to train")
-    trainable_ids = {id(p) for _, p in named_trainable}
-    for p in model.parameters():
-        if id(p) not in trainable_ids:
-            p.requires_grad_(False)
+    named_trainable = select_trainable(method, model)
     decay = [p for n, p in named_trainable if p.ndim >= 2]
     no_decay = [p for n, p in named_trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW(

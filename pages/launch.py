@@ -8,6 +8,7 @@ from components.common import (
     STATUS_ICONS, finished_runs, fmt_pct, fmt_time, get_job_board, get_manager_for_app, method_title, run_label,
     run_link,
 )
+from components.estimate_view import render_estimate
 from components.forms import settings_form
 from components.launch_form import backbone_picker, dataset_picker, devices, general_settings
 from components.live import live
@@ -98,6 +99,8 @@ def run_config(method: str, method_config: dict) -> dict:
     return {"backbone": backbone, **data_part, "method": method, "method_config": method_config, **general,
             "device": device}
 
+
+render_estimate(run_config(method_name, method_values))
 
 base_setup = {k: v for k, v in run_config(method_name, {}).items() if k not in ("method", "method_config")}
 base_setup["name"] = ""

@@ -2,6 +2,7 @@ import streamlit as st
 
 from app.store import ACTIVE_STATUSES
 from components.common import get_store, list_runs
+from components.estimate_view import render_estimate_vs_measured
 from components.live import live
 from components.memory_view import render_memory
 from components.navigation import page
@@ -30,6 +31,7 @@ def render(ids: list[str]) -> bool:
         st.info(f"{len(waiting)} of these runs are still going ({', '.join(r['method'] for r in waiting)}); "
                 "the charts grow as they train.")
     render_memory(store, records)
+    render_estimate_vs_measured(records)
     return bool(waiting)
 
 

@@ -182,6 +182,9 @@ class BuildContext:
     # Reports what a long build is doing ("scoring importance 120/1000").
     progress: Callable[[str], None] = lambda message: None
     max_length: int = 128
+    # Building only to count memory (app.estimate): tensors are fake and hold no values, so skip
+    # every initialisation that reads weights or data (importance scores, text-based inits).
+    shapes_only: bool = False
 
     @property
     def num_labels(self) -> int:
@@ -208,6 +211,9 @@ class TrainState:
     phase: str = "train"
     stop_requested: bool = False
     extra: dict = field(default_factory=dict)
+    # The memory estimate's step: tensors are fake, so nothing may read a value (logged terms,
+    # statistics); only what autograd keeps matters.
+    shapes_only: bool = False
 
 
 @dataclass
@@ -259,6 +265,14 @@ class Method:
         """Positions this method adds to every input (virtual prompt tokens): the run's max_length
         plus these must fit within the backbone's position limit."""
         return 0
+
+    def estimate_steps(self, model: nn.Module, state: "TrainState"):
+        """Set the method up for each kind of training step whose memory differs, yielding a label
+        for each; the memory estimate measures every one and reports the largest. One kind here;
+        methods with phases or random choices (Theseus) yield their extremes."""
+        self.on_train_start(model, state)
+        self.on_step_start(model, state)
+        yield "training step"
 
     # -- training -------------------------------------------------------------------------
     def on_train_start(self, model: nn.Module, state: TrainState) -> None:

@@ -310,8 +310,10 @@ class Distill(Method):
             "attention": config.attention_weight * attention,
         }
         total = weighted["ce"] + weighted["kl"] + weighted["hidden"] + weighted["attention"]
-        terms = {name: float(value.detach()) for name, value in weighted.items()}
-        terms["total"] = float(total.detach())
+        terms = {}
+        if not state.shapes_only:
+            terms = {name: float(value.detach()) for name, value in weighted.items()}
+            terms["total"] = float(total.detach())
         return StepOutput(total, student_logits, terms)
 
     def predict(self, model: DistillModel, batch: dict) -> torch.Tensor:

@@ -182,6 +182,7 @@ class LadderSideNetwork(nn.Module):
         self.head_dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(d, len(label_names))
         self.cache: HiddenStateCache | None = None
+        self.record_stats = True  # per-block statistics for telemetry (read values: off for estimates)
         self.backbone_passes = 0  # how often the backbone really ran in training (cache misses)
         self.last_stats: dict | None = None
         for p in self.backbone.parameters():
@@ -247,7 +248,7 @@ class LadderSideNetwork(nn.Module):
             # per-head bias is what those heads were trained with. Reusing it (computed from the
             # frozen table, no gradient) adds no parameters and keeps the pruned heads faithful.
             context = self.view.layer_context(states[0])
-        capture = self.training
+        capture = self.training and self.record_stats
         stats = [] if capture else None
         real = attention_mask.bool()
         h = self.downs[0](self.embedding_dropout(states[0]))
@@ -318,8 +319,8 @@ class LadderSideTuning(Method):
         lst_init.init_like_pretraining(model.classifier, std)
         if cfg.cache_hidden_states:
             model.cache = HiddenStateCache(cfg.cache_mb * 1024 * 1024)
-        if ctx.restoring or cfg.init == "random":
-            return model  # restoring: the trained weights are loaded over these
+        if ctx.restoring or ctx.shapes_only or cfg.init == "random":
+            return model  # restoring: the trained weights are loaded over these; shapes only: no values
         if cfg.init == "fisher":
             if ctx.train_batches is None:
                 raise ConfigError("Fisher initialisation needs the training set, which is not available here")
@@ -346,6 +347,7 @@ class LadderSideTuning(Method):
         return model.side_parameters()
 
     def training_step(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
+        model.record_stats = not state.shapes_only
         logits = model(**model_inputs(batch), example_index=batch.get("index"))
         return StepOutput(F.cross_entropy(logits.float(), batch["labels"]), logits)
 

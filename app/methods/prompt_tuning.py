@@ -99,6 +99,8 @@ class PromptTuning(VirtualTokenMethod):
         from peft import PromptTuningInit, TaskType
 
         init, text = self.config.init, None
+        if ctx.shapes_only:
+            init = "random"  # same parameters; a text init would read the tokenizer and real embeddings
         if init == "labels":
             text = " ".join(ctx.label_names)
         elif init == "text":

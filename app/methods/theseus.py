@@ -300,6 +300,22 @@ class Theseus(Method):
         self._evals_without_gain = 0
         self._stopped_early = False
 
+    def estimate_steps(self, model: TheseusModel, state: TrainState):
+        """The two extreme steps. A step's memory is linear in how many modules draw their
+        successor layer, once the first successor layer (where gradients start) is fixed; moving
+        that first one later only drops activations. So the largest step is either the successor
+        alone (every gradient, phase 2) or successor module 0 followed by predecessor blocks only
+        (the longest stretch autograd must keep)."""
+        self.on_train_start(model, state)
+        modules = model.num_modules
+        self._p, self._phase, self._draws = 1.0, 2, [1] * modules
+        state.phase = "successor alone"
+        yield "successor alone"
+        if modules > 1:
+            self._p, self._phase, self._draws = 0.0, 1, [1] + [0] * (modules - 1)
+            state.phase = "module replacement"
+            yield "module replacement: successor module 0, predecessor blocks after it"
+
     def on_step_start(self, model: TheseusModel, state: TrainState) -> None:
         p = self.replacement_probability(state.step)
         in_phase2 = self._phase2_step is not None and state.step >= self._phase2_step

@@ -1,0 +1,320 @@
+"""Training memory before any step: the lab's own meter, run on a model made of fake tensors.
+
+The backbone and method are built exactly as a run builds them (same registry, same build
+context, same trainable parameters), but inside `FakeTensorMode`: every tensor has its shape,
+dtype and device and no memory behind it. One forward pass under the memory meter's
+`saved_tensors_hooks` accounting and one backward pass then give the bytes of saved activations
+and of the gradients a real step creates, without computing anything, for any batch and length,
+and for backbones too large for this machine (`ConfigBackbone`). Weights are the unique storages
+of parameters and buffers; AdamW keeps two fp32-shaped states per trained parameter plus a
+4-byte step counter, as `torch.optim.AdamW` does.
+
+The estimate is for the worst batch of a run, `batch_size x max_length` tokens: with dynamic
+padding (the default) most batches are shorter and use less. Methods whose steps differ
+(Theseus's module replacement) are measured at each kind of step and the largest is reported.
+With `bf16` the forward runs under autocast on the estimate's device; on a CPU that is an
+approximation of CUDA autocast (other kernels, other casts).
+
+CUDA needs more than the tensors a step holds: the context (kernels, cuBLAS/cuDNN handles) and
+the caching allocator's rounding and fragmentation. The `fits` figures add a documented
+allowance, `CUDA_CONTEXT_BYTES` plus `ALLOCATOR_SLACK` of the peak; it is taken from what CUDA
+setups commonly show, not measured by this lab (`benchmarks/gpu_check.py` measures it on a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .backbones import Backbone, ConfigBackbone, get_backbone, shapes_only
+from .errors import ConfigError
+from .memory import MemoryMeter, unique_storage_bytes
+from .methods import create_method
+from .methods.base import BuildContext, Method, Reference, TrainState
+
+GiB = 1024**3
+MiB = 1024**2
+# Documented allowance, not a measurement of this lab: a CUDA context with PyTorch's kernels
+# loaded takes a few hundred MB on current GPUs, and the caching allocator keeps about a tenth
+# more than what is allocated once blocks fragment.
+CUDA_CONTEXT_BYTES = 512 * MiB
+ALLOCATOR_SLACK = 0.10
+DEVICE_SIZES_GB = (8, 16, 24, 40, 80)
+ADAMW_STATES = 2
+ADAMW_STEP_BYTES = 4  # the float32 step counter AdamW keeps per parameter tensor
+DEFAULT_LABELS = ("negative", "positive")
+WORST_CASE_NOTE = ("worst-case batch: every example padded to max_length; with dynamic padding most batches "
+                   "are shorter and use less")
+BF16_NOTE = ("bf16 autocast estimated approximately: the forward runs under autocast on {device}, whose kernels "
+             "and casts differ from CUDA's")
+
+
+def cuda_requirement(peak_bytes: int) -> int:
+    """Device memory a run with this measured peak is expected to need on CUDA."""
+    return int(math.ceil(peak_bytes * (1 + ALLOCATOR_SLACK))) + CUDA_CONTEXT_BYTES
+
+
+def fits_devices(peak_bytes: int) -> dict[str, bool]:
+    need = cuda_requirement(peak_bytes)
+    return {f"{gb}GB": need <= gb * GiB for gb in DEVICE_SIZES_GB}
+
+
+@dataclass
+class MemoryEstimate:
+    backbone: str
+    method: str
+    batch_size: int
+    max_length: int
+    input_length: int  # max_length plus the method's virtual tokens
+    bf16: bool
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    trainable_params: int
+    total_params: int
+    seconds: float
+    step_kind: str  # which kind of step gave the peak
+    steps: list[dict] = field(default_factory=list)  # every kind of step measured
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def predicted_peak_bytes(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        return {"weights": self.weights, "gradients": self.gradients, "optimizer": self.optimizer,
+                "activations": self.activations}
+
+    @property
+    def cuda_requirement_bytes(self) -> int:
+        return cuda_requirement(self.predicted_peak_bytes)
+
+    @property
+    def fits(self) -> dict[str, bool]:
+        return fits_devices(self.predicted_peak_bytes)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for part in ("weights", "gradients", "optimizer", "activations"):
+            out.pop(part)
+        out.update(
+            predicted_peak_bytes=self.predicted_peak_bytes,
+            breakdown=self.breakdown,
+            cuda_requirement_bytes=self.cuda_requirement_bytes,
+            cuda_overhead={"context_bytes": CUDA_CONTEXT_BYTES, "allocator_slack": ALLOCATOR_SLACK,
+                           "source": "documented allowance, not measured by this lab"},
+            fits=self.fits,
+        )
+        return out
+
+
+def _check_shape(batch_size: int, max_length: int) -> None:
+    from .config import RunConfig
+    from .methods.base import check_bounds
+
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{name}' must be a whole number, got {value!r}")
+        check_bounds(name, value, fields[name].metadata)
+
+
+def _resolve_backbone(backbone) -> Backbone:
+    if isinstance(backbone, Backbone):
+        return backbone
+    if isinstance(backbone, str):
+        return get_backbone(backbone)
+    if hasattr(backbone, "model_type"):  # a transformers config
+        return ConfigBackbone(backbone)
+    raise ConfigError(f"backbone must be a name, a Backbone or a transformers config, got {type(backbone).__name__}")
+
+
+def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[str]):
+    """Predecessors and teachers as shapes: a model folder's config when one is named, else a
+    classifier of the backbone's shape (what a run fine-tuned from this backbone is)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .backbones import build_from_config
+
+    def load(value: str) -> Reference:
+        config = backbone.config
+        folder = Path(str(value)).expanduser()
+        if value and (folder / "config.json").is_file():
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        else:
+            notes.append(f"reference '{value}' estimated as a classifier of the backbone's shape")
+        model = build_from_config(
+            AutoModelForSequenceClassification, config, num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+        )
+        model.eval()
+        return Reference(model=model, label_names=list(label_names), source=str(value), plain_model=model)
+
+    return load
+
+
+def _to_fake(model: torch.nn.Module, mode, device: torch.device) -> None:
+    """Swap every meta parameter and buffer for a fake tensor on `device`; a tensor shared by
+    several modules (tied weights, shared embeddings) stays one shared tensor."""
+    converter = mode.fake_tensor_converter
+    done: dict[int, torch.Tensor] = {}
+
+    def fake(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in done:
+            value = converter.from_meta_and_device(mode, tensor.detach(), device)
+            if isinstance(tensor, torch.nn.Parameter):
+                value = torch.nn.Parameter(value, requires_grad=tensor.requires_grad)
+            done[id(tensor)] = value
+        return done[id(tensor)]
+
+    for module in model.modules():
+        for name, tensor in list(module._parameters.items()):
+            if tensor is not None:
+                module._parameters[name] = fake(tensor)
+        for name, tensor in list(module._buffers.items()):
+            if tensor is not None:
+                module._buffers[name] = fake(tensor)
+
+
+def _synthetic_batch(backbone: Backbone, batch_size: int, length: int, device: torch.device) -> dict:
+    """A full batch of the worst shape; values do not matter to fake tensors."""
+    batch = {
+        "input_ids": torch.ones(batch_size, length, dtype=torch.long, device=device),
+        "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),
+    }
+    names = getattr(backbone.tokenizer, "model_input_names", None)
+    wants_types = ("token_type_ids" in names) if names is not None else getattr(backbone.config, "type_vocab_size", 0) > 1
+    if wants_types:
+        batch["token_type_ids"] = torch.zeros(batch_size, length, dtype=torch.long, device=device)
+    batch["labels"] = torch.zeros(batch_size, dtype=torch.long, device=device)
+    batch["index"] = torch.arange(batch_size)
+    return batch
+
+
+def estimate_memory(backbone, method: str | Method, batch_size: int, max_length: int,
+                    method_config: dict | None = None, *, bf16: bool = False,
+                    label_names: list[str] | None = None, device: str | torch.device = "cpu",
+                    seed: int = 0) -> MemoryEstimate:
+    """Predicted training memory of one run's worst step; raises `LabError` on bad input."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .training import check_length_fits, select_trainable
+
+    started = time.perf_counter()
+    _check_shape(batch_size, max_length)
+    method_obj = method if isinstance(method, Method) else create_method(method, method_config)
+    backbone_obj = _resolve_backbone(backbone)
+    labels = list(label_names or DEFAULT_LABELS)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # where model.to("cuda") puts a run
+    notes: list[str] = [WORST_CASE_NOTE]
+    for field_name in method_obj.reference_fields:
+        if not getattr(method_obj.config, field_name, None):
+            # Nothing to load yet: a run fine-tuned from this backbone has the backbone's shape.
+            setattr(method_obj.config, field_name, "backbone-shaped")
+    check_length_fits(backbone_obj, method_obj, max_length)
+    method_obj.check_compatible(backbone_obj, labels)
+
+    steps: list[dict] = []
+    meta = torch.device("meta")
+    # Built on the meta device (shapes only, nothing allocated, any size), then every parameter
+    # and buffer becomes a fake tensor on the device the run would use, so each operator picks
+    # the same kernel (and saves the same tensors) as it would there.
+    with meta, shapes_only(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ctx = BuildContext(
+            backbone=backbone_obj, label_names=labels, device=meta, seed=seed,
+            load_reference=_reference_loader(backbone_obj, labels, notes), max_length=max_length,
+            shapes_only=True,
+        )
+        model = method_obj.build(ctx)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        _to_fake(model, mode, device)
+        model.train()
+        named_trainable = select_trainable(method_obj, model)
+        meter = MemoryMeter(model, optimizer=None, device=torch.device("cpu"))
+        input_length = max_length + method_obj.extra_input_tokens()
+        batch = _synthetic_batch(backbone_obj, batch_size, max_length, device)
+        state = TrainState(step=1, total_steps=2, device=device, generator=torch.Generator().manual_seed(seed),
+                           shapes_only=True)
+        use_autocast = bf16
+        if bf16:
+            notes.append(BF16_NOTE.format(device=device.type))
+        stepped: dict[int, torch.nn.Parameter] = {}
+        for kind in method_obj.estimate_steps(model, state):
+            with meter.activations.track():
+                if use_autocast:
+                    with torch.autocast(device.type, dtype=torch.bfloat16):
+                        out = method_obj.training_step(model, batch, state)
+                else:
+                    out = method_obj.training_step(model, batch, state)
+            activations = meter.activations.total
+            out.loss.backward()
+            gradients = meter.gradients_bytes()
+            for _, p in named_trainable:
+                if p.grad is not None:
+                    stepped[id(p)] = p
+                    p.grad = None
+            steps.append({"kind": kind, "activations": activations, "gradients": gradients})
+        # AdamW creates its states for every parameter that has had a gradient.
+        optimizer = unique_storage_bytes(p for p in stepped.values()) * ADAMW_STATES + ADAMW_STEP_BYTES * len(stepped)
+        trainable = sum(p.numel() for _, p in {id(p): (n, p) for n, p in named_trainable}.values())
+        total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        weights = meter.weights
+    for row in steps:
+        row["optimizer"] = optimizer
+        row["weights"] = weights
+        row["total"] = weights + optimizer + row["gradients"] + row["activations"]
+    worst = max(steps, key=lambda row: row["total"])
+    if len(steps) > 1:
+        notes.append(f"peak from the step kind '{worst['kind']}' ({len(steps)} kinds measured)")
+    return MemoryEstimate(
+        backbone=backbone_obj.name, method=method_obj.name, batch_size=batch_size, max_length=max_length,
+        input_length=input_length, bf16=bool(bf16), weights=weights, gradients=worst["gradients"],
+        optimizer=optimizer, activations=worst["activations"], trainable_params=trainable, total_params=total,
+        seconds=time.perf_counter() - started, step_kind=worst["kind"], steps=steps, notes=notes,
+    )
+
+
+def bert_config(layers: int = 24, hidden: int = 1024, heads: int = 16, intermediate: int = 4096,
+                max_positions: int = 512, vocab: int = 30522):
+    """A BERT config of any size (BERT-large by default), for estimates of models not on this machine."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=intermediate, max_position_embeddings=max_positions, type_vocab_size=2)
+
+
+def available_memory(device: str | torch.device = "cpu") -> tuple[int | None, str]:
+    """Free bytes where a run would train, and where the figure comes from."""
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free), f"torch.cuda.mem_get_info({device})"
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available), "available RAM (psutil)"
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "available RAM (/proc/meminfo)"
+    except OSError:
+        pass
+    return None, "unknown"
+
+
+def required_on(device: str | torch.device, estimate: MemoryEstimate) -> int:
+    """What the run needs on that device: the CUDA allowance on a GPU, the tensors alone on a CPU."""
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    return estimate.cuda_requirement_bytes if device.type == "cuda" else estimate.predicted_peak_bytes
