@@ -55,7 +55,8 @@ class LSTConfig(MethodConfig):
         choices=list(INIT_CHOICES),
     )
     fisher_samples: int = option(
-        512, "Training examples scored for Fisher importance (init = fisher only).", min=1, max=100_000,
+        1024, "Shuffled training examples scored for Fisher importance, one backward pass each (init = fisher "
+        "only; the official code uses 1,024).", min=1, max=100_000,
         advanced=True,
     )
     gate_temperature: float = option(
