@@ -135,6 +135,7 @@ def parse_config(config_cls, values: dict[str, Any] | None = None):
     for name, value in values.items():
         f = fields[name]
         converted = _convert(name, _field_type(config_cls, f), value)
+        converted = f.metadata.get("aliases", {}).get(converted, converted)  # old names keep working
         check_bounds(name, converted, f.metadata)
         kwargs[name] = converted
     config = config_cls(**kwargs)
