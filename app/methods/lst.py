@@ -51,7 +51,9 @@ class LSTConfig(MethodConfig):
     )
     init: str = option(
         "magnitude", "Side network init: structural pruning of the backbone by L1 magnitude or Fisher "
-        "importance, or random (the ablation the paper shows trains worse).",
+        "importance (the paper's; one backward pass per scored example, about a minute on a CPU), or "
+        "random (the ablation the paper shows trains worse). Measured here, 3 seeds, 80 steps: "
+        "magnitude and Fisher within their seed spread, so the cheap one is the default.",
         choices=list(INIT_CHOICES),
     )
     fisher_samples: int = option(
