@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import LabError
+from .errors import ConfigError, LabError
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -80,6 +80,37 @@ def run_summary(record: dict) -> dict:
 # --- subcommands -----------------------------------------------------------------------------
 
 
+def method_preset(method: str, name: str) -> dict:
+    """A method's named preset, or a ConfigError that lists the ones it has."""
+    from .methods import method_class
+
+    presets = method_class(method).presets
+    if name not in presets:
+        offered = ", ".join(presets) or "none"
+        raise ConfigError(f"method {method!r} has no preset {name!r}; its presets: {offered}")
+    return presets[name]
+
+
+def train_values(args) -> dict:
+    """The run settings `train` asks for: a preset's values first, then the flags and --set given."""
+    preset = method_preset(args.method, args.preset) if args.preset else {"method_config": {}, "run": {}}
+    values = dict(
+        backbone=args.backbone, dataset=args.dataset, method=args.method,
+        text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
+        seed=args.seed, device=args.device, name=args.name or "",
+    )
+    values.update(preset["run"])  # explicit flags and --set below win over the preset
+    values["method_config"] = {**preset["method_config"], **parse_sets(args.set)}
+    for key in ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples",
+                "max_eval_examples", "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    if args.bf16:
+        values["bf16"] = True
+    return values
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -87,19 +118,7 @@ def cmd_train(args) -> int:
     from .store import RunStore
     from .training import LoopHooks, execute_run, prepare_run
 
-    values = dict(
-        backbone=args.backbone, dataset=args.dataset, method=args.method, steps=args.steps,
-        method_config=parse_sets(args.set), text_column=args.text_column,
-        text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
-        device=args.device, name=args.name or "",
-    )
-    for key in ("batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "max_eval_examples",
-                "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    if args.bf16:
-        values["bf16"] = True
+    values = train_values(args)
     if values["method"] == "theseus" and str(values["method_config"].get("predecessor", "")).strip().lower() == "new":
         return _train_predecessor_then_theseus(args, values)
     config = RunConfig.from_dict(values)
@@ -379,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default=DEFAULT_BACKBONE)
     train.add_argument("--dataset", default=DEFAULT_DATASET, help="registry name or a CSV/TSV/JSONL path")
     train.add_argument("--method", default="full_ft")
-    train.add_argument("--steps", type=int, default=100)
+    train.add_argument("--steps", type=int, help="optimizer steps (default 100, or the preset's)")
+    train.add_argument("--preset", help="a method's named preset (e.g. theseus: official); flags given "
+                                        "alongside override its values")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int)
     train.add_argument("--padding", choices=PADDING_CHOICES,

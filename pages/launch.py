@@ -9,7 +9,7 @@ from components.common import (
     run_link,
 )
 from components.forms import settings_form
-from components.launch_form import backbone_picker, dataset_picker, devices, general_settings
+from components.launch_form import backbone_picker, dataset_picker, devices, general_settings, method_preset_buttons
 from components.live import live
 from components.navigation import page
 
@@ -77,6 +77,7 @@ with st.container(border=True):
                                format_func=lambda n: f"{methods[n]['title']} ({n})")
     described = methods[method_name]
     st.caption(described["summary"])
+    method_preset_buttons(method_name, described)
     references = {}
     if described["reference_fields"]:
         ref_runs = finished_runs()

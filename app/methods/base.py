@@ -241,6 +241,9 @@ class Method:
     reference_fields: ClassVar[tuple[str, ...]] = ()
     # True when `export` writes a plain transformers folder that loads without this project.
     exports_plain_model: ClassVar[bool] = False
+    # Named recipes (plain data): {"help": ..., "method_config": {...}, "run": {...}}. The Launch
+    # page offers each as one button and the CLI as `train --preset NAME`; explicit values win.
+    presets: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()
