@@ -135,7 +135,9 @@ def parse_config(config_cls, values: dict[str, Any] | None = None):
     for name, value in values.items():
         f = fields[name]
         converted = _convert(name, _field_type(config_cls, f), value)
-        converted = f.metadata.get("aliases", {}).get(converted, converted)  # old names keep working
+        aliases = f.metadata.get("aliases")
+        if aliases and isinstance(converted, str):
+            converted = aliases.get(converted, converted)  # old names keep working
         check_bounds(name, converted, f.metadata)
         kwargs[name] = converted
     config = config_cls(**kwargs)
