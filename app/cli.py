@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import LabError
+from .errors import ConfigError, LabError
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -80,13 +80,20 @@ def run_summary(record: dict) -> dict:
 # --- subcommands -----------------------------------------------------------------------------
 
 
-def cmd_train(args) -> int:
-    from tqdm import tqdm
+def method_preset(method: str, name: str) -> dict:
+    """A method's named preset, or a ConfigError that lists the ones it has."""
+    from .methods import method_class
 
-    from .config import RunConfig
-    from .store import RunStore
-    from .training import LoopHooks, execute_run, prepare_run
+    presets = method_class(method).presets
+    if name not in presets:
+        offered = ", ".join(presets) or "none"
+        raise ConfigError(f"method {method!r} has no preset {name!r}; its presets: {offered}")
+    return presets[name]
 
+
+def train_values(args) -> dict:
+    """The run settings `train` asks for: a preset's values first, then the flags and --set given."""
+    preset = method_preset(args.method, args.preset) if args.preset else {"method_config": {}, "run": {}}
     dataset = args.dataset
     if args.sheet:
         from .data_files import split_sheet, with_sheet
@@ -95,18 +102,30 @@ def cmd_train(args) -> int:
             raise LabError(f"--sheet applies to .xlsx files; '{dataset}' is not one")
         dataset = with_sheet(split_sheet(dataset)[0], args.sheet)
     values = dict(
-        backbone=args.backbone, dataset=dataset, method=args.method, steps=args.steps,
-        method_config=parse_sets(args.set), text_column=args.text_column,
-        text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
-        device=args.device, name=args.name or "",
+        backbone=args.backbone, dataset=dataset, method=args.method,
+        text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
+        seed=args.seed, device=args.device, name=args.name or "",
     )
-    for key in ("batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "max_eval_examples",
-                "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
+    values.update(preset["run"])  # explicit flags and --set below win over the preset
+    values["method_config"] = {**preset["method_config"], **parse_sets(args.set)}
+    for key in ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples",
+                "max_eval_examples", "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
     if args.bf16:
         values["bf16"] = True
+    return values
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .config import RunConfig
+    from .store import RunStore
+    from .training import LoopHooks, execute_run, prepare_run
+
+    values = train_values(args)
     if values["method"] == "theseus" and str(values["method_config"].get("predecessor", "")).strip().lower() == "new":
         return _train_predecessor_then_theseus(args, values)
     config = RunConfig.from_dict(values)
@@ -424,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default=DEFAULT_DATASET, help="registry name, a CSV/TSV/JSON/JSONL/XLSX/Parquet file (book.xlsx#Sheet for one sheet), "
                             "a folder written by datasets' save_to_disk, or a hub dataset id")
     train.add_argument("--method", default="full_ft")
-    train.add_argument("--steps", type=int, default=100)
+    train.add_argument("--steps", type=int, help="optimizer steps (default 100, or the preset's)")
+    train.add_argument("--preset", help="a method's named preset (e.g. theseus: official); flags given "
+                                        "alongside override its values")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int)
     train.add_argument("--padding", choices=PADDING_CHOICES,

@@ -216,3 +216,38 @@ def general_settings(max_length_limit: int | None, default_lr: float) -> dict:
     if values.get("name") is None:
         values["name"] = ""
     return values
+
+
+def _widget_value(field: dict | None, value):
+    """A preset value in the type its widget holds (number inputs refuse an int for a float field)."""
+    kind = (field or {}).get("type")
+    if value is None:
+        return None
+    if kind == "float":
+        return float(value)
+    if kind == "int":
+        return int(value)
+    return value
+
+
+def apply_method_preset(method_name: str, preset: dict, method_fields: list[dict]) -> None:
+    from app.config import describe_fields_cache
+
+    by_name = {f["name"]: f for f in method_fields}
+    for name, value in preset["method_config"].items():
+        st.session_state[f"method.{method_name}.{name}"] = _widget_value(by_name.get(name), value)
+    run_fields = describe_fields_cache()
+    for name, value in preset["run"].items():
+        st.session_state[f"run.{name}"] = _widget_value(run_fields.get(name), value)
+
+
+def method_preset_buttons(method_name: str, described: dict) -> None:
+    """One button per preset of the chosen method; a click fills the method and training settings."""
+    presets = described.get("presets") or {}
+    if not presets:
+        return
+    columns = st.columns(len(presets) + 1)
+    for column, (name, preset) in zip(columns, presets.items()):
+        column.button(f"Preset: {name}", key=f"method_preset.{method_name}.{name}", help=preset["help"],
+                      on_click=apply_method_preset, args=(method_name, preset, described["fields"]),
+                      icon=":material/tune:")

@@ -10,7 +10,7 @@ from components.common import (
 )
 from components.estimate_view import render_estimate
 from components.forms import settings_form
-from components.launch_form import backbone_picker, dataset_picker, devices, general_settings
+from components.launch_form import backbone_picker, dataset_picker, devices, general_settings, method_preset_buttons
 from components.live import live
 from components.navigation import page
 
@@ -78,6 +78,7 @@ with st.container(border=True):
                                format_func=lambda n: f"{methods[n]['title']} ({n})")
     described = methods[method_name]
     st.caption(described["summary"])
+    method_preset_buttons(method_name, described)
     references = {}
     if described["reference_fields"]:
         ref_runs = finished_runs()

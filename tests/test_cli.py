@@ -138,3 +138,26 @@ def test_killed_process_leaves_an_interrupted_run_with_its_steps(tmp_path):
     assert listed[0]["status"] == "interrupted"
     assert len(store.steps(run_id)) == steps_before >= 5
     assert store.integrity_ok()
+
+
+def test_train_preset_fills_settings_and_given_flags_win():
+    from app.cli import build_parser, train_values
+    from app.config import RunConfig
+
+    args = build_parser().parse_args(["train", "--method", "theseus", "--preset", "official",
+                                      "--batch-size", "8", "--set", "patience=1"])
+    values = train_values(args)
+    assert values["method_config"]["linear_k"] == 0.0006 and values["method_config"]["linear_b"] == 0.3
+    assert values["method_config"]["patience"] == "1"
+    assert values["lr"] == 2e-5 and values["warmup_ratio"] == 0.0 and values["steps"] == 2400
+    assert values["batch_size"] == 8  # the flag, not the preset's 32
+    assert RunConfig.from_dict(dict(values, method_config={})).steps == 2400
+    plain = train_values(build_parser().parse_args(["train", "--method", "theseus"]))
+    assert "steps" not in plain and "lr" not in plain  # no preset: the run config's own defaults
+
+
+def test_unknown_preset_is_refused_with_the_ones_offered(tmp_path):
+    result = lab("train", *TINY_ARGS, "--method", "theseus", "--preset", "fast", runs_dir=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "no preset 'fast'" in lines[0] and "official" in lines[0], result.stderr

@@ -53,7 +53,7 @@ def _terms(method, model, batch):
         return method.training_step(model, batch, TrainState(0, 1, torch.device("cpu"), torch.Generator())).terms
 
 
-@pytest.mark.parametrize("attention_loss", ["kl", "mse"])
+@pytest.mark.parametrize("attention_loss", ["probability_kl", "probability_mse", "score_mse", "kl"])
 def test_every_term_is_zero_when_the_student_is_a_copy_of_the_teacher(session_store, finished_full_ft,
                                                                        attention_loss):
     method, model = _built(session_store, finished_full_ft["id"], student_init="teacher", layers=4,
@@ -67,10 +67,11 @@ def test_every_term_is_zero_when_the_student_is_a_copy_of_the_teacher(session_st
     assert terms["total"] == pytest.approx(sum(terms[k] for k in ("ce", "kl", "hidden", "attention")), rel=1e-5)
 
 
-@pytest.mark.parametrize("term", ["ce", "kl", "hidden", "attention"])
-def test_each_term_falls_when_a_different_student_trains_on_it(session_store, finished_full_ft, term):
+@pytest.mark.parametrize("term, extra", [("ce", {}), ("kl", {}), ("hidden", {}), ("attention", {}),
+                                         ("attention", {"attention_loss": "score_mse"})])
+def test_each_term_falls_when_a_different_student_trains_on_it(session_store, finished_full_ft, term, extra):
     weights = {f"{name}_weight": float(name == term) for name in ("ce", "kl", "hidden", "attention")}
-    method, model = _built(session_store, finished_full_ft["id"], layers=2, **weights)
+    method, model = _built(session_store, finished_full_ft["id"], layers=2, **weights, **extra)
     assert method.run_summary(model)["layer_map"] == [2, 4]
     batch = _batch()
     before = _terms(method, model, batch)
@@ -87,6 +88,75 @@ def test_each_term_falls_when_a_different_student_trains_on_it(session_store, fi
     after = _terms(method, model, batch)
     assert after[term] < 0.9 * before[term], (term, before[term], after[term])
     assert not any(p.requires_grad for p in model.teacher.parameters())  # the teacher never moves
+
+
+def test_attention_loss_old_names_are_aliases_and_unknown_names_are_refused():
+    assert create_method("distill", {"attention_loss": "kl"}).config.attention_loss == "probability_kl"
+    assert create_method("distill", {"attention_loss": "mse"}).config.attention_loss == "probability_mse"
+    with pytest.raises(ConfigError, match="score_mse"):
+        create_method("distill", {"attention_loss": "scores"})
+
+
+def test_score_mse_reads_the_scores_softmax_turns_into_the_attention_maps(session_store, finished_full_ft):
+    """The recorded scores are the pre-softmax ones: softmax over real keys gives eager attention's maps."""
+    from app.methods.distill import AttentionScoreRecorder
+
+    method, model = _built(session_store, finished_full_ft["id"], layers=2, attention_weight=1.0,
+                           attention_loss="score_mse")
+    teacher = model.teacher
+    teacher.set_attn_implementation("eager")
+    batch = _batch(4)
+    recorder = AttentionScoreRecorder(teacher, [1, 3])
+    recorder.active = True
+    with torch.no_grad():
+        maps = teacher(**model_inputs(batch), output_attentions=True).attentions
+    recorder.active = False
+    keys = batch["attention_mask"][:, None, None, :].bool()
+    for number in (1, 3):
+        scores = recorder.scores(number)
+        probabilities = torch.softmax(scores.masked_fill(~keys, float("-inf")), -1)
+        torch.testing.assert_close(probabilities, maps[number - 1], rtol=1e-4, atol=1e-5)
+    recorder.remove()
+
+
+def test_score_mse_term_is_the_mean_over_layers_of_masked_score_mse(session_store, finished_full_ft):
+    from app.methods.distill import AttentionScoreRecorder, attention_score_mse
+
+    method, model = _built(session_store, finished_full_ft["id"], layers=2, ce_weight=0.0, kl_weight=0.0,
+                           attention_weight=1.0, attention_loss="score_mse")
+    batch = _batch(4)
+    terms = _terms(method, model, batch)
+    student_rec, teacher_rec = AttentionScoreRecorder(model.student, [1, 2]), AttentionScoreRecorder(model.teacher, [2, 4])
+    student_rec.active = teacher_rec.active = True
+    with torch.no_grad():
+        model.student(**model_inputs(batch))
+        model.teacher(**model_inputs(batch))
+    mask = batch["attention_mask"].float()
+    pairs = mask[:, None, :, None] * mask[:, None, None, :]
+    expected = []
+    for j, t in ((1, 2), (2, 4)):
+        diff = (student_rec.scores(j) - teacher_rec.scores(t)) * pairs  # padded positions set to 0
+        expected.append(diff.pow(2).mean(1).sum() / pairs.sum())
+    assert terms["attention"] == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    assert terms["attention"] > 0
+    assert attention_score_mse(student_rec.scores(1), student_rec.scores(1), batch["attention_mask"]) == 0
+
+
+def test_hidden_term_can_include_the_embedding_layer(session_store, finished_full_ft):
+    from app.methods.distill import masked_hidden_mse
+
+    batch = _batch(8)
+    settings = dict(layers=2, ce_weight=0.0, kl_weight=0.0, hidden_weight=1.0)
+    method, model = _built(session_store, finished_full_ft["id"], **settings)
+    layers_only = _terms(method, model, batch)["hidden"]
+    method, model = _built(session_store, finished_full_ft["id"], hidden_include_embeddings=True, **settings)
+    with_embeddings = _terms(method, model, batch)["hidden"]
+    with torch.no_grad():
+        student = model.student(**model_inputs(batch), output_hidden_states=True).hidden_states[0]
+        teacher = model.teacher(**model_inputs(batch), output_hidden_states=True).hidden_states[0]
+    embedding_mse = float(masked_hidden_mse(student, teacher, batch["attention_mask"]))
+    assert embedding_mse > 0  # the student's embeddings are the pretrained backbone's, not the teacher's
+    assert with_embeddings == pytest.approx((2 * layers_only + embedding_mse) / 3, rel=1e-5)
 
 
 def test_weights_scale_the_terms_and_zero_weights_skip_them(session_store, finished_full_ft):

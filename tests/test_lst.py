@@ -240,6 +240,29 @@ def test_fisher_init_scores_with_training_batches_and_differs_from_magnitude():
     assert not fisher.backbone.training
 
 
+def _fisher(batches, num_samples):
+    view = EncoderView(get_backbone("tiny-random").load_encoder())
+    return lst_init.fisher_scores(view, [0, 1], iter(batches), num_samples=num_samples, num_labels=2,
+                                  pooling="mean", seed=0)
+
+
+def test_fisher_sums_squared_per_example_gradients():
+    """Additive over examples (a squared batch-mean gradient is not), and padding changes nothing."""
+    batch = tiny_batches(1, batch_size=4)[0]
+    together = _fisher([batch], 4)
+    alone = [_fisher([{k: v[i : i + 1] for k, v in batch.items()}], 1) for i in range(4)]
+    for part in ("query", "ffn_out"):
+        summed = sum(scores[1][part] for scores in alone)
+        torch.testing.assert_close(together[1][part], summed, rtol=1e-4, atol=1e-12)
+    longer = tiny_batches(1, batch_size=4, length=40)[0]
+    assert longer["input_ids"].shape[1] > batch["input_ids"].shape[1]
+    torch.testing.assert_close(_fisher([longer], 4)[0]["key"], together[0]["key"], rtol=1e-4, atol=1e-12)
+
+
+def test_fisher_defaults_to_1024_samples():
+    assert create_method("lst", {}).config.fisher_samples == 1024
+
+
 def test_fisher_init_needs_training_batches():
     with pytest.raises(ConfigError, match="Fisher"):
         build({"init": "fisher"})

@@ -126,15 +126,29 @@ def test_adapters_start_as_the_backbone_and_sit_on_the_forward_path():
     assert (_logits(method, model, batch) - expected).abs().max() > 1e-4
 
 
-def test_adapters_train_only_adapters_and_head_unless_layer_norms_are_asked_for():
+def test_adapters_train_adapters_layer_norms_and_head_by_default_as_the_reference_does():
     method, model = _build("adapter", {"bottleneck": 8})
     names = {n for n, _ in method.trainable_parameters(model)}
-    assert names and all(".adapter." in n or n.startswith(("model.classifier.", "model.bert.pooler.")) for n in names)
+    norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    all_norm_parameters = {f"{m}.{p}" for m in norms for p in ("weight", "bias")}
+    assert all_norm_parameters and all_norm_parameters <= names  # embeddings' LayerNorm included
+    assert any("embeddings.LayerNorm" in n for n in all_norm_parameters)
+    rest = names - all_norm_parameters
+    assert all(".adapter." in n or n.startswith(("model.classifier.", "model.bert.pooler.")) for n in rest)
     assert sum(".adapter." in n for n in names) == 4 * 2 * _backbone().num_layers  # down/up weight and bias
 
-    method, model = _build("adapter", {"bottleneck": 8, "train_layer_norms": True})
-    with_norms = {n for n, _ in method.trainable_parameters(model)}
-    assert {n for n in with_norms - names} and all("LayerNorm" in n for n in with_norms - names)
+    method, model = _build("adapter", {"bottleneck": 8, "train_layer_norms": False})
+    without_norms = {n for n, _ in method.trainable_parameters(model)}
+    assert without_norms == rest
+
+
+def test_adapter_init_down_is_truncated_normal_at_the_reference_scale_and_up_is_zero():
+    method, model = _build("adapter", {"bottleneck": 32})
+    downs = torch.cat([a.down.weight.detach().flatten() for a in model.adapters()])
+    assert 0.8e-3 < downs.std().item() < 1.0e-3  # std 1e-3 before cutting at 2 std shrinks it to ~0.88e-3
+    assert downs.abs().max().item() <= 2e-3
+    assert all(torch.count_nonzero(a.up.weight) == 0 and torch.count_nonzero(a.up.bias) == 0
+               and torch.count_nonzero(a.down.bias) == 0 for a in model.adapters())
 
 
 def test_adapter_bottleneck_wider_than_the_backbone_is_refused():

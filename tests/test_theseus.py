@@ -124,6 +124,28 @@ def test_linear_scheduler_default_reaches_one_when_phase2_starts():
     assert method.run_summary(None)["phase2_start_step"] == 21
 
 
+def test_official_preset_follows_the_readme_schedule_and_the_automatic_slope_is_steeper():
+    from app.config import RunConfig
+    from app.methods.theseus import Theseus
+
+    preset = Theseus.presets["official"]
+    run = RunConfig.from_dict(dict(preset["run"], method="theseus", method_config={}))
+    method = create_method("theseus", {"predecessor": "x", **preset["method_config"]})
+    method.on_train_start(None, TrainState(step=0, total_steps=run.steps, device=torch.device("cpu"),
+                                           generator=torch.Generator()))
+    assert method.replacement_probability(1) == pytest.approx(0.3)
+    assert method.replacement_probability(1001) == pytest.approx(0.3 + 0.0006 * 1000)
+    assert method.replacement_probability(1167) < 1.0 <= method.replacement_probability(1168)
+    assert method.run_summary(None)["phase2_start_step"] == 1168 < run.steps
+    assert run.lr == 2e-5 and run.batch_size == 32 and run.warmup_ratio == 0.0
+
+    automatic = create_method("theseus", {"predecessor": "x"})  # a 300-step run, phase 2 at half
+    automatic.on_train_start(None, TrainState(step=0, total_steps=300, device=torch.device("cpu"),
+                                              generator=torch.Generator()))
+    slope = automatic.replacement_probability(3) - automatic.replacement_probability(2)
+    assert 7 < slope / 0.0006 < 9  # what the linear_k help says
+
+
 def test_constant_scheduler_switches_to_one():
     method = create_method("theseus", {"predecessor": "x", "scheduler": "constant", "replace_rate": 0.5,
                                        "constant_switch_step": 5, "phase2_start": 0.9})

@@ -668,3 +668,16 @@ def test_pages_open_by_deep_link_with_the_run_from_the_url(ui_runs, monkeypatch)
         assert not at.exception, page
         if query:
             assert at.selectbox(key="picked_run").value == runs["full_ft"]["id"]
+
+
+def test_theseus_official_preset_is_one_click_on_the_launch_form(runs_dir, monkeypatch):
+    at = open_app(runs_dir, monkeypatch)
+    at.selectbox(key="launch.method").set_value("theseus").run()
+    assert at.number_input(key="method.theseus.linear_k").value is None  # automatic slope by default
+    at.button(key="method_preset.theseus.official").click().run()
+    assert not at.exception
+    assert at.number_input(key="method.theseus.linear_k").value == pytest.approx(0.0006)
+    assert at.number_input(key="method.theseus.linear_b").value == pytest.approx(0.3)
+    assert at.number_input(key="run.lr").value == pytest.approx(2e-5)
+    assert at.number_input(key="run.batch_size").value == 32
+    assert at.number_input(key="run.steps").value == 2400

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..errors import ConfigError
 from .adapter import HoulsbyAdapters
 from .base import Method, describe_fields, parse_config
@@ -55,6 +57,7 @@ def describe_methods() -> list[dict]:
             "default_lr": cls.default_lr,
             "exports_plain_model": cls.exports_plain_model,
             "reference_fields": list(cls.reference_fields),
+            "presets": json.loads(json.dumps(cls.presets)),  # a copy: callers may change it
             "fields": describe_fields(cls.Config),
         }
         for cls in METHODS.values()

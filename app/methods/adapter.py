@@ -1,8 +1,16 @@
 """Houlsby adapters (Houlsby et al., ICML 2019): a small bottleneck after the attention block and
 after the feed-forward block of every layer; only the adapters and the classification head train.
 
-Each adapter is `h + up(act(down(h)))`. Its up-projection starts at zero, so the adapted model
-starts out computing exactly what the backbone computes and training moves it away from there.
+Each adapter is `h + up(act(down(h)))`. Initialisation, a stated choice: the down-projection is
+drawn as in the reference code (truncated normal, std 1e-3, cut at two standard deviations; zero
+bias), but the up-projection starts at zero where the reference draws it from the same
+distribution. With std 1e-3 on both the reference's adapters add about 1e-6 of the input, so
+its start is already the identity to within rounding; a zero up-projection makes that exact (the
+adapted model starts out computing what the backbone computes), and since its gradient does not
+depend on its own value, the first step moves it just as it would move the reference's.
+
+As in the reference, the backbone's layer norms train with the adapters by default
+(`train_layer_norms`).
 
 Placement follows the paper's reference code (google-research/adapter-bert): the adapter sits
 after a sublayer's output projection and dropout, before the residual sum and layer norm. Every
@@ -33,7 +41,7 @@ ADAPTER_SLOTS = {
     "mpnet": ("attention.dropout", "output.dropout"),
 }
 ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
-DOWN_INIT_STD = 1e-2  # small, as in the reference code; the zero up-projection makes the start exact
+DOWN_INIT_STD = 1e-3  # the reference's init scale; the up-projection starts at zero (see above)
 TELEMETRY_KIND = "adapter output RMS"
 
 
@@ -45,7 +53,8 @@ class AdapterConfig(MethodConfig):
     )
     activation: str = option("gelu", "Nonlinearity inside the bottleneck.", choices=list(ACTIVATIONS))
     train_layer_norms: bool = option(
-        False, "Also train the backbone's layer norms, as Houlsby et al. did (a few thousand more weights).",
+        True, "Also train the backbone's layer norms (every LayerNorm, embeddings included), as Houlsby et "
+        "al.'s reference code does; a few thousand more weights.",
     )
 
 

@@ -135,6 +135,9 @@ def parse_config(config_cls, values: dict[str, Any] | None = None):
     for name, value in values.items():
         f = fields[name]
         converted = _convert(name, _field_type(config_cls, f), value)
+        aliases = f.metadata.get("aliases")
+        if aliases and isinstance(converted, str):
+            converted = aliases.get(converted, converted)  # old names keep working
         check_bounds(name, converted, f.metadata)
         kwargs[name] = converted
     config = config_cls(**kwargs)
@@ -246,6 +249,9 @@ class Method:
     reference_fields: ClassVar[tuple[str, ...]] = ()
     # True when `export` writes a plain transformers folder that loads without this project.
     exports_plain_model: ClassVar[bool] = False
+    # Named recipes (plain data): {"help": ..., "method_config": {...}, "run": {...}}. The Launch
+    # page offers each as one button and the CLI as `train --preset NAME`; explicit values win.
+    presets: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()

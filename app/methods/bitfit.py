@@ -1,12 +1,19 @@
 """BitFit (Ben Zaken, Ravfogel, Goldberg, ACL 2022): only the bias terms of the backbone train,
-with the classification head. The result is still a plain transformers classifier."""
+with the classification head. The result is still a plain transformers classifier.
+
+The head is the model's `classifier` module, as in the reference code (its `glue_evaluator.py`
+trains every bias, BERT's pooler bias included, and `classifier`). BERT's pooler weight (147k
+of MiniLM-L6's parameters, five times all its biases) stays frozen: training it would no longer
+be bias-only tuning. RoBERTa, ELECTRA and MPNet keep their dense + projection head under
+`classifier`, so there the whole head trains, as it does for the reference.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from .base import BuildContext, Method, MethodConfig
-from .peft_support import head_parameter_names
 
 
 @dataclass
@@ -16,6 +23,10 @@ class BitFitConfig(MethodConfig):
 
 def is_bias(name: str) -> bool:
     return name.endswith(".bias") or name == "bias"
+
+
+def is_classifier(name: str) -> bool:
+    return name.startswith("classifier.")
 
 
 class BitFit(Method):
@@ -30,7 +41,9 @@ class BitFit(Method):
 
     def build(self, ctx: BuildContext):
         model = ctx.backbone.load_for_classification(ctx.label_names)
-        head = head_parameter_names(model)
+        if not any(is_classifier(name) for name, _ in model.named_parameters()):
+            raise ConfigError(f"{type(model).__name__} has no 'classifier' module; BitFit supports "
+                              "BERT, RoBERTa, XLM-RoBERTa, ELECTRA and MPNet classification models")
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(is_bias(name) or name in head)
+            parameter.requires_grad_(is_bias(name) or is_classifier(name))
         return model

@@ -8,8 +8,17 @@ loss = α·CE(student, labels) + β·T²·KL(teacher_T ‖ student_T) + γ·hidd
 - Hidden states and attention maps are matched layer to layer with a uniform map (student layer j
   to teacher layer round(j·n/m), last to last). A learned Linear projects the student's hidden
   states when the widths differ (TinyBERT's W_h); it trains with the student and is not exported.
-- Attention maps are the softmax probabilities (eager attention); when the head counts differ,
-  both sides are averaged over heads first.
+  `hidden_include_embeddings` adds the embedding layer's output (student to teacher embeddings)
+  as one more mapped pair, as TinyBERT's hidden-state loss does.
+- Three attention losses (`attention_loss`), each named for what it compares:
+  `score_mse` is TinyBERT's: MSE between the attention scores q·kᵀ/√d_head before softmax, with
+  masked positions set to 0 (here padded keys and padded queries; TinyBERT zeroes the masked
+  keys and keeps padded query rows). The scores are read from each layer's query and key
+  projections through forward hooks, so the attention kernel stays as it is.
+  `probability_kl` (KL of each query's attention distribution, teacher to student; the old `kl`)
+  and `probability_mse` (squared error of the probabilities summed over keys; the old `mse`)
+  compare the softmax probabilities, which need eager attention.
+  When the head counts differ, both sides are averaged over heads first.
 The student is the backbone's first m layers (default), another smaller backbone sharing the
 tokenizer, or a copy of uniformly chosen teacher layers (DistilBERT-style init). It exports as a
 plain transformers model.
@@ -36,6 +45,10 @@ from .layer_surgery import (
     uniform_layer_map,
 )
 from .truncate import kept_layers
+
+
+ATTENTION_LOSSES = ("probability_kl", "probability_mse", "score_mse")
+ATTENTION_LOSS_ALIASES = {"kl": "probability_kl", "mse": "probability_mse"}
 
 
 @dataclass
@@ -74,10 +87,16 @@ class DistillConfig(MethodConfig):
         min=0.0,
     )
     attention_loss: str = option(
-        "kl",
-        "Attention-map loss: kl (KL of each query's attention distribution, teacher to student) or "
-        "mse (squared error summed over keys, averaged over queries and heads).",
-        choices=["kl", "mse"],
+        "probability_kl",
+        "Attention loss: probability_kl (KL of each query's softmax attention distribution, teacher to "
+        "student), probability_mse (squared error of the softmax probabilities summed over keys), or "
+        "score_mse (TinyBERT's: MSE of the scores before softmax, padded positions set to 0). "
+        "The old names kl and mse still mean probability_kl and probability_mse.",
+        choices=list(ATTENTION_LOSSES), aliases=dict(ATTENTION_LOSS_ALIASES),
+    )
+    hidden_include_embeddings: bool = option(
+        False, "Add the embedding layer's output to the hidden-state MSE as one more mapped pair "
+        "(TinyBERT includes it). Used when hidden_weight > 0.",
     )
     classifier_dropout: float = option(0.1, "Dropout before the student's classification head.", min=0.0, max=0.9)
 
@@ -123,7 +142,7 @@ def attention_map_loss(student: torch.Tensor, teacher: torch.Tensor, attention_m
     student, teacher = student.float(), teacher.float()
     if student.shape[1] != teacher.shape[1]:
         student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
-    if kind == "kl":
+    if kind == "probability_kl":
         tiny = torch.finfo(torch.float32).tiny
         per_query = (torch.xlogy(teacher, teacher) - torch.xlogy(teacher, student.clamp_min(tiny))).sum(-1)
     else:
@@ -133,6 +152,64 @@ def attention_map_loss(student: torch.Tensor, teacher: torch.Tensor, attention_m
         return per_query.mean()
     weights = attention_mask.to(per_query.dtype)
     return (per_query * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def attention_score_mse(student: torch.Tensor, teacher: torch.Tensor,
+                        attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """TinyBERT's attention loss: MSE of pre-softmax scores [batch, heads, queries, keys], with
+    every pair that touches a padded position set to 0 on both sides, averaged over real pairs."""
+    student, teacher = student.float(), teacher.float()
+    if student.shape[1] != teacher.shape[1]:
+        student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+    squared = (student - teacher).pow(2).mean(1)  # over heads -> [batch, queries, keys]
+    if attention_mask is None:
+        return squared.mean()
+    real = attention_mask.to(squared.dtype)
+    pairs = real.unsqueeze(2) * real.unsqueeze(1)
+    return (squared * pairs).sum() / pairs.sum().clamp_min(1.0)
+
+
+class AttentionScoreRecorder:
+    """Records q·kᵀ/√d_head of chosen layers during a forward pass, from forward hooks on each
+    layer's query and key projections (the attention kernel itself never exposes its scores)."""
+
+    def __init__(self, model: nn.Module, layer_numbers: list[int]):
+        from .lst_init import layer_parts
+
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.head_size = config.hidden_size // self.heads
+        self.outputs: dict[tuple[int, str], torch.Tensor] = {}
+        self.active = False
+        self.layer_numbers = list(layer_numbers)
+        self.handles = []
+        layers = layer_list(model)
+        for number in self.layer_numbers:  # 1-based, as in the layer map
+            parts = layer_parts(layers[number - 1])
+            for role, linear in (("query", parts.query), ("key", parts.key)):
+                self.handles.append(linear.register_forward_hook(self._keep(number, role)))
+
+    def _keep(self, number: int, role: str):
+        def hook(module, inputs, output):
+            if self.active:  # only inside a training step: evaluation and export keep nothing
+                self.outputs[(number, role)] = output
+        return hook
+
+    def scores(self, number: int) -> torch.Tensor:
+        q, k = self.outputs[(number, "query")], self.outputs[(number, "key")]
+        b, t, _ = q.shape
+        q = q.view(b, t, self.heads, self.head_size).transpose(1, 2)
+        k = k.view(b, t, self.heads, self.head_size).transpose(1, 2)
+        return q @ k.transpose(-1, -2) * self.head_size ** -0.5
+
+    def clear(self) -> None:
+        self.outputs.clear()
+        self.active = False
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 class Distill(Method):
@@ -152,6 +229,11 @@ class Distill(Method):
         self._teacher_is_plain = False
         self._layer_map: list[int] = []
         self._summary: dict = {}
+        self._score_recorders: tuple[AttentionScoreRecorder, AttentionScoreRecorder] | None = None
+
+    @property
+    def _needs_probabilities(self) -> bool:
+        return self.config.attention_weight > 0 and self.config.attention_loss != "score_mse"
 
     @property
     def _needs_states(self) -> bool:
@@ -203,7 +285,7 @@ class Distill(Method):
         student, student_name = self._build_student(ctx, teacher_plain)
         for p in student.parameters():
             p.requires_grad_(True)
-        if config.attention_weight > 0:
+        if self._needs_probabilities:
             _use_eager_attention(student, "student")
             _without_attention_dropout(student)
             if teacher_plain is not None:
@@ -225,6 +307,12 @@ class Distill(Method):
         self._summary["student"] = {"params": count_parameters(student), "layers": student_layers,
                                     "init": student_name}
         self._summary["layer_map"] = self._layer_map
+        self._score_recorders = None
+        if config.attention_weight > 0 and config.attention_loss == "score_mse" and teacher_plain is not None:
+            self._score_recorders = (
+                AttentionScoreRecorder(student, list(range(1, student_layers + 1))),
+                AttentionScoreRecorder(teacher_plain, sorted(set(self._layer_map))),
+            )
         return DistillModel(student, teacher, projection)
 
     def _build_student(self, ctx: BuildContext, teacher_plain: nn.Module | None) -> tuple[nn.Module, str]:
@@ -245,7 +333,7 @@ class Distill(Method):
             backbone = ctx.backbone
             m = kept_layers(backbone.num_layers, config.layers)
         kwargs = {"num_hidden_layers": m, "classifier_dropout": config.classifier_dropout}
-        if config.attention_weight > 0:
+        if self._needs_probabilities:
             kwargs["attn_implementation"] = "eager"
         student = backbone.load_for_classification(ctx.label_names, **kwargs)
         return student, f"{backbone.name} first {m} layers"
@@ -264,14 +352,25 @@ class Distill(Method):
         inputs = model_inputs(batch)
         want_hidden = config.hidden_weight > 0 and self._teacher_is_plain
         want_attention = config.attention_weight > 0 and self._teacher_is_plain
+        want_scores = want_attention and config.attention_loss == "score_mse"
+        if want_scores and self._score_recorders is None:
+            raise ConfigError("attention_loss=score_mse needs the model built by this method")
         extra = {}
         if want_hidden:
             extra["output_hidden_states"] = True
-        if want_attention:
+        if want_attention and not want_scores:
             extra["output_attentions"] = True
-        with torch.no_grad():
-            teacher_out = model.teacher(**inputs, **extra)
-        student_out = model.student(**inputs, **extra)
+        if want_scores:
+            for recorder in self._score_recorders:
+                recorder.active = True
+        try:
+            with torch.no_grad():
+                teacher_out = model.teacher(**inputs, **extra)
+            student_out = model.student(**inputs, **extra)
+        finally:
+            if want_scores:
+                for recorder in self._score_recorders:
+                    recorder.active = False
         student_logits = logits_of(student_out).float()
         teacher_logits = logits_of(teacher_out).float()
         mask = batch.get("attention_mask")
@@ -286,14 +385,24 @@ class Distill(Method):
         hidden = zero
         if want_hidden:
             losses = []
-            for j, teacher_index in enumerate(self._layer_map, start=1):
+            pairs = list(enumerate(self._layer_map, start=1))
+            if config.hidden_include_embeddings:
+                pairs.insert(0, (0, 0))  # embedding outputs, student to teacher
+            for j, teacher_index in pairs:
                 student_state = student_out.hidden_states[j]
                 if model.projection is not None:
                     student_state = model.projection(student_state)
                 losses.append(masked_hidden_mse(student_state, teacher_out.hidden_states[teacher_index], mask))
             hidden = torch.stack(losses).mean()
         attention = zero
-        if want_attention:
+        if want_scores:
+            student_scores, teacher_scores = self._score_recorders
+            losses = [attention_score_mse(student_scores.scores(j), teacher_scores.scores(teacher_index), mask)
+                      for j, teacher_index in enumerate(self._layer_map, start=1)]
+            attention = torch.stack(losses).mean()
+            student_scores.clear()
+            teacher_scores.clear()
+        elif want_attention:
             if not student_out.attentions or not teacher_out.attentions:
                 raise ConfigError("this backbone returns no attention maps; set attention_weight=0")
             losses = [
@@ -323,6 +432,8 @@ class Distill(Method):
         return dict(self._summary, weights={
             "ce": self.config.ce_weight, "kl": self.config.kl_weight, "hidden": self.config.hidden_weight,
             "attention": self.config.attention_weight, "temperature": self.config.temperature,
+            "attention_loss": self.config.attention_loss,
+            "hidden_include_embeddings": self.config.hidden_include_embeddings,
         })
 
     def inference_model(self, model: DistillModel) -> nn.Module:

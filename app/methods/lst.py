@@ -51,11 +51,14 @@ class LSTConfig(MethodConfig):
     )
     init: str = option(
         "magnitude", "Side network init: structural pruning of the backbone by L1 magnitude or Fisher "
-        "importance, or random (the ablation the paper shows trains worse).",
+        "importance (the paper's; one backward pass per scored example, about a minute on a CPU), or "
+        "random (the ablation the paper shows trains worse). Measured here, 3 seeds, 80 steps: "
+        "magnitude and Fisher within their seed spread, so the cheap one is the default.",
         choices=list(INIT_CHOICES),
     )
     fisher_samples: int = option(
-        512, "Training examples scored for Fisher importance (init = fisher only).", min=1, max=100_000,
+        1024, "Shuffled training examples scored for Fisher importance, one backward pass each (init = fisher "
+        "only; the official code uses 1,024).", min=1, max=100_000,
         advanced=True,
     )
     gate_temperature: float = option(

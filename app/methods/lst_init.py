@@ -16,8 +16,8 @@ and the kept rows/columns are copied. Index sets are kept consistent:
   backbone head (q·k sums over matching dimensions, v lines up with o).
 * FFN: per layer, the kept neurons index the rows of the FFN input and the columns of its output.
 
-Importance is either L1 magnitude of the weights or an empirical Fisher score (squared gradients
-of the task loss, summed over training batches).
+Importance is either L1 magnitude of the weights or an empirical Fisher score (squared per-example
+gradients of the task loss, summed over shuffled training examples).
 """
 
 from __future__ import annotations
@@ -138,12 +138,16 @@ def fisher_scores(
     seed: int,
     progress: Callable[[str], None] = lambda message: None,
 ) -> Scores:
-    """Empirical Fisher importance: squared gradients of the task loss, summed over batches.
+    """Empirical Fisher importance: squared per-example gradients of the task loss, summed.
+
+    As in the official code, every example gets its own backward pass (batch 1) and its gradient
+    is squared before summing; squaring a batch-mean gradient instead would let examples' signs
+    cancel and score a different quantity. Each example is cut to its own length first (padding
+    is masked out anyway), which keeps the one-at-a-time passes cheap.
 
     A pretrained encoder has no head for this task, so the loss goes through a temporary linear
-    head (seeded, thrown away afterwards) on the pooled last hidden state. Squared gradients are
-    taken per batch (the batch-mean gradient), which costs one backward per batch instead of one
-    per example. The backbone is left as it was found: frozen, in eval mode, without gradients.
+    head (seeded, thrown away afterwards) on the pooled last hidden state. The backbone is left
+    as it was found: frozen, in eval mode, without gradients.
     """
     layer_indices = sorted(set(layer_indices))
     parts = {i: layer_parts(view.layers[i]).linears() for i in layer_indices}
@@ -159,6 +163,7 @@ def fisher_scores(
     previous = [w.requires_grad for w in weights]
     view.model.eval()
     seen = 0
+    report_every = max(1, num_samples // 20)
     try:
         for w in weights:
             w.requires_grad_(True)
@@ -166,21 +171,26 @@ def fisher_scores(
         for batch in batches:
             if seen >= num_samples:
                 break
-            take = min(len(batch["labels"]), num_samples - seen)
-            input_ids = batch["input_ids"][:take]
             attention_mask = batch.get("attention_mask")
-            attention_mask = attention_mask[:take] if attention_mask is not None else None
             token_type_ids = batch.get("token_type_ids")
-            token_type_ids = token_type_ids[:take] if token_type_ids is not None else None
-            last = view.hidden_states(input_ids, attention_mask, token_type_ids)[-1]
-            pooled = masked_mean(last, attention_mask) if pooling == "mean" and attention_mask is not None \
-                else pool_first_token(last)
-            loss = F.cross_entropy(head(pooled).float(), batch["labels"][:take])
-            grads = torch.autograd.grad(loss, weights)
-            for w, g in zip(weights, grads):
-                totals[id(w)] += g.float().pow(2)
-            seen += take
-            progress(f"Fisher importance: {seen}/{num_samples} training examples")
+            for row in range(min(len(batch["labels"]), num_samples - seen)):
+                length = batch["input_ids"].shape[1]
+                if attention_mask is not None:
+                    real = int(attention_mask[row].sum())
+                    if bool(attention_mask[row, :real].all()):  # right padding: the tail is all padding
+                        length = real
+                input_ids = batch["input_ids"][row : row + 1, :length]
+                mask = attention_mask[row : row + 1, :length] if attention_mask is not None else None
+                types = token_type_ids[row : row + 1, :length] if token_type_ids is not None else None
+                last = view.hidden_states(input_ids, mask, types)[-1]
+                pooled = masked_mean(last, mask) if pooling == "mean" and mask is not None else pool_first_token(last)
+                loss = F.cross_entropy(head(pooled).float(), batch["labels"][row : row + 1])
+                grads = torch.autograd.grad(loss, weights)
+                for w, g in zip(weights, grads):
+                    totals[id(w)] += g.float().pow(2)
+                seen += 1
+                if seen % report_every == 0 or seen == num_samples:
+                    progress(f"Fisher importance: {seen}/{num_samples} training examples")
     finally:
         for w, flag in zip(weights, previous):
             w.requires_grad_(flag)

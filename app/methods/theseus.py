@@ -37,6 +37,20 @@ from .layer_surgery import (
 
 PAPER_LINEAR_K = 0.0006
 PAPER_LINEAR_B = 0.3
+# With the official k and b, p = min(1, k*t + b) first reaches 1 at t = ceil((1 - b) / k) = 1,167,
+# i.e. step 1,168 (steps count t from 0).
+PAPER_FULL_REPLACEMENT_STEP = 1168
+OFFICIAL_PRESET = {
+    "help": ("The official README's linear-scheduler command: k = 0.0006, b = 0.3, learning rate 2e-5, "
+             "batch 32, 128 tokens, no warm-up or weight decay (run_glue.py's defaults), gradient norm "
+             "clipped at 1.0. p reaches 1 at step 1,168, so phase 2 starts there; 2,400 steps leave about "
+             "as many again for the successor alone (the README trains 15 epochs of MRPC, about 1,700 "
+             "steps). Hours on a CPU: meant for a GPU."),
+    "method_config": {"scheduler": "linear", "linear_b": PAPER_LINEAR_B, "linear_k": PAPER_LINEAR_K,
+                      "phase2_start": PAPER_FULL_REPLACEMENT_STEP},
+    "run": {"lr": 2e-5, "batch_size": 32, "max_length": 128, "warmup_ratio": 0.0, "weight_decay": 0.0,
+            "grad_clip": 1.0, "steps": 2400},
+}
 
 
 @dataclass
@@ -63,9 +77,10 @@ class TheseusConfig(MethodConfig):
     )
     linear_k: float | None = option(
         None,
-        "Linear scheduler: growth per step k. Empty picks k so p reaches 1 exactly when phase 2 "
-        "starts, which suits short runs; the paper's README uses k = 0.0006 (p = 1 after ~1,170 "
-        "steps) for GLUE-length runs.",
+        "Linear scheduler: growth per step k. Empty (the default, for short runs) picks "
+        "k = (1 - b) / (phase-1 steps - 1), so p reaches 1 exactly when phase 2 starts: on a 300-step "
+        "run with phase 2 at half, k = 0.0047, about 8x the official value. The official README's "
+        "k is 0.0006 (p = 1 after 1,167 steps, for GLUE-length runs): the 'official' preset sets it.",
         min=0.0,
         max=1.0,
     )
@@ -190,6 +205,7 @@ class Theseus(Method):
     default_lr = 1e-4  # the paper's 2e-5 suits BERT-base on GLUE-length runs; short CPU runs need more
     reference_fields = ("predecessor",)
     exports_plain_model = True
+    presets = {"official": OFFICIAL_PRESET}
 
     def __init__(self, config: TheseusConfig | None = None):
         super().__init__(config)
