@@ -135,7 +135,7 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
 
 
 def batcher_for(prepared: "PreparedRun") -> Batcher:
-    return Batcher.for_tokenizer(prepared.config.padding, prepared.backbone.tokenizer)
+    return Batcher.for_tokenizer(prepared.config.padding, prepared.backbone.tokenizer, prepared.device)
 
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
