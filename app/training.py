@@ -93,6 +93,18 @@ class PreparedRun:
         return self.config.lr if self.config.lr is not None else self.method.default_lr
 
 
+def adamw(parameters: list, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only, fused into one kernel where torch can: on MiniLM-L6's
+    22.7M parameters the per-tensor update loop costs several times the fused kernel on a CPU
+    (transformers' Trainer defaults to the fused one too)."""
+    groups = [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not take
+        return torch.optim.AdamW(groups, lr=lr)
+
+
 def load_run_dataset(config: RunConfig) -> TextDataset:
     return load_dataset(
         config.dataset,
@@ -289,12 +301,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     model.to(device)
     model.train()
     named_trainable = select_trainable(method, model)
-    decay = [p for n, p in named_trainable if p.ndim >= 2]
-    no_decay = [p for n, p in named_trainable if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=prepared.lr,
-    )
+    optimizer = adamw([p for _, p in named_trainable], lr=prepared.lr, weight_decay=config.weight_decay)
     warmup = int(round(config.steps * config.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, config.steps, warmup))
     trainable, total = count_params(model)

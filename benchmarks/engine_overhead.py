@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from app.config import RunConfig  # noqa: E402
 from app.data import tokenize_split  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import execute_run, linear_schedule, prepare_run, seed_everything  # noqa: E402
+from app.training import adamw, execute_run, linear_schedule, prepare_run, seed_everything  # noqa: E402
 
 
 def engine_step_seconds(config: RunConfig, store: RunStore) -> float:
@@ -51,7 +51,7 @@ def bare_step_seconds(config: RunConfig) -> float:
         model = prepared.backbone.load_for_classification(prepared.dataset.label_names)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=prepared.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, lr=prepared.lr, weight_decay=config.weight_decay)  # the engine's optimizer
     warmup = int(round(config.steps * config.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, config.steps, warmup))
     generator = torch.Generator().manual_seed(config.seed)

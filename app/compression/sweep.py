@@ -303,11 +303,10 @@ def _recover(session: _Session, model: nn.Module) -> dict:
     pruning stay attached, so pruned weights stay zero."""
     before = measure.test_logits(model, session.test, check_cancel=session.check_cancel, batcher=session.batcher).argmax(-1)
     accuracy_before = float((before == session.test["labels"]).float().mean())
+    from ..training import adamw
+
     parameters = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in parameters if p.ndim >= 2]
-    no_decay = [p for p in parameters if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": session.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=session.lr)
+    optimizer = adamw(parameters, lr=session.lr, weight_decay=session.weight_decay)
     batches = session.train_batches()
     model.train()
     losses = []
