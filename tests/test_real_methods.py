@@ -29,7 +29,9 @@ REAL: dict[str, dict] = {
     "distill": dict(steps=60, eval_every=60, method_config={"layers": 3, "student_init": "teacher"}),
     "lst": dict(steps=40, eval_every=40),
     # Frozen-backbone methods at their own default learning rates (each method's default_lr).
-    "bitfit": dict(steps=60, eval_every=60),
+    # Bias terms and the classifier alone (the pooler's weight frozen, as in the BitFit reference)
+    # need more steps: 0.60 validation after 60 steps here, 0.71 after 100.
+    "bitfit": dict(steps=100, eval_every=100),
     "adapter": dict(steps=60, eval_every=60),
     "lora": dict(steps=60, eval_every=60),
     # Virtual tokens steering a frozen 22M-parameter encoder learn slowly (Lester et al. found prompt
