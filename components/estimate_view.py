@@ -84,7 +84,9 @@ def render_estimate(config: dict) -> dict | None:
                 "would likely fail out of memory. Lower the batch size or max length, or pick a method that keeps "
                 "fewer activations (LST)."
             )
-        st.caption(" ".join(result["notes"]) + " " + CUDA_GAP_NOTE.format(
+        # the engine's notes are sentences without a closing full stop
+        notes = " ".join(f"{n.rstrip('.')}." for n in result["notes"])
+        st.caption(notes[:1].upper() + notes[1:] + " " + CUDA_GAP_NOTE.format(
             context=fmt_mib(CUDA_CONTEXT_BYTES), slack=ALLOCATOR_SLACK))
         return result
 
