@@ -195,10 +195,8 @@ def _read_json(path: Path, content: str):
 
 def sheet_names(path: Path) -> list[str]:
     """The sheets of an Excel workbook, in the workbook's order."""
-    try:
-        import openpyxl
-    except ImportError as exc:  # pragma: no cover - openpyxl is a requirement
-        raise DatasetError("reading .xlsx files needs the 'openpyxl' package") from exc
+    import openpyxl
+
     try:
         book = openpyxl.load_workbook(path, read_only=True)
     except Exception as exc:
@@ -375,10 +373,8 @@ def read_saved_dataset(path: Path, columns: ColumnMap) -> RawCorpus:
     """A `save_to_disk` folder. A DatasetDict's train/validation/test splits stay those splits (a
     missing validation or test split is carved from train later); a single split, or splits
     without a train split, are pooled and split like any file."""
-    try:
-        import datasets as hf_datasets
-    except ImportError as exc:  # pragma: no cover - datasets is a requirement
-        raise DatasetError("reading a saved dataset folder needs the 'datasets' package") from exc
+    import datasets as hf_datasets
+
     _check_size(path, sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
     try:
         loaded = hf_datasets.load_from_disk(str(path))

@@ -86,8 +86,7 @@ def render_theseus(run_id: str) -> bool:
         base_acc = (best.get("metrics") or {}).get("val_accuracy")
         cols[2].metric("truncation baseline (validation)", fmt_pct(base_acc),
                        help=f"Run {best['id']}: the first layers fine-tuned directly; Theseus must beat it.")
-    elif pending_baselines(store, record):
-        waiting = pending_baselines(store, record)[0]
+    elif waiting := next(iter(pending_baselines(store, record)), None):
         cols[2].metric("truncation baseline", waiting["status"],
                        help=f"Run {waiting['id']} is {waiting['status']}; its accuracy appears here when it ends.")
     else:
