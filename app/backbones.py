@@ -74,6 +74,7 @@ class BackboneInfo:
     max_length: int
     vocab_size: int
     num_params: int
+    pooling: str = "first"  # how its classifiers pool token states (see app.pooling)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -294,18 +295,29 @@ class Backbone:
 
         return self._from_pretrained(AutoModel, **kwargs)
 
+    @functools.cached_property
+    def pooling(self) -> str:
+        """How its classifiers pool token states: 'mean' for mean-pooling sentence encoders."""
+        from .pooling import pretrained_pooling
+
+        return pretrained_pooling(self.source)
+
     def load_for_classification(self, label_names: list[str], **kwargs):
-        """`AutoModelForSequenceClassification` with a new head for these labels."""
+        """`AutoModelForSequenceClassification` with a new head for these labels, pooled the way
+        the backbone was pretrained (see `app.pooling`)."""
         with TRANSFORMERS_IMPORTS:
             from transformers import AutoModelForSequenceClassification
 
-        return self._from_pretrained(
+        from .pooling import MEAN, use_mean_pooling
+
+        model = self._from_pretrained(
             AutoModelForSequenceClassification,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
             **kwargs,
         )
+        return use_mean_pooling(model) if self.pooling == MEAN else model
 
     def _from_pretrained(self, auto_class, **kwargs):
         from transformers.utils import logging as hf_logging
@@ -337,6 +349,7 @@ class Backbone:
             max_length=self.max_length,
             vocab_size=cfg.vocab_size,
             num_params=num_params,
+            pooling=self.pooling,
         )
 
 
@@ -371,6 +384,7 @@ class ConfigBackbone(Backbone):
         self.source = None
         self.config = config
         self.tokenizer = None
+        self.pooling = getattr(config, "classifier_pooling", None) or "first"
 
     def _from_pretrained(self, auto_class, **kwargs):
         if not _shapes_only.get():

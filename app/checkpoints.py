@@ -145,7 +145,9 @@ def load_reference(store: RunStore | None, value: str, device: torch.device) -> 
             )
         except Exception as exc:
             raise LabError(f"cannot load model folder '{value}': {exc}") from exc
-        model.to(device).eval()
+        from .pooling import restore_pooling
+
+        restore_pooling(model).to(device).eval()
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return Reference(model=model, label_names=names, source=str(value), plain_model=model)
     if store is None:

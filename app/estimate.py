@@ -142,6 +142,7 @@ def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[st
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .backbones import build_from_config
+    from .pooling import restore_pooling
 
     def load(value: str) -> Reference:
         config = backbone.config
@@ -154,7 +155,7 @@ def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[st
             AutoModelForSequenceClassification, config, num_labels=len(label_names),
             id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
         )
-        model.eval()
+        restore_pooling(model).eval()
         return Reference(model=model, label_names=list(label_names), source=str(value), plain_model=model)
 
     return load

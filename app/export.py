@@ -22,10 +22,22 @@ def export_plain_or_state(method, model: torch.nn.Module, out_dir: Path, ctx) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if _is_plain_transformer(model):
+        from .pooling import MEAN, pooling_of
+
         model.save_pretrained(out_dir, safe_serialization=True)
         ctx.backbone.tokenizer.save_pretrained(out_dir)
-        return {"format": "transformers", "path": str(out_dir),
-                "load": f"AutoModelForSequenceClassification.from_pretrained('{out_dir}')"}
+        if pooling_of(model) != MEAN:
+            return {"format": "transformers", "path": str(out_dir),
+                    "load": f"AutoModelForSequenceClassification.from_pretrained('{out_dir}')"}
+        (out_dir / "README.md").write_text(
+            "# Exported classifier (mean pooling)\n\n"
+            "A plain transformers classifier whose head reads the mean of the last token states, the way its\n"
+            "sentence-transformers backbone was trained, instead of the first token: `config.json` says\n"
+            "`\"classifier_pooling\": \"mean\"`. transformers ignores that field for this architecture and would\n"
+            "pool the first token, so load it with this lab:\n\n"
+            f"    from app.pooling import load_classifier\n    model = load_classifier('{out_dir.name}')\n")
+        return {"format": "transformers", "path": str(out_dir), "pooling": MEAN,
+                "load": f"app.pooling.load_classifier('{out_dir}')"}
     state = {}
     seen = set()
     for name, tensor in model.state_dict().items():

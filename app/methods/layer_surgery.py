@@ -14,16 +14,19 @@ from torch import nn
 
 from ..encoder import bare_encoder
 from ..errors import ConfigError
+from ..pooling import pool_with_mask
 
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
 
 
-def classify_hidden(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def classify_hidden(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Logits of a sequence-classification model's head applied to its last hidden states.
 
-    BERT pools the first token (dense + tanh) and applies dropout before its classifier; RoBERTa,
-    ELECTRA and MPNet heads take the whole sequence and pick the first token themselves.
+    BERT pools (dense + tanh) and applies dropout before its classifier; RoBERTa, ELECTRA and
+    MPNet heads take the whole sequence. Either picks the first token, or the masked mean for a
+    mean-pooled model (`app.pooling`), which is why the mask goes along.
     """
+    pool_with_mask(model, attention_mask)
     pooler = getattr(bare_encoder(model), "pooler", None)
     if pooler is not None:
         pooled = pooler(hidden)

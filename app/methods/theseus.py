@@ -157,7 +157,7 @@ class TheseusModel(nn.Module):
             block = [successor_layers[i]] if use_successor else predecessor_layers[k * i : k * i + k]
             for layer in block:
                 hidden = view.run_layer(layer, hidden, mask, context)
-        return classify_hidden(self.successor, hidden)
+        return classify_hidden(self.successor, hidden, attention_mask)
 
 
 def successor_layer_count(predecessor_layers: int, requested: int | None, whose: str = "the predecessor") -> int:
