@@ -129,3 +129,27 @@ def latency_ms(model: nn.Module, batch: dict, *, repeats: int, warmup: int,
         model(**batch)
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times), times
+
+
+@torch.inference_mode()
+def paired_latency_ms(model: nn.Module, reference: nn.Module, batch: dict, *, repeats: int, warmup: int,
+                      check_cancel: Callable[[], None] = lambda: None) -> tuple[float, float, list[float]]:
+    """Median wall time of one forward pass of `model` and of `reference`, timed in alternating
+    passes so that load from other programs on a shared machine falls on both alike: their ratio
+    is the speed-up, not the medians taken minutes apart. Returns (model ms, reference ms, model runs)."""
+    model.eval()
+    reference.eval()
+    for _ in range(warmup):
+        check_cancel()
+        model(**batch)
+        reference(**batch)
+    times, reference_times = [], []
+    for round_index in range(repeats):
+        check_cancel()
+        order = (model, reference) if round_index % 2 == 0 else (reference, model)
+        for which in order:
+            start = time.perf_counter()
+            which(**batch)
+            elapsed = (time.perf_counter() - start) * 1000.0
+            (times if which is model else reference_times).append(elapsed)
+    return statistics.median(times), statistics.median(reference_times), times

@@ -13,6 +13,7 @@ measured, so a page can draw the sweep while it runs. Point fields:
     params          parameters stored; nonzero_params: of them, the nonzero ones
     bytes           size of the compressed state (bytes_kind says whether written or computed)
     latency_ms      median CPU time of one forward pass over one batch of test examples, padded as the run pads
+    speedup         fp32 latency / this point's, both timed in the same alternating rounds
     note            what the figures do and do not mean for this kind
 """
 
@@ -255,8 +256,14 @@ def _measure(session: _Session, model: nn.Module, *, kind: str, setting: str, ke
         session.baseline_logits = logits
     params, nonzero = measure.parameter_counts(model)
     size = bytes_value if bytes_value is not None else measure.saved_bytes(model)
-    latency, runs = measure.latency_ms(model, session.latency_input, repeats=session.plan.latency_repeats,
-                                       warmup=session.plan.latency_warmup, check_cancel=session.check_cancel)
+    if model is session.base:
+        latency, runs = measure.latency_ms(model, session.latency_input, repeats=session.plan.latency_repeats,
+                                           warmup=session.plan.latency_warmup, check_cancel=session.check_cancel)
+        reference_latency = latency
+    else:
+        latency, reference_latency, runs = measure.paired_latency_ms(
+            model, session.base, session.latency_input, repeats=session.plan.latency_repeats,
+            warmup=session.plan.latency_warmup, check_cancel=session.check_cancel)
     point = {
         "kind": kind,
         "setting": setting,
@@ -270,6 +277,9 @@ def _measure(session: _Session, model: nn.Module, *, kind: str, setting: str, ke
         "bytes_kind": bytes_kind,
         "latency_ms": float(latency),
         "latency_runs_ms": [round(t, 3) for t in runs],
+        # fp32 timed in the same alternating rounds: the speed-up holds even on a busy machine
+        "baseline_latency_ms": float(reference_latency),
+        "speedup": float(reference_latency / latency) if latency > 0 else None,
         "latency_batch": [int(session.latency_input["input_ids"].shape[0]),
                           int(session.latency_input["input_ids"].shape[1])],
         "threads": torch.get_num_threads(),
@@ -414,7 +424,7 @@ def _quantized_point(session: _Session, kind: str) -> dict:
         point = _measure(
             session, model, kind="int8", setting="int8", key="int8",
             note="dynamic int8 (torch.ao quantize_dynamic): every nn.Linear (encoder, pooler, classifier) holds int8 "
-                 "weights with one scale per matrix, activations quantized per batch; embeddings and LayerNorm "
+                 "weights with one scale per output row, activations quantized per batch; embeddings and LayerNorm "
                  "stay fp32; bytes is that state written as safetensors",
         )
         _release(model)
