@@ -1,4 +1,4 @@
-"""Command line: `python -m app train|estimate|runs|methods|backbones|datasets|export|compress`.
+"""Command line: `python -m app train|estimate|runs|methods|backbones|datasets|export|compress|lesson|lessons`.
 
 Every subcommand takes `--runs-dir` (default: `$LAB_RUNS_DIR` or `runs/`). With `--json` the last
 line of stdout is one JSON object. Bad input exits with status 2 and a one-line reason on stderr.
@@ -414,6 +414,51 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_lessons(args) -> int:
+    from .lessons import describe_lessons
+
+    lessons = describe_lessons()
+    if args.json:
+        _print_json({"lessons": lessons})
+    else:
+        for lesson in lessons:
+            print(f"{lesson['name']:<12} {lesson['title']}: {lesson['claim']}")
+            for name, preset in lesson["presets"].items():
+                default = " (default here)" if name == lesson["default_preset"] else ""
+                print(f"    preset {name}{default}: {preset['help']}")
+    return 0
+
+
+def cmd_lesson(args) -> int:
+    from .lessons import run_lesson
+    from .manager import RunManager
+
+    if args.run and args.name != "shrink":
+        raise LabError("--run applies to the shrink lesson only")
+    manager = RunManager(_store(args))
+    try:
+        result = run_lesson(manager, args.name, seed=args.seed, preset=args.preset,
+                            given={"model": args.run} if args.run else None,
+                            on_progress=None if args.quiet else lambda message: print(message, file=sys.stderr))
+    finally:
+        manager.shutdown(wait=True)
+    if args.json:
+        _print_json(result)
+    else:
+        verdict = {True: "demonstrated", False: "NOT demonstrated", None: result["status"]}[result["demonstrated"]]
+        print(f"lesson {result['lesson']} (preset {result['preset']}, seed {result['seed']}): {verdict} "
+              f"in {result['wall_seconds']:.0f} s")
+        for check in result["checks"]:
+            value = "n/a" if check["value"] is None else f"{check['value']:.3f}"
+            print(f"  [{'x' if check['passed'] else ' '}] {check['says']}: {value} (target {check['comparison']} "
+                  f"{check['target']:g})")
+        for line in result["notice"]:
+            print(f"  - {line}")
+        print(f"  {result['reason']}")
+        print(f"  runs: {', '.join(f'{role} {run_id}' for role, run_id in result['runs'].items())}")
+    return 0 if result["status"] == "done" else EXIT_RUN_FAILED
+
+
 SUBCOMMANDS = {
     "train": cmd_train,
     "runs": cmd_runs,
@@ -423,6 +468,8 @@ SUBCOMMANDS = {
     "export": cmd_export,
     "estimate": cmd_estimate,
     "compress": cmd_compress,
+    "lesson": cmd_lesson,
+    "lessons": cmd_lessons,
 }
 
 
@@ -527,6 +574,16 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--latency-warmup", type=int, help="untimed forward passes before timing")
     compress.add_argument("--latency-batch-size", type=int, help="batch size for latency (default 32)")
     compress.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser("lessons", parents=[common], help="the one-click lessons and their presets")
+    lesson = sub.add_parser("lesson", parents=[common],
+                            help="run a lesson headless, exactly as its button does, and check its claim")
+    lesson.add_argument("name", help="lst-memory, theseus or shrink")
+    lesson.add_argument("--seed", type=int, default=0)
+    lesson.add_argument("--preset", help="cpu or cuda (default: cuda where present, else cpu)")
+    lesson.add_argument("--run", metavar="RUN_ID",
+                        help="shrink: the finished run to compress (default: fine-tune one first)")
+    lesson.add_argument("--quiet", action="store_true", help="no progress lines")
 
     return parser
 

@@ -73,6 +73,9 @@ class TextDataset:
             "name": self.name,
             "label_names": self.label_names,
             "sizes": {s: len(self.split(s)) for s in ("train", "validation", "test")},
+            # examples per class in each split: the majority-class accuracy a model must beat
+            "class_counts": {s: [self.split(s).labels.count(i) for i in range(self.num_labels)]
+                             for s in ("train", "validation", "test")},
             "has_pairs": self.has_pairs,
         }
 

@@ -464,5 +464,15 @@ class RunStore:
         )
         return [{"key": row["key"], "created_at": row["created_at"], **json.loads(row["data"])} for row in rows]
 
+    def records_of_kind(self, kind: str, *, key: str | None = None) -> list[dict]:
+        """Records of one kind over every run, newest first (optionally only those with this key)."""
+        sql = "SELECT run_id, key, created_at, data FROM records WHERE kind=?"
+        params: tuple = (kind,)
+        if key is not None:
+            sql, params = sql + " AND key=?", (kind, key)
+        rows = self._read(sql + " ORDER BY created_at DESC, run_id", params)
+        return [{"run_id": row["run_id"], "key": row["key"], "created_at": row["created_at"], **json.loads(row["data"])}
+                for row in rows]
+
     def integrity_ok(self) -> bool:
         return self._read("PRAGMA integrity_check")[0][0] == "ok"

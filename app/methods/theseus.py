@@ -105,10 +105,8 @@ class TheseusConfig(MethodConfig):
     successor_init: str = option(
         "predecessor",
         "Initial successor layers. predecessor: its layers 0..m-1 (official). block_last: each "
-        "module starts as the last layer of the block it replaces (k-1, 2k-1, ...), which keeps "
-        "encoders whose first-token state only forms in the top layer (sentence-transformers such "
-        "as MiniLM) close to the predecessor from the start. backbone: the pretrained backbone's "
-        "first m layers (bojone's variant).",
+        "module starts as the last layer of the block it replaces (k-1, 2k-1, ...). backbone: the "
+        "pretrained backbone's first m layers (bojone's variant).",
         choices=["predecessor", "block_last", "backbone"],
     )
     train_embeddings_and_head: bool = option(

@@ -1,0 +1,193 @@
+"""Lessons: recipes in the engine, queued the same way by the CLI and the app, checked on their runs.
+
+The recipes run here on their `tiny` preset (random tiny-random weights: the path, not the claim);
+the claims themselves are measured by `benchmarks/lessons.py` on the default preset, and the
+real-weights Theseus lesson test lives in test_real_methods.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.cli import main
+from app.lessons import (
+    LESSONS, Check, LessonRuns, check_shrink, check_theseus, get_lesson, lesson_findings, role_configs,
+    submit_lesson,
+)
+
+CONTRACT = {"lesson", "preset", "seed", "runs", "wall_seconds", "findings", "demonstrated", "reason"}
+
+
+def _cli_json(capsys, *args) -> tuple[int, dict]:
+    code = main(list(args))
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1])
+
+
+def test_lessons_lists_every_lesson_with_its_presets(capsys, tmp_path):
+    code, listed = _cli_json(capsys, "lessons", "--json", "--runs-dir", str(tmp_path))
+    assert code == 0
+    by_name = {lesson["name"]: lesson for lesson in listed["lessons"]}
+    assert set(by_name) == {"lst-memory", "theseus", "shrink"}
+    for lesson in by_name.values():
+        assert {"cpu", "cuda", "tiny"} <= set(lesson["presets"])
+        assert lesson["default_preset"] == "cpu"  # no CUDA on the test machine
+        assert lesson["claim"] and lesson["page"] in ("memory", "theseus", "compress")
+    # the GPU preset is bigger than the CPU one: more steps, longer inputs, the whole dataset
+    cpu, cuda = (by_name["theseus"]["presets"][p]["run"] for p in ("cpu", "cuda"))
+    assert cuda["steps"] > cpu["steps"] and cuda["max_length"] > cpu["max_length"]
+    assert cuda["max_train_examples"] is None
+
+
+def test_lesson_cli_runs_the_recipe_and_prints_the_contract(capsys, tmp_path):
+    from app.store import RunStore
+
+    runs_dir = tmp_path / "runs"
+    code, result = _cli_json(capsys, "lesson", "theseus", "--preset", "tiny", "--seed", "5", "--runs-dir",
+                             str(runs_dir), "--json", "--quiet")
+    assert code == 0 and CONTRACT <= set(result)
+    assert (result["lesson"], result["preset"], result["seed"]) == ("theseus", "tiny", 5)
+    assert set(result["runs"]) == {"predecessor", "theseus", "truncate"}
+    assert isinstance(result["demonstrated"], bool) and result["reason"]
+    assert {"predecessor_test", "successor_test", "truncation_test", "successor_minus_truncation",
+            "majority_test"} <= set(result["findings"])
+    store = RunStore(runs_dir)
+    expected = {c["name"]: c for c in role_configs(get_lesson("theseus"), "tiny", 5)}
+    for role, run_id in result["runs"].items():
+        record = store.get_run(run_id)
+        assert record["status"] == "finished"
+        config = expected[record["config"]["name"]]
+        assert {k: record["config"][k] for k in ("steps", "batch_size", "seed", "backbone")} == \
+            {k: config[k] for k in ("steps", "batch_size", "seed", "backbone")}
+    assert store.get_run(result["runs"]["theseus"])["config"]["method_config"]["predecessor"] == \
+        result["runs"]["predecessor"]
+    # a second call with the same seed trains nothing again
+    code, again = _cli_json(capsys, "lesson", "theseus", "--preset", "tiny", "--seed", "5", "--runs-dir",
+                            str(runs_dir), "--json", "--quiet")
+    assert again["runs"] == result["runs"] and sorted(again["reused"]) == ["predecessor", "theseus", "truncate"]
+    assert again["findings"] == result["findings"]
+
+
+def test_shrink_lesson_compresses_the_given_run_or_trains_one_first(capsys, tmp_path, finished_full_ft,
+                                                                     session_store):
+    code, given = _cli_json(capsys, "lesson", "shrink", "--preset", "tiny", "--run", finished_full_ft["id"],
+                            "--runs-dir", str(session_store.runs_dir), "--json", "--quiet")
+    assert code == 0 and given["runs"] == {"model": finished_full_ft["id"]}
+    assert given["seed"] == finished_full_ft["config"]["seed"]
+    assert {"int8_speedup", "int8_points_lost", "2bit_points_lost", "1bit_points_lost",
+            "fastest_mask_speedup"} <= set(given["findings"])
+    assert given["findings"]["int8_speedup"] > 0
+    code, own = _cli_json(capsys, "lesson", "shrink", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"),
+                          "--json", "--quiet")
+    assert code == 0 and own["status"] == "done" and own["reused"] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lesson", "nope"], "unknown lesson 'nope'"),
+    (["lesson", "theseus", "--preset", "huge"], "no preset 'huge'"),
+    (["lesson", "theseus", "--run", "20260101-000000-abcdef"], "--run applies to the shrink lesson only"),
+    (["lesson", "shrink", "--run", "20260101-000000-abcdef"], "20260101-000000-abcdef"),
+    (["lesson", "theseus", "--seed", "-1"], "seed"),
+])
+def test_bad_lesson_input_exits_2_with_one_line(capsys, tmp_path, args, message):
+    code = main([*args, "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs" / "lab.sqlite3").exists() or not _runs(tmp_path / "runs")
+
+
+def _runs(path):
+    from app.store import RunStore
+
+    return RunStore(path).list_runs()
+
+
+# --- the claims, checked on runs as stored ------------------------------------------------------
+
+
+def _record(method: str, test: float, counts=(60, 40), **metrics) -> dict:
+    return {"id": method, "status": "finished", "metrics": {"test_accuracy": test, **metrics},
+            "summary": {"dataset": {"class_counts": {"test": list(counts)}}}}
+
+
+def test_theseus_claim_holds_only_when_the_successor_beats_truncation_by_a_point():
+    lesson = get_lesson("theseus")
+    shown = check_theseus(LessonRuns(lesson, {"predecessor": _record("p", 0.80), "theseus": _record("t", 0.76),
+                                              "truncate": _record("c", 0.74)}))
+    assert all(c.passed for c in shown.checks)
+    assert any("beat truncation" in line and "2.0 points" in line for line in shown.notice)
+    lost = check_theseus(LessonRuns(lesson, {"predecessor": _record("p", 0.80), "theseus": _record("t", 0.745),
+                                             "truncate": _record("c", 0.74)}))
+    failed = [c.name for c in lost.checks if not c.passed]
+    assert failed == ["successor_minus_truncation"]
+    assert any("by only 0.5 points" in line for line in lost.notice)
+    # both compressed models at the majority class: not a demonstration whatever the gap
+    flat = check_theseus(LessonRuns(lesson, {"predecessor": _record("p", 0.80), "theseus": _record("t", 0.62),
+                                             "truncate": _record("c", 0.60)}))
+    assert [c.name for c in flat.checks if not c.passed] == ["lowest_minus_majority"]
+
+
+def test_shrink_claim_reads_side_by_side_speedups_and_collapse():
+    lesson = get_lesson("shrink")
+    points = [
+        {"key": "baseline", "kind": "baseline", "setting": "fp32", "test_accuracy": 0.80},
+        {"key": "int8", "kind": "int8", "setting": "int8", "test_accuracy": 0.795, "speedup": 2.1},
+        {"key": "2bit", "kind": "kbit", "setting": "2bit", "test_accuracy": 0.58},
+        {"key": "1bit", "kind": "kbit", "setting": "1bit", "test_accuracy": 0.70},
+        {"key": "sparsity=0.5/global", "kind": "unstructured", "setting": "0.5", "test_accuracy": 0.79,
+         "speedup": 1.02},
+    ]
+    runs = LessonRuns(lesson, {"model": _record("m", 0.80)}, points)
+    assert all(c.passed for c in check_shrink(runs).checks)
+    points[4]["speedup"] = 1.4  # a masked model that got faster would contradict the lesson
+    assert [c.name for c in check_shrink(runs).checks if not c.passed] == ["fastest_mask_speedup"]
+
+
+def test_a_check_without_a_number_fails():
+    assert not Check("x", None, 1.0, False, "x").passed
+    assert Check("x", 0.2, 0.3, True, "x").passed and not Check("x", 0.4, 0.3, True, "x").passed
+
+
+def test_findings_wait_for_every_run_and_name_a_failed_one(store):
+    from app.config import RunConfig
+
+    from conftest import tiny_config
+
+    queued = store.create_run(RunConfig(**tiny_config()).as_dict())
+    record = {"lesson": "lst-memory", "runs": {"full_ft": queued}, "created_at": 0.0}
+    assert lesson_findings(store, record).status == "pending"
+    store.set_status(queued, "failed", error="out of memory")
+    found = lesson_findings(store, record)
+    assert found.status == "failed" and "out of memory" in found.reason and found.demonstrated is None
+
+
+def test_every_lesson_role_names_a_registered_method_and_references_come_before():
+    from app.methods import METHODS
+
+    for lesson in LESSONS.values():
+        seen = set()
+        for role in lesson.roles:
+            assert role.method in METHODS
+            for value in role.method_config.values():
+                if isinstance(value, str) and value.startswith("@role:"):
+                    assert value.removeprefix("@role:") in seen
+            seen.add(role.name)
+        assert set(lesson.main_roles) <= seen
+
+
+def test_submit_refuses_a_run_that_is_not_finished(store, runs_dir):
+    from app.config import RunConfig
+    from app.errors import ConfigError
+    from app.manager import RunManager
+
+    from conftest import tiny_config
+
+    manager = RunManager(store)
+    try:
+        queued = store.create_run(RunConfig(**tiny_config()).as_dict())
+        with pytest.raises(ConfigError, match="needs a finished run"):
+            submit_lesson(manager, "shrink", preset="tiny", given={"model": queued})
+    finally:
+        manager.shutdown()
