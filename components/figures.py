@@ -60,8 +60,10 @@ def lines(traces: list[dict], x_title: str, y_title: str, title: str | None = No
     """Line chart; each trace is {"name", "x", "y"} plus optional "dash", "mode", "color"."""
     fig = go.Figure()
     for index, trace in enumerate(traces):
+        # A series of one or two points draws no visible line: mark its points.
+        short = sum(v is not None for v in trace["y"]) <= 2
         fig.add_trace(go.Scatter(
-            x=trace["x"], y=trace["y"], name=trace["name"], mode=trace.get("mode", "lines"),
+            x=trace["x"], y=trace["y"], name=trace["name"], mode=trace.get("mode", "lines+markers" if short else "lines"),
             line=dict(dash=trace.get("dash", "solid"), color=trace.get("color") or PALETTE[index % len(PALETTE)]),
             legendgroup=trace.get("group"), showlegend=trace.get("showlegend", True),
         ))
@@ -160,7 +162,7 @@ def trainable_bars(rows: list[dict]) -> go.Figure:
                            text=[f"{100 * r['trainable'] / r['total']:.2f}%" if r.get("total") else "" for r in rows],
                            textposition="outside", marker_color="#4C78A8", name="trainable"))
     fig = _layout(fig, "run", "trainable parameters (log scale)", "Trainable parameters")
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", dtick=1, tickformat="~s")  # one tick per power of ten
     fig.update_layout(hovermode="closest")
     return fig
 
@@ -179,12 +181,15 @@ def gates_heatmap(steps: list[int], gates: list[list[float]], backbone_layers: l
     steps, gates = thin_columns(steps, gates)
     count = len(gates[0]) if gates else 0
     z = [[row[i] for row in gates] for i in range(count)]
+    # Gates start at 0.5 and move a few hundredths in a short run: a 0-1 scale would show one flat
+    # colour, so the scale is centred on the start and spans what this run reached.
+    reach = max([abs(v - 0.5) for row in z for v in row if v is not None] + [0.02])
     fig = go.Figure(go.Heatmap(
-        x=steps, y=block_names(backbone_layers, count), z=z, zmin=0.0, zmax=1.0, colorscale=HEATMAP_SCALE,
-        colorbar=dict(title="μ"), hovertemplate="step %{x}<br>%{y}<br>μ = %{z:.3f}<extra></extra>",
+        x=steps, y=block_names(backbone_layers, count), z=z, zmid=0.5, zmin=0.5 - reach, zmax=0.5 + reach,
+        colorscale="RdBu", colorbar=dict(title="μ"), hovertemplate="step %{x}<br>%{y}<br>μ = %{z:.3f}<extra></extra>",
     ))
-    fig = _layout(fig, "step", "side block", "Ladder gates μᵢ = σ(αᵢ / T) (1 keeps the side stream)",
-                  height=max(240, 60 + 28 * count))
+    fig = _layout(fig, "step", "side block", "Ladder gates μᵢ = σ(αᵢ / T): start 0.5; blue keeps more of the side "
+                  "stream, red takes more of the backbone", height=max(240, 60 + 28 * count))
     fig.update_layout(hovermode="closest")
     fig.update_yaxes(autorange="reversed")
     return fig
@@ -416,7 +421,9 @@ def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict
         fig.add_trace(go.Scatter(x=[baseline[x_key] * scale], y=[100 * baseline["test_accuracy"]], mode="markers",
                                  name="original", marker=dict(size=14, symbol="star", color=NEUTRAL)))
     fig = _layout(fig, x_title, "test accuracy (%)", None, height=360)
-    fig.update_layout(hovermode="closest")
+    # Below the plot: at the top the chart's toolbar would cover the legend.
+    fig.update_layout(hovermode="closest", margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     return fig
 
 

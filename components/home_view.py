@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.lessons import LESSONS
 from app.store import STATUSES
 from components.navigation import page
-
-LESSONS = [
-    ("Why LST saves memory", "launch",
-     "Queue full fine-tuning, Adapter, prompt tuning, LoRA and LST on one setup, then read the Memory "
-     "page: Adapter and prompt tuning train few parameters yet still pay for every activation."),
-    ("Theseus: halve the layers", "launch",
-     "Fine-tune a predecessor, replace its layer blocks by half as many successor layers, and compare with "
-     "fine-tuning the first half directly."),
-    ("Shrink a model", "launch",
-     "Sweep pruning and quantization over a finished run and see where accuracy collapses."),
-]
 
 
 def lesson_cards() -> None:
     columns = st.columns(len(LESSONS))
-    for column, (title, target, text) in zip(columns, LESSONS):
+    for column, lesson in zip(columns, LESSONS.values()):
         with column.container(border=True):
-            st.markdown(f"**{title}**")
-            st.caption(text)
-            st.page_link(page(target), label="Open the lessons on Launch", icon=":material/arrow_forward:")
+            st.markdown(f"**{lesson.title}**")
+            st.caption(lesson.claim)
+            st.page_link(page("launch"), label="Start it on Launch", icon=":material/arrow_forward:")
 
 
 def run_counts(runs: list[dict]) -> None:

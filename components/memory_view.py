@@ -117,13 +117,30 @@ def shape_reading(rows: list[dict]) -> str:
             "a run met: compare methods with padding = max (the memory lesson does).")
 
 
+def waiting_sentence(waiting: list[dict]) -> str:
+    """'LST is training (step 12 / 60); Adapter and LoRA are queued.': who runs and who waits."""
+    running = [r for r in waiting if r["status"] == "running"]
+    queued = [r for r in waiting if r["status"] == "queued"]
+    parts = [f"{method_title(r['method'])} is training (step {r['step']} / {r['total_steps'] or '?'})"
+             for r in running]
+    if queued:
+        names = [method_title(r["method"]) for r in queued]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        parts.append(f"{listed} {'is' if len(names) == 1 else 'are'} queued (one run trains at a time)")
+    return "; ".join(parts) + ". The charts grow as they train."
+
+
 def render_memory(store, records: list[dict]) -> None:
     rows = [memory_row(store, r) for r in records]
     series = []
     for r in records:
         steps = [s for s in store.steps(r["id"]) if s.get("peak_bytes") is not None]
-        series.append({"name": f"{r['method']} · {r['id'][-6:]}", "steps": [s["step"] for s in steps],
-                       "peak": [s["peak_bytes"] for s in steps]})
+        if steps:  # a run that has not stepped yet has nothing to draw (and no legend entry)
+            series.append({"name": f"{r['method']} · {r['id'][-6:]}", "steps": [s["step"] for s in steps],
+                           "peak": [s["peak_bytes"] for s in steps]})
+    if not series:
+        st.info("Memory is measured at every training step; the charts appear with the first run's first step.")
+        return
     st.plotly_chart(figures.memory_overlay(series), key="memory_overlay")
     left, right = st.columns([3, 2])
     with left:
@@ -142,12 +159,14 @@ def render_memory(store, records: list[dict]) -> None:
     )
     on_cuda = any(r.get("cuda_peak") for r in rows)
     st.dataframe(
-        [{"run": r["id"], "method": r["method"], "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
-          "peak batch (examples × tokens)": fmt_shape(r.get("shape")) if r.get("shape") else None,
+        [{"method": method_title(r["method"]), "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
+          "peak batch": fmt_shape(r.get("shape")) if r.get("shape") else "–",
           **{f"{p} (MiB)": _round_mib(r[p]) for p in PARTS},
           **({"CUDA max allocated (MiB)": _round_mib(r.get("cuda_peak"))} if on_cuda else {}),
-          "trainable params": r["trainable"], "total params": r["total"]} for r in rows],
-        hide_index=True,
+          "trainable": fmt_count(r["trainable"]) if r.get("trainable") else "–", "run": r["id"]}
+         for r in rows if r.get("peak")],
+        hide_index=True, width="stretch",
+        column_config={"peak batch": st.column_config.TextColumn(help="examples × tokens of the step the peak came from")},
     )
 
 

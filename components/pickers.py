@@ -31,9 +31,10 @@ def default_run(runs: list[dict]) -> dict:
     return runs[0]
 
 
-def pick_run(runs: list[dict], *, label: str = "Run", key: str = "picked_run", param: str = "run") -> dict | None:
+def pick_run(runs: list[dict], *, label: str = "Run", key: str = "picked_run", param: str = "run",
+             preferred: list[str] = ()) -> dict | None:
     """A selectbox of runs (newest first); starts from `?run=` when it names one of them, else from
-    `default_run`."""
+    the first of `preferred` it holds (a lesson's main run), else from `default_run`."""
     if not runs:
         return None
     by_id = {r["id"]: r for r in runs}
@@ -43,7 +44,7 @@ def pick_run(runs: list[dict], *, label: str = "Run", key: str = "picked_run", p
     if wanted in by_id and st.session_state.get(key) != wanted:
         st.session_state[key] = wanted
     if st.session_state.get(key) not in by_id:
-        st.session_state[key] = default_run(runs)["id"]
+        st.session_state[key] = next((rid for rid in preferred if rid in by_id), None) or default_run(runs)["id"]
     chosen = st.selectbox(label, list(by_id), key=key, format_func=lambda rid: run_label(by_id[rid]),
                           on_change=_sync_single, args=(key, param))
     if st.query_params.get(param) != chosen:

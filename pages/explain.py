@@ -4,7 +4,8 @@ from app.errors import LabError
 from components.attribution import (
     attention, attributions, examples, prediction, render_attention, render_attribution, render_prediction,
 )
-from components.common import list_runs, method_title, runs_dir
+from app.lessons import featured_runs
+from components.common import get_store, list_runs, method_title, runs_dir
 from components.navigation import page
 from components.pickers import pick_runs
 
@@ -17,7 +18,9 @@ if not runs:
     st.page_link(page("launch"), label="Go to Launch", icon=":material/rocket_launch:")
     st.stop()
 
-chosen = pick_runs(runs, label="Runs (one or two)", key="explain.runs", default=[runs[0]["id"]], max_selections=2)
+# Without a link: the newest lesson's main runs (a predecessor and its successor), else the newest run.
+chosen = pick_runs(runs, label="Runs (one or two)", key="explain.runs",
+                   default=featured_runs(get_store())[:2] or [runs[0]["id"]], max_selections=2)
 if not chosen:
     st.info("Pick one or two runs above.")
     st.stop()

@@ -3,18 +3,21 @@ import streamlit as st
 from app.errors import LabError
 from app.methods import describe_methods
 from app.store import ACTIVE_STATUSES
-from components import lessons
+from app.lessons import LESSONS, default_preset_name
+from components import presets as form_presets
 from components.common import (
-    STATUS_ICONS, finished_runs, fmt_pct, fmt_time, get_job_board, get_manager_for_app, method_title, run_label,
+    STATUS_ICONS, finished_runs, fmt_pct, fmt_time, get_manager_for_app, method_title, run_label,
     run_link,
 )
 from components.estimate_view import render_estimate
 from components.forms import settings_form
 from components.launch_form import backbone_picker, dataset_picker, devices, general_settings, method_preset_buttons
+from components.lesson_view import lesson_query, start_lesson
 from components.live import live
 from components.navigation import page
 
 st.title("Launch a run")
+NEW_MODEL = "new"
 manager = get_manager_for_app()
 store = manager.store
 methods = {m["name"]: m for m in describe_methods()}
@@ -26,7 +29,7 @@ if wanted_method in methods and st.session_state.get("launch.method_from_url") !
 
 
 def apply_preset(name: str) -> None:
-    for key, value in lessons.PRESETS[name].items():
+    for key, value in form_presets.PRESETS[name].items():
         st.session_state[key] = value
 
 
@@ -34,31 +37,35 @@ def apply_preset(name: str) -> None:
 top_left, top_right = st.columns([1, 2])
 with top_left.container(border=True):
     st.markdown("**Start from a preset**")
-    for i, name in enumerate(lessons.PRESETS):
-        st.button(name, key=f"preset.{i}", on_click=apply_preset, args=(name,), help=lessons.PRESET_HELP[name],
+    for i, name in enumerate(form_presets.PRESETS):
+        st.button(name, key=f"preset.{i}", on_click=apply_preset, args=(name,), help=form_presets.PRESET_HELP[name],
                   width="stretch")
 with top_right.container(border=True):
-    st.markdown("**Lessons** — one click queues the runs on the setup below and opens the page that explains them")
+    st.markdown("**Lessons** — one click queues a lesson's runs on a preset sized for this machine, then opens "
+                "the page that explains them and checks the claim on those runs")
+    lesson_left, lesson_right = st.columns([3, 1])
+    presets = list(LESSONS["theseus"].presets)
+    if st.session_state.get("lesson.preset") not in presets:
+        st.session_state["lesson.preset"] = default_preset_name()
+    lesson_preset = lesson_left.selectbox(
+        "Lesson preset", presets, key="lesson.preset",
+        help="cpu and cuda are sized to finish in minutes on such a machine (the default is the one for this "
+             "machine); tiny checks the path in seconds and shows nothing about the papers.")
+    lesson_seed = int(lesson_right.number_input("Seed", min_value=0, value=0, step=1, key="lesson.seed"))
     first, second = st.columns(2)
-    lst_clicked = first.button("Why LST saves memory", key="lesson.lst", width="stretch",
-                               help="Full fine-tuning, Adapter, prompt tuning, LoRA and LST on the same setup, "
-                                    "every batch padded to the maximum length so that all five are measured "
-                                    "on the same shape, then the Memory page.")
-    theseus_clicked = second.button("Theseus: halve the layers", key="lesson.theseus", width="stretch",
-                                    help="Fine-tune a predecessor, compress it with BERT-of-Theseus to half its "
-                                         "layers, and fine-tune the first half directly as the baseline.")
+    clicked = {}
+    for column, name in ((first, "lst-memory"), (second, "theseus")):
+        lesson = LESSONS[name]
+        clicked[name] = column.button(lesson.title, key=f"lesson.{name}", width="stretch",
+                                      help=f"{lesson.claim}\n\n{lesson.presets[lesson_preset].help}")
     done = finished_runs()
     pick, shrink = st.columns([3, 2], vertical_alignment="bottom")
-    shrink_target = None
-    if done:
-        by_id = {r["id"]: r for r in done}
-        shrink_target = pick.selectbox("Finished run to shrink", list(by_id), key="lesson.shrink_run",
-                                       format_func=lambda rid: run_label(by_id[rid]))
-    else:
-        pick.caption("Shrinking needs a finished run.")
-    shrink_clicked = shrink.button("Shrink a model", key="lesson.shrink", width="stretch", disabled=not done,
-                                   help="Pruning and quantization sweep of the chosen finished run, then the "
-                                        "Compress page.")
+    by_id = {r["id"]: r for r in done}
+    shrink_target = pick.selectbox(
+        "Model to shrink", [NEW_MODEL, *by_id], key="lesson.shrink_run",
+        format_func=lambda rid: "fine-tune a new one first" if rid == NEW_MODEL else run_label(by_id[rid]))
+    clicked["shrink"] = shrink.button(LESSONS["shrink"].title, key="lesson.shrink", width="stretch",
+                                      help=f"{LESSONS['shrink'].claim}\n\n{LESSONS['shrink'].presets[lesson_preset].help}")
     lesson_messages = st.container()
 
 # --- the form ---------------------------------------------------------------------------------
@@ -103,9 +110,6 @@ def run_config(method: str, method_config: dict) -> dict:
 
 render_estimate(run_config(method_name, method_values))
 
-base_setup = {k: v for k, v in run_config(method_name, {}).items() if k not in ("method", "method_config")}
-base_setup["name"] = ""
-
 if "launch.open" not in st.session_state:
     st.session_state["launch.open"] = True
 open_after = st.checkbox("Open the run's page after launch", key="launch.open")
@@ -122,40 +126,18 @@ if st.session_state.get("launch.last"):
     last = st.session_state["launch.last"]
     st.success(f"Queued run [{last}]({run_link(last)}).")
 
-# --- lessons act on the form's setup ----------------------------------------------------------
+# --- lessons ----------------------------------------------------------------------------------
 with lesson_messages:
-    if lst_clicked:
-        configs, missing = lessons.lst_lesson(base_setup)
+    for name, was_clicked in clicked.items():
+        if not was_clicked:
+            continue
+        given = {"model": shrink_target} if name == "shrink" and shrink_target != NEW_MODEL else None
         try:
-            ids = manager.submit_chain(configs)
+            launch = start_lesson(manager, name, seed=lesson_seed, preset=lesson_preset, given=given)
         except LabError as exc:
             st.error(str(exc))
         else:
-            if missing:
-                st.warning(f"Not installed here, left out: {', '.join(missing)}.")
-            st.switch_page(page("memory"), query_params={"runs": ",".join(ids)})
-    if theseus_clicked:
-        layers = info["num_layers"] if info else None
-        if not layers or layers < 2:
-            st.error("The Theseus lesson needs a backbone with at least 2 layers; pick one above.")
-        else:
-            try:
-                ids = manager.submit_chain(lessons.theseus_lesson(base_setup, layers))
-            except LookupError as exc:
-                st.error(f"Method '{exc.args[0]}' is not installed here, so this lesson cannot run.")
-            except LabError as exc:
-                st.error(str(exc))
-            else:
-                st.switch_page(page("theseus"), query_params={"run": ids[1]})
-    if shrink_clicked and shrink_target:
-        from components.compress_view import start_sweep
-
-        try:
-            start_sweep(store, get_job_board(), shrink_target, lessons.SHRINK_PLAN)
-        except LabError as exc:
-            st.error(str(exc))
-        else:
-            st.switch_page(page("compress"), query_params={"run": shrink_target})
+            st.switch_page(page(LESSONS[name].page), query_params=lesson_query(launch))
 
 
 # --- the queue and recent runs ----------------------------------------------------------------

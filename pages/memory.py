@@ -3,8 +3,9 @@ import streamlit as st
 from app.store import ACTIVE_STATUSES
 from components.common import get_store, list_runs
 from components.estimate_view import render_estimate_vs_measured
+from components.lesson_view import lesson_for_page, show_lesson
 from components.live import live
-from components.memory_view import render_memory
+from components.memory_view import render_memory, waiting_sentence
 from components.navigation import page
 from components.pickers import latest_per_method, pick_runs
 
@@ -18,6 +19,7 @@ if not runs:
     st.stop()
 
 chosen = pick_runs(runs, label="Runs to compare", default=latest_per_method(runs))
+show_lesson(lesson_for_page("lst-memory", [r["id"] for r in chosen]))
 if not chosen:
     st.info("Pick one or more runs above.")
     st.stop()
@@ -28,8 +30,7 @@ def render(ids: list[str]) -> bool:
     records = [store.get_run(rid) for rid in ids]
     waiting = [r for r in records if r["status"] in ACTIVE_STATUSES]
     if waiting:
-        st.info(f"{len(waiting)} of these runs are still going ({', '.join(r['method'] for r in waiting)}); "
-                "the charts grow as they train.")
+        st.info(waiting_sentence(waiting))
     render_memory(store, records)
     render_estimate_vs_measured(records)
     return bool(waiting)

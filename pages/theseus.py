@@ -1,6 +1,7 @@
 import streamlit as st
 
 from components.common import get_store, list_runs, method_registered
+from components.lesson_view import lesson_for_page, show_lesson
 from components.live import live
 from components.navigation import page
 from components.pickers import pick_run
@@ -20,4 +21,5 @@ if not runs:
     st.stop()
 
 record = pick_run(runs, label="Theseus run")
+show_lesson(lesson_for_page("theseus", [record["id"]]))
 live(render_theseus, record["id"], active=theseus_page_active(get_store(), record))

@@ -312,34 +312,86 @@ def test_upload_names_never_come_from_the_user():
         _safe_upload_name(b"#!/bin/sh", "run.sh")
 
 
-def test_lessons_queue_their_runs_and_open_their_pages(runs_dir, monkeypatch):
+def _lesson_panel(at: AppTest) -> str:
+    return next((m.value for m in at.markdown if m.value.startswith("**Lesson:")), "")
+
+
+def _follow_lesson(at: AppTest, page: str, manager, timeout: float = 240) -> AppTest:
+    """Follow the lesson's page until its runs are done and the verdict is on it."""
+    follow(at, page)
+
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        shown = [e.value for e in (*at.success, *at.warning) if e.value.startswith(("Shown", "Not shown"))]
+        if shown:
+            return at
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no verdict on the {page} page")
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("lesson, page, methods", [
+    ("lst-memory", "memory", ["full_ft", "adapter", "prompt_tuning", "lora", "lst"]),
+    ("theseus", "theseus", ["full_ft", "theseus", "truncate"]),
+])
+def test_a_lesson_button_queues_its_recipe_and_its_page_checks_the_claim_on_those_runs(
+        runs_dir, monkeypatch, lesson, page, methods):
+    from app.lessons import get_lesson, lesson_findings, role_configs
     from app.manager import get_manager
 
     manager = get_manager(runs_dir)
-    at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2000)
-    at.button(key="lesson.lst").click().run()
+    at = open_app(runs_dir, monkeypatch)
+    at.selectbox(key="lesson.preset").set_value("tiny").run()
+    at.number_input(key="lesson.seed").set_value(3).run()
+    at.button(key=f"lesson.{lesson}").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     queued = manager.store.list_runs()
-    expected = ["full_ft", "adapter", "prompt_tuning", "lora", "lst"]
-    assert sorted(r["method"] for r in queued) == sorted(expected)
-    assert {r["config"]["backbone"] for r in queued} == {"tiny-random"}
-    assert at.title[0].value == "Training memory"
-    assert sorted(at.query_params["runs"].split(",")) == sorted(r["id"] for r in queued)
-    for r in queued:
-        manager.cancel(r["id"])
-    at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2000)
-    at.button(key="lesson.theseus").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    chain = [r for r in manager.store.list_runs() if r["id"] not in {q["id"] for q in queued}]
-    by_method = {r["method"]: r for r in chain}
-    assert set(by_method) == {"full_ft", "theseus", "truncate"}
-    assert by_method["theseus"]["config"]["method_config"]["predecessor"] == by_method["full_ft"]["id"]
-    assert by_method["truncate"]["config"]["method_config"]["layers"] == 2  # tiny-random has 4 layers
-    assert at.title[0].value == "BERT-of-Theseus"
-    for r in chain:
-        manager.cancel(r["id"])
-    for r in manager.store.list_runs():
-        manager.wait(r["id"], timeout=180)
+    assert sorted(r["method"] for r in queued) == sorted(methods)
+    # exactly the recipe's configs (what `python -m app lesson` queues too), seeded as asked
+    expected = role_configs(get_lesson(lesson), "tiny", 3)
+    by_name = {r["config"]["name"]: r["config"] for r in queued}
+    for config in expected:
+        stored = by_name[config["name"]]
+        assert {k: stored[k] for k in ("backbone", "dataset", "steps", "batch_size", "seed", "padding")} == \
+            {k: config.get(k, stored[k]) for k in ("backbone", "dataset", "steps", "batch_size", "seed", "padding")}
+    lesson_id = at.query_params["lesson"]
+    at = _follow_lesson(at, page, manager)
+    panel = _lesson_panel(at)
+    assert "preset `tiny`" in panel and "seed **3**" in panel
+    record = manager.store.records_of_kind("lesson", key=lesson_id)[0]
+    findings = lesson_findings(manager.store, record)
+    assert findings.status == "done"
+    page_text = " ".join(m.value for m in at.markdown)
+    for check in findings.checks:  # every check is on the page with the runs' own number
+        assert check.says in page_text and f"{check.value:.3f}" in page_text
+    # run it again with the next seed: a new lesson on the same page
+    at.button(key="lesson.again").click().run()
+    assert not at.exception and not at.error
+    assert at.query_params["lesson"] != lesson_id
+    again = manager.store.records_of_kind("lesson")[0]
+    assert again["seed"] == 4 and again["lesson"] == lesson
+    for run_id in again["runs"].values():
+        manager.cancel(run_id)
+        manager.wait(run_id, timeout=180)
+
+
+def test_the_theseus_lesson_reuses_a_finished_identical_predecessor(runs_dir, monkeypatch):
+    from app.lessons import submit_lesson
+    from app.manager import get_manager
+
+    manager = get_manager(runs_dir)
+    first = submit_lesson(manager, "theseus", seed=0, preset="tiny")
+    manager.wait(first.runs["truncate"], timeout=180)
+    second = submit_lesson(manager, "theseus", seed=0, preset="tiny")
+    assert second.runs == first.runs and second.reused == ["predecessor", "theseus", "truncate"]
+    third = submit_lesson(manager, "theseus", seed=1, preset="tiny")
+    assert third.reused == [] and third.runs["predecessor"] != first.runs["predecessor"]
+    for run_id in third.runs.values():
+        manager.cancel(run_id)
+    for run_id in third.runs.values():
+        manager.wait(run_id, timeout=180)
 
 
 # --- pages over finished runs ------------------------------------------------------------------
@@ -558,9 +610,12 @@ def test_compress_page_runs_a_sweep_in_the_background_and_draws_it(ui_runs, monk
 
 
 def test_shrink_lesson_sweeps_in_the_background_and_its_cancel_button_stops_it(ui_runs, monkeypatch):
+    from app.lessons import shrink_plan
+
     path, store, runs = ui_runs
     target = runs["full_ft"]["id"]
     at = open_app(path, monkeypatch)
+    at.selectbox(key="lesson.preset").set_value("tiny").run()
     at.selectbox(key="lesson.shrink_run").set_value(target).run()
     at.button(key="lesson.shrink").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -579,7 +634,9 @@ def test_shrink_lesson_sweeps_in_the_background_and_its_cancel_button_stops_it(u
     if cancel:
         assert any("cancelled" in w.value for w in at.warning), [w.value for w in at.warning]
     else:
-        assert len(store.records(target, "compress")) >= 11  # the whole lesson plan, baseline included
+        plan = shrink_plan("tiny")
+        assert len(store.records(target, "compress")) >= 1 + len(plan["sparsities"]) + len(plan["quantize"])
+        assert any(m.value.startswith("**Lesson: Shrink a model**") for m in at.markdown)
 
 
 def test_explain_page_predicts_attributes_and_escapes_text(ui_runs, monkeypatch):
