@@ -6,6 +6,7 @@ import json
 
 import streamlit as st
 
+from components import figures
 from components.common import fmt_mib
 
 PARTS = ("weights", "gradients", "optimizer", "activations")
@@ -69,6 +70,10 @@ def render_estimate(config: dict) -> dict | None:
         cols[0].metric("Predicted peak", fmt_mib(peak))
         for col, part in zip(cols[1:], PARTS):
             col.metric(part, fmt_mib(result["breakdown"][part]))
+        # Also the page's first plotly chart: a fresh browser loads plotly here, not after the click
+        # on Launch, when the run's first point is waiting to be drawn.
+        st.plotly_chart(figures.estimate_bar(result["breakdown"]), key="launch.estimate_bar",
+                        config={"displayModeBar": False})
         fits = [size for size, ok in result["fits"].items() if ok]
         st.markdown(
             f"Batch {result['batch_size']} × {result['input_length']} tokens, {result['trainable_params']:,} trainable "

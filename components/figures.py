@@ -157,6 +157,20 @@ def memory_breakdown_bars(rows: list[dict]) -> go.Figure:
     return fig
 
 
+def estimate_bar(breakdown: dict) -> go.Figure:
+    """One horizontal stacked bar: where the estimated peak goes (bytes per part)."""
+    fig = go.Figure()
+    for part in PARTS:
+        value = (breakdown.get(part) or 0) / MIB
+        fig.add_trace(go.Bar(x=[value], y=["estimate"], orientation="h", name=part, marker_color=PART_COLOURS[part],
+                             hovertemplate=f"{part}: %{{x:.1f}} MiB<extra></extra>"))
+    fig.update_layout(barmode="stack", height=120, margin=dict(l=10, r=10, t=10, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="top", y=-0.35, xanchor="left", x=0))
+    fig.update_xaxes(title_text=None, ticksuffix=" MiB")
+    fig.update_yaxes(visible=False)
+    return fig
+
+
 def trainable_bars(rows: list[dict]) -> go.Figure:
     fig = go.Figure(go.Bar(x=[r["name"] for r in rows], y=[r["trainable"] for r in rows],
                            text=[f"{100 * r['trainable'] / r['total']:.2f}%" if r.get("total") else "" for r in rows],
