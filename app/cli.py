@@ -449,9 +449,8 @@ def cmd_lesson(args) -> int:
         print(f"lesson {result['lesson']} (preset {result['preset']}, seed {result['seed']}): {verdict} "
               f"in {result['wall_seconds']:.0f} s")
         for check in result["checks"]:
-            value = "n/a" if check["value"] is None else f"{check['value']:.3f}"
-            print(f"  [{'x' if check['passed'] else ' '}] {check['says']}: {value} (target {check['comparison']} "
-                  f"{check['target']:g})")
+            print(f"  [{'x' if check['passed'] else ' '}] {check['says']}: {check['shown']} (target "
+                  f"{check['comparison']} {check['target_shown']})")
         for line in result["notice"]:
             print(f"  - {line}")
         print(f"  {result['reason']}")

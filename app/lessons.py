@@ -55,6 +55,16 @@ class Check:
     at_most: bool  # True: value <= target passes; False: value >= target passes
     says: str  # the claim in words, e.g. "LST's peak memory ≤ 0.30 × full fine-tuning's"
     advice: str = ""  # what to try when it fails
+    unit: str = "×"  # how a value reads: × (a ratio), points (an accuracy difference), % (an accuracy)
+
+    def format(self, value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        if self.unit == "points":
+            return f"{100 * value:+.1f} points"
+        if self.unit == "%":
+            return f"{100 * value:.1f}%"
+        return f"{value:.3f}×"
 
     @property
     def passed(self) -> bool:
@@ -65,7 +75,8 @@ class Check:
     def as_dict(self) -> dict:
         return {"name": self.name, "value": self.value, "target": self.target,
                 "comparison": "<=" if self.at_most else ">=", "passed": self.passed, "says": self.says,
-                "advice": self.advice}
+                "advice": self.advice, "unit": self.unit, "shown": self.format(self.value),
+                "target_shown": self.format(self.target)}
 
 
 @dataclass
@@ -177,15 +188,16 @@ def check_lst_memory(runs: LessonRuns) -> Findings:
         values[f"{method}_activation_share"] = share
         shares.append(share)
         checks.append(Check(f"{method}_activation_share", share, 0.70, False,
-                            f"{method} keeps ≥ 70% of full fine-tuning's activations"))
+                            f"{method} keeps ≥ 70% of full fine-tuning's activations", unit="%"))
     learned = full_acc - majority if full_acc is not None and majority is not None else None
     values["full_ft_minus_majority"] = learned
     checks.append(Check("full_ft_minus_majority", learned, 0.05, False,
                         "full fine-tuning beats the majority class by ≥ 5 points, so the accuracy comparison "
-                        "means something", "give the runs more steps"))
+                        "means something", "give the runs more steps", unit="points"))
     checks.append(Check("lst_minus_full_ft_test", gap, -0.03, False,
                         "LST's test accuracy within 3 points of full fine-tuning's",
-                        "give both more steps, or LST a higher learning rate (its side network starts small)"))
+                        "give both more steps, or LST a higher learning rate (its side network starts small)",
+                        unit="points"))
     findings.findings, findings.checks = values, checks
     if ratio is not None:
         findings.notice.append(
@@ -226,14 +238,14 @@ def check_theseus(runs: LessonRuns) -> Findings:
                          "successor_retention": successor / predecessor if successor and predecessor else None}
     findings.checks = [
         Check("predecessor_test", predecessor, 0.75, False, "the predecessor reaches ≥ 75% test accuracy",
-              "give the predecessor more steps: Theseus can only pass on what it knows"),
+              "give the predecessor more steps: Theseus can only pass on what it knows", unit="%"),
         Check("successor_minus_truncation", gap, 0.01, False,
               "the Theseus successor beats fine-tuning the first layers directly (truncation) by ≥ 1 point",
-              "run it again with another seed: at a few hundred steps the two are close, and the paper's "
-              "margin (1-2 points on GLUE) is inside one seed's spread here"),
+              "run it again with another seed; the margin is the successor's head start, which shrinks "
+              "as truncation trains longer (the paper's margin at convergence is 1-2 points)", unit="points"),
         Check("lowest_minus_majority", above_majority, 0.10, False,
               "successor and truncation both beat always answering the majority class by ≥ 10 points",
-              "give the compressed runs more steps"),
+              "give the compressed runs more steps", unit="points"),
     ]
     if gap is not None and 0 < gap < 0.01:
         findings.notice.append(
@@ -280,9 +292,10 @@ def check_shrink(runs: LessonRuns) -> Findings:
     findings.checks = [
         Check("int8_speedup", (int8 or {}).get("speedup"), 1.5, False, "dynamic int8 runs ≥ 1.5× faster on the CPU",
               "close other programs: latency is timed on this machine's shared cores"),
-        Check("int8_points_lost", lost(int8), 0.015, True, "dynamic int8 loses ≤ 1.5 points of test accuracy"),
+        Check("int8_points_lost", lost(int8), 0.015, True, "dynamic int8 loses ≤ 1.5 points of test accuracy",
+              unit="points"),
         Check("kbit_collapse", smallest_collapse, 0.08, False,
-              "2-bit and binary weights collapse: each loses ≥ 8 points (8-bit loses well under 1)"),
+              "2-bit and binary weights collapse: each loses ≥ 8 points (8-bit loses well under 1)", unit="points"),
         Check("fastest_mask_speedup", slowest_mask, 1.15, True,
               "masks alone make nothing faster: no pruned model runs more than 1.15× faster"),
     ]
@@ -599,12 +612,14 @@ def lesson_findings(store, record: dict) -> Findings:
     failed = [c for c in findings.checks if not c.passed]
     if failed:
         first = failed[0]
-        shown = "n/a" if first.value is None else f"{first.value:.3f}"
-        findings.reason = (f"Not shown this time: {first.says} did not hold ({first.name} = {shown}, target "
-                           f"{'≤' if first.at_most else '≥'} {first.target:g})."
+        findings.reason = (f"Not shown this time: {first.says} did not hold ({first.format(first.value)}, target "
+                           f"{'≤' if first.at_most else '≥'} {first.format(first.target)})."
                            + (f" Try: {first.advice}." if first.advice else ""))
     else:
         findings.reason = f"Shown on these runs: {lesson.claim}"
+    if record.get("preset") == "tiny":
+        findings.reason = ("The tiny preset's random 4-layer backbone shows nothing about the paper; it checks that "
+                           "the lesson runs. " + findings.reason)
     return findings
 
 

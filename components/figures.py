@@ -200,10 +200,12 @@ def gates_heatmap(steps: list[int], gates: list[list[float]], backbone_layers: l
     reach = max([abs(v - 0.5) for row in z for v in row if v is not None] + [0.02])
     fig = go.Figure(go.Heatmap(
         x=steps, y=block_names(backbone_layers, count), z=z, zmid=0.5, zmin=0.5 - reach, zmax=0.5 + reach,
-        colorscale="RdBu", colorbar=dict(title="μ"), hovertemplate="step %{x}<br>%{y}<br>μ = %{z:.3f}<extra></extra>",
+        colorscale="RdBu", colorbar=dict(title="μ (from 0.5)"),
+        hovertemplate="step %{x}<br>%{y}<br>μ = %{z:.3f}<extra></extra>",
     ))
-    fig = _layout(fig, "step", "side block", "Ladder gates μᵢ = σ(αᵢ / T): start 0.5; blue keeps more of the side "
-                  "stream, red takes more of the backbone", height=max(240, 60 + 28 * count))
+    # blue: the block keeps more of its side stream; red: it takes more of the backbone
+    fig = _layout(fig, "step", "side block", "Ladder gates μᵢ = σ(αᵢ / T), blue ↑ red ↓",
+                  height=max(240, 60 + 28 * count))
     fig.update_layout(hovermode="closest")
     fig.update_yaxes(autorange="reversed")
     return fig

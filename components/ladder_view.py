@@ -47,6 +47,10 @@ def render_ladder(run_id: str) -> bool:
                    "backbone's (down-projected) layer output instead.")
     with top_right:
         st.plotly_chart(figures.gates_heatmap(steps, [d["gates"] for d in data], levels), key="ladder.gates")
+        gates = latest["gates"]
+        st.caption(f"Every gate starts at 0.5; the colours span what this run reached ({min(gates):.2f} to "
+                   f"{max(gates):.2f} now). Blue: the block keeps more of its side stream; red: it takes more of "
+                   "the backbone. In a short run the gates move by hundredths; the direction is the signal.")
 
     st.subheader("Side activations")
     stat = st.segmented_control("Statistic", STATS, default="rms", key="ladder.stat",

@@ -61,13 +61,9 @@ def render_lesson(record: dict) -> bool:
         if findings.notice:
             st.markdown("**What to notice**\n" + "\n".join(f"- {line}" for line in findings.notice))
         st.markdown("\n".join(
-            f"- {':material/check:' if c.passed else ':material/close:'} {c.says}: **{_value(c)}** "
-            f"(target {'≤' if c.at_most else '≥'} {c.target:g})" for c in findings.checks))
+            f"- {':material/check:' if c.passed else ':material/close:'} {c.says}: **{c.format(c.value)}** "
+            f"(target {'≤' if c.at_most else '≥'} {c.format(c.target)})" for c in findings.checks))
     return False
-
-
-def _value(check) -> str:
-    return "n/a" if check.value is None else f"{check.value:.3f}"
 
 
 def again_button(record: dict, key: str) -> None:
