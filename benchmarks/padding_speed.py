@@ -9,8 +9,8 @@ measurement at its default sampling, a store write); the Trainer's is its own `t
 Rounds run every configuration once each, in rotated order, so machine load hits all alike; the
 figures are medians over rounds.
 
-    python benchmarks/padding_speed.py [--steps 100] [--batch-size 32] [--max-length 64] [--rounds 1]
-                                       [--methods full_ft,lst,lora] [--json out.json]
+    python benchmarks/padding_speed.py [--steps 100 | --epoch] [--batch-size 32] [--max-length 64] [--rounds 1]
+                                       [--methods full_ft,lst,lora] [--paddings dynamic,max] [--json out.json]
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def trainer_run(config: RunConfig) -> dict:
                           data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
         result = trainer.train()
     seconds = result.metrics["train_runtime"]
-    return {"seconds": seconds, "examples_per_second": config.steps * config.batch_size / seconds}
+    examples = min(config.steps * config.batch_size, len(train_split))  # one epoch ends with a partial batch
+    return {"seconds": seconds, "examples_per_second": examples / seconds}
 
 
 def main() -> None:
@@ -85,15 +86,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="full_ft,lst,lora", help="lab methods to time both ways")
+    parser.add_argument("--paddings", default="dynamic,max", help="lab paddings to time (dynamic, max or both)")
+    parser.add_argument("--epoch", action="store_true",
+                        help="train exactly one epoch (overrides --steps): every run then sees the same examples, "
+                             "so examples/s compares equal work; over fewer steps each run meets other examples, "
+                             "and the Trainer starts with its longest batch")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.epoch:
+        from app.training import load_run_dataset
+
+        train_size = len(load_run_dataset(RunConfig.from_dict(dict(
+            backbone=args.backbone, dataset=args.dataset, seed=args.seed))).train)
+        args.steps = -(-train_size // args.batch_size)
 
     base = dict(backbone=args.backbone, dataset=args.dataset, steps=args.steps, batch_size=args.batch_size,
                 max_length=args.max_length, eval_every=10**6, max_eval_examples=64, seed=args.seed, device="cpu")
     jobs: list[tuple[str, callable]] = []
     store = RunStore(tempfile.mkdtemp(prefix="padding-bench-"))
     for method in args.methods.split(","):
-        for padding in ("dynamic", "max"):
+        for padding in args.paddings.split(","):
             config = RunConfig.from_dict(dict(base, method=method, padding=padding))
             jobs.append((f"{method} · lab padding={padding}", lambda c=config: lab_run(c, store)))
     jobs.append(("full_ft · transformers Trainer", lambda: trainer_run(RunConfig.from_dict(dict(base, method="full_ft")))))
