@@ -120,3 +120,26 @@ def test_theseus_mixed_pass_pools_like_the_successor(store, mean_pooled_folder):
         predecessor_logits = predecessor(**batch).logits
     assert torch.allclose(alone, mixed_all_successor, atol=1e-5)
     assert torch.allclose(mixed_all_predecessor, predecessor_logits, atol=1e-5)
+
+
+def test_a_prompt_tuning_export_on_a_mean_pooled_backbone_loads_as_its_note_says(store, mean_pooled_folder, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from app.backbones import get_backbone
+    from app.checkpoints import load_run_model
+    from app.export import export_run
+    from app.pooling import use_mean_pooling
+
+    record = train_now(store, backbone=str(mean_pooled_folder), method="prompt_tuning", steps=4, lr=1e-2)
+    assert record["status"] == "finished", record.get("error")
+    result = export_run(store, record["id"], tmp_path / "export")
+    assert "use_mean_pooling" in (tmp_path / "export" / "README.md").read_text()
+    loaded = load_run_model(store, record["id"], "cpu")
+    batch = _batch(get_backbone(str(mean_pooled_folder)).tokenizer, ["free entry to win", "call me later"])
+    base = use_mean_pooling(AutoModelForSequenceClassification.from_pretrained(str(mean_pooled_folder), num_labels=2))
+    peft_model = PeftModel.from_pretrained(base, result["peft_adapter"]).eval()
+    with torch.no_grad():
+        expected = loaded.method.predict(loaded.model.eval(), batch)
+        got = peft_model(**batch).logits
+    assert torch.allclose(got, expected, atol=1e-4)

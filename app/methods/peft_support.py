@@ -128,14 +128,19 @@ def save_peft_adapter(model, out_dir: Path) -> Path:
 
 
 def peft_adapter_note(folder: Path, backbone_source: str) -> str:
+    from ..pooling import MEAN, pretrained_pooling
+
+    mean_pooled = pretrained_pooling(backbone_source) == MEAN
     return (
         "\n## Loading with peft alone\n\n"
         f"`{folder.name}/` is a standard peft adapter folder (virtual tokens and the trained head).\n"
-        "It loads on top of the backbone without this lab:\n\n"
+        "It loads on top of the backbone:\n\n"
         "    from transformers import AutoModelForSequenceClassification\n"
         "    from peft import PeftModel\n"
         f"    base = AutoModelForSequenceClassification.from_pretrained('{backbone_source}', num_labels=N)\n"
-        f"    model = PeftModel.from_pretrained(base, '{folder.name}')\n\n"
+        + ("    from app.pooling import use_mean_pooling  # trained on the mean token state, as the backbone was\n"
+           "    base = use_mean_pooling(base)\n" if mean_pooled else "")
+        + f"    model = PeftModel.from_pretrained(base, '{folder.name}')\n\n"
         "(`N` is the number of classes in `lab_config.json`; point the first path at wherever the backbone\n"
         "lives on your machine or at its hub id).\n"
     )
