@@ -194,10 +194,8 @@ def read_hub_corpus(dataset_id: str, columns: ColumnMap) -> RawCorpus:
     """Every labelled split of a hub dataset, pooled; the lab then makes its own seeded split."""
     from .backbones import _hub_reachable
 
-    try:
-        import datasets as hf_datasets
-    except ImportError as exc:  # pragma: no cover - datasets is a requirement
-        raise DatasetError("the 'datasets' package is needed for hub datasets") from exc
+    import datasets as hf_datasets
+
     local_folder = Path(dataset_id).expanduser().is_dir()
     if not local_folder and not _hub_reachable():
         # datasets retries for a long time without a network: answer at once instead.
