@@ -192,9 +192,9 @@ DEFAULT_DATASET = "rotten-tomatoes"
 
 def read_hub_corpus(dataset_id: str, columns: ColumnMap) -> RawCorpus:
     """Every labelled split of a hub dataset, pooled; the lab then makes its own seeded split."""
-    from .backbones import _hub_reachable
-
     import datasets as hf_datasets
+
+    from .backbones import _hub_reachable
 
     local_folder = Path(dataset_id).expanduser().is_dir()
     if not local_folder and not _hub_reachable():
