@@ -482,12 +482,10 @@ def find_identical_run(store, config: dict) -> str | None:
     """A finished run with exactly these settings (the name aside), newest first."""
     wanted = _comparable(config)
     for record in store.list_runs(status="finished", method=config["method"]):
-        stored = dict(record["config"])
-        stored.pop("name", None)
         try:
-            if _comparable(dict(stored, name="")) == wanted:
+            if _comparable(record["config"]) == wanted:
                 return record["id"]
-        except LabError:
+        except LabError:  # a run stored by an older version with settings this one no longer has
             continue
     return None
 
