@@ -1,4 +1,4 @@
-"""Command line: `python -m app train|estimate|runs|methods|backbones|datasets|export|compress|lesson|lessons`.
+"""Command line: `python -m app train|execute|estimate|runs|methods|backbones|datasets|export|compress|lesson|lessons`.
 
 Every subcommand takes `--runs-dir` (default: `$LAB_RUNS_DIR` or `runs/`). With `--json` the last
 line of stdout is one JSON object. Bad input exits with status 2 and a one-line reason on stderr.
@@ -115,6 +115,8 @@ def train_values(args) -> dict:
             values[key] = value
     if args.bf16:
         values["bf16"] = True
+    if args.report_to:
+        values["report_to"] = args.report_to
     return values
 
 
@@ -122,42 +124,98 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from .config import RunConfig
+    from .distributed import DataParallel, launched_world_size, prepare_on_every_rank, train_on_this_rank
     from .store import RunStore
     from .training import LoopHooks, execute_run, prepare_run
 
     values = train_values(args)
-    if values["method"] == "theseus" and str(values["method_config"].get("predecessor", "")).strip().lower() == "new":
+    new_predecessor = str(values["method_config"].get("predecessor", "")).strip().lower() == "new"
+    world = None
+    if launched_world_size() > 1:
+        if values["method"] == "theseus" and new_predecessor:
+            raise ConfigError("under torchrun, train the predecessor first (--method full_ft), then Theseus "
+                              "with --set predecessor=<its run id>")
+        world = DataParallel.start(values["device"])
+        values["processes"] = world.world_size
+    elif values["method"] == "theseus" and new_predecessor:
         return _train_predecessor_then_theseus(args, values)
-    config = RunConfig.from_dict(values)
-    store = RunStore(_runs_dir(args))
-    store.mark_orphans_interrupted()
-    prepared = prepare_run(config, store)
-    run_id = store.create_run(config.as_dict())
-    bar = tqdm(total=config.steps, desc=f"{config.method} {run_id}", unit="step", file=sys.stderr,
-               disable=args.quiet, dynamic_ncols=True)
-
-    def on_step(step, total, loss):
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        bar.update(step - bar.n)
-
-    def on_message(message):
-        bar.set_description_str(f"{config.method} {run_id}: {message}")
-
-    hooks = LoopHooks(on_step=on_step, on_message=on_message)
+    main = world is None or world.is_main
     try:
-        record = execute_run(store, run_id, hooks, prepared=prepared)
+        config = RunConfig.from_dict(values)
+        store = RunStore(_runs_dir(args))
+        if main:
+            store.mark_orphans_interrupted()
+        prepared = prepare_on_every_rank(world, config, store) if world else prepare_run(config, store)
+        run_id = store.create_run(config.as_dict()) if main else None
+        if world:
+            run_id = world.broadcast(run_id)
+        bar = tqdm(total=config.steps, desc=f"{config.method} {run_id}", unit="step", file=sys.stderr,
+                   disable=args.quiet or not main, dynamic_ncols=True)
+
+        def on_step(step, total, loss):
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.update(step - bar.n)
+
+        def on_message(message):
+            bar.set_description_str(f"{config.method} {run_id}: {message}")
+
+        hooks = LoopHooks(on_step=on_step, on_message=on_message)
+        try:
+            if world:
+                record = train_on_this_rank(world, store, run_id, prepared, hooks)
+            else:
+                record = execute_run(store, run_id, hooks, prepared=prepared)
+        finally:
+            bar.close()
     finally:
-        bar.close()
+        if world:
+            world.close()
+    if record is None:
+        return 0  # a data-parallel helper process: rank 0 reports the run
+    return _report_run(args, store, record)
+
+
+def _report_run(args, store, record: dict) -> int:
     result = run_summary(record)
-    result["run_dir"] = str(store.run_dir(run_id))
+    result["run_dir"] = str(store.run_dir(record["id"]))
     if args.json:
         _print_json(result)
     else:
         _print_human(result)
     if record["status"] != "finished":
-        print(f"run {run_id} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
+        print(f"run {record['id']} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
         return EXIT_RUN_FAILED
     return 0
+
+
+def cmd_execute(args) -> int:
+    """Train a queued run stored in the runs folder: how the app starts a data-parallel run
+    (`torchrun --nproc_per_node N -m app execute RUN_ID`), followed through the store."""
+    from .config import RunConfig
+    from .distributed import DataParallel, cancel_request_path, launched_world_size, prepare_on_every_rank, \
+        train_on_this_rank
+    from .training import LoopHooks, execute_run, failure_message
+
+    store = _store(args)
+    record = store.get_run(args.run_id)
+    if record["status"] != "queued":
+        raise LabError(f"run '{args.run_id}' is {record['status']}; only a queued run can be started")
+    config = RunConfig.from_dict(record["config"])
+    hooks = LoopHooks(cancel_file=cancel_request_path(store, args.run_id))
+    if launched_world_size() == 1:
+        return _report_run(args, store, execute_run(store, args.run_id, hooks))
+    world = DataParallel.start(config.device)
+    try:
+        try:
+            prepared = prepare_on_every_rank(world, config, store)
+        except Exception as exc:
+            if world.is_main:
+                store.set_status(args.run_id, "failed", error=failure_message(exc))
+            raise
+        record = train_on_this_rank(world, store, args.run_id, prepared, hooks)
+    finally:
+        world.close()
+    return 0 if record is None else _report_run(args, store, record)
 
 
 def cmd_estimate(args) -> int:
@@ -460,6 +518,7 @@ def cmd_lesson(args) -> int:
 
 SUBCOMMANDS = {
     "train": cmd_train,
+    "execute": cmd_execute,
     "runs": cmd_runs,
     "methods": cmd_methods,
     "backbones": cmd_backbones,
@@ -508,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--device", default="auto")
     train.add_argument("--bf16", action="store_true")
+    train.add_argument("--report-to", choices=["none", "mlflow"],
+                       help="also report the run to MLflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME)")
     train.add_argument("--name")
     train.add_argument("--text-column", default="text")
     train.add_argument("--text-pair-column")
@@ -517,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a method setting (repeatable); with --method theseus, predecessor=new first "
                             "fine-tunes a predecessor with the same settings")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    execute = sub.add_parser("execute", parents=[common],
+                             help="train a queued run from the runs folder (the app starts data-parallel runs so)")
+    execute.add_argument("run_id")
 
     estimate = sub.add_parser("estimate", parents=[common],
                               help="predict a run's training memory before launching it (no step is computed)")

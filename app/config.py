@@ -48,6 +48,17 @@ class RunConfig:
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     bf16: bool = option(False, "bf16 autocast (CUDA only).")
     memory_every: int = option(1, "Measure the memory breakdown every N steps.", min=1)
+    processes: int = option(
+        1,
+        "Data-parallel processes (DDP): the batch is split across them. More than 1 runs under torchrun "
+        "(the app starts it; from a shell use torchrun --nproc_per_node N -m app train ...).",
+        min=1, max=1024,
+    )
+    report_to: str = option(
+        "none",
+        "Also report the run to a tracking server: mlflow honours MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME.",
+        choices=["none", "mlflow"],
+    )
     name: str = option("", "A label for this run (optional).")
 
     def as_dict(self) -> dict:

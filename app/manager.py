@@ -12,17 +12,25 @@ import atexit
 import os
 import queue
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import ConfigError, LabError, RunNotFound
+from .distributed import CANCEL_REQUEST, launch_command
 from .store import ACTIVE_STATUSES, RunStore, new_run_id
 from .training import LoopHooks, execute_run, prepare_run
 
 CHAIN_REF = re.compile(r"^@chain:(\d+)$")
 DEFAULT_RUNS_DIR = "runs"
+# How long processes asked to stop get to record it before they are ended by signal.
+STOP_GRACE_S = 30.0
+PROCESS_LOG = "processes.log"
 
 
 def default_runs_dir() -> Path:
@@ -179,9 +187,62 @@ class RunManager:
             return
         with self._lock:
             self._running.add(run_id)
-        final = execute_run(self.store, run_id, LoopHooks(cancel=event, shutdown=self._stopping))
+        if int(record["config"].get("processes") or 1) > 1:
+            final = self._run_in_processes(run_id, int(record["config"]["processes"]), event)
+        else:
+            final = execute_run(self.store, run_id, LoopHooks(cancel=event, shutdown=self._stopping))
         if final.get("status") != "finished":
             failed_in_chain[run_id] = final.get("status", "failed")
+
+
+    def _run_in_processes(self, run_id: str, processes: int, cancel: threading.Event) -> dict:
+        """A data-parallel run: torchrun starts the processes, they write the store like any run,
+        and this thread relays cancel / app exit through a file and ends them if they do not stop."""
+        run_dir = self.store.run_dir(run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir / PROCESS_LOG
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(launch_command(run_id, self.store.runs_dir, processes), stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT)
+        asked_at = None
+        while child.poll() is None:
+            if asked_at is None and (cancel.is_set() or self._stopping.is_set()):
+                asked_at = time.monotonic()
+                (run_dir / CANCEL_REQUEST).write_text(
+                    "interrupted" if self._stopping.is_set() else "cancelled", encoding="utf-8")
+            if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_S:
+                _end_process_group(child, signal.SIGTERM if time.monotonic() - asked_at < STOP_GRACE_S + 10
+                                   else signal.SIGKILL)
+            time.sleep(0.2)
+        record = self.store.get_run(run_id)
+        if record["status"] in ACTIVE_STATUSES:  # the processes died before recording an end
+            tail = _last_lines(log_path)
+            if asked_at is not None:
+                status = "interrupted" if self._stopping.is_set() else "cancelled"
+                self.store.set_status(run_id, status, error=f"ended after {STOP_GRACE_S:g} s without stopping")
+            else:
+                self.store.set_status(run_id, "failed", error=f"the {processes} training processes exited with "
+                                                              f"code {child.returncode}: {tail}")
+            record = self.store.get_run(run_id)
+        return record
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _end_process_group(child: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _last_lines(path: Path, count: int = 3) -> str:
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-count:])[-600:] or "(no output)"
 
 
 _managers: dict[str, RunManager] = {}

@@ -164,10 +164,20 @@ class RunStore:
         # process still see the truth, and the next successful write records them.
         self._deferred_final: dict[str, tuple[str, str | None, str | None, float]] = {}
         self._deferred_lock = threading.Lock()
-        try:
-            self._conn().executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the run store in {self.runs_dir}: {exc}") from exc
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                self._conn().executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                # Two processes opening a new store at once (the processes of a data-parallel run):
+                # switching to WAL does not wait on SQLite's busy handler, so wait here.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot open the run store in {self.runs_dir}: {exc}") from exc
+                self.close()
+                time.sleep(0.05)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the run store in {self.runs_dir}: {exc}") from exc
 
     # -- connections ------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

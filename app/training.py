@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from .memory import MemoryMeter
 from .methods import create_method
 from .methods.base import BuildContext, Method, StepOutput, TrainState
 from .store import RunStore
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 EVAL_TELEMETRY_SAMPLE = 256
 
@@ -105,6 +108,20 @@ def adamw(parameters: list, *, lr: float, weight_decay: float) -> torch.optim.Ad
         return torch.optim.AdamW(groups, lr=lr)
 
 
+def check_processes(config: RunConfig, device: torch.device) -> None:
+    """A data-parallel run needs a batch to share and, on CUDA, one GPU per process."""
+    if config.processes == 1:
+        return
+    if config.batch_size < config.processes:
+        raise ConfigError(f"batch_size {config.batch_size} cannot be shared by {config.processes} processes: "
+                          f"use a batch of at least {config.processes}")
+    if device.type == "cuda" and torch.cuda.device_count() < config.processes:
+        raise ConfigError(f"{config.processes} processes need {config.processes} GPUs; this machine has "
+                          f"{torch.cuda.device_count()}")
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"data-parallel runs use cuda or cpu, not {device.type}")
+
+
 def load_run_dataset(config: RunConfig) -> TextDataset:
     return load_dataset(
         config.dataset,
@@ -130,6 +147,7 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the training set ({len(dataset.train)} examples)"
         )
+    check_processes(config, device)
     notes = list(dataset.notes)
     if config.bf16 and device.type != "cuda":
         notes.append("bf16 autocast asked for but ignored: it runs on CUDA only")
@@ -233,11 +251,17 @@ class LoopHooks:
     on_message: Callable[[str], None] | None = None
     # Set when the whole process is stopping: the run ends as interrupted, not cancelled.
     shutdown: threading.Event | None = None
+    # How a run in another process hears the app: a file whose text is the status to end with.
+    cancel_file: Path | None = None
 
     def check_cancel(self) -> None:
         if self.shutdown is not None and self.shutdown.is_set():
             raise RunCancelled("the app stopped while this run was training", status="interrupted")
         if self.cancel.is_set():
+            raise RunCancelled()
+        if self.cancel_file is not None and self.cancel_file.exists():
+            if self.cancel_file.read_text(encoding="utf-8").strip() == "interrupted":
+                raise RunCancelled("the app stopped while this run was training", status="interrupted")
             raise RunCancelled()
 
 
@@ -283,13 +307,23 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
     )
 
 
-def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks | None = None) -> dict:
-    """Train a stored run and record everything; returns the final metrics."""
+def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks | None = None,
+          world: "DataParallel | None" = None) -> dict:
+    """Train a stored run and record everything; returns the final metrics.
+
+    With `world` (a data-parallel run) every process calls this and trains on its share of every
+    batch; only the main process (rank 0) writes the store, evaluates and saves."""
     hooks = hooks or LoopHooks()
     config, method, device = prepared.config, prepared.method, prepared.device
+    main = world is None or world.is_main
+    processes = world.world_size if world else 1
+    if config.processes != processes:
+        raise ConfigError(f"this run is set for {config.processes} processes but runs in {processes}; start it "
+                          f"with torchrun --nproc_per_node {config.processes} -m app train ...")
+    check_cancel = (lambda: world.check_cancel(hooks.check_cancel)) if world else hooks.check_cancel
     seed_everything(config.seed)
     tokenizer = prepared.backbone.tokenizer
-    hooks.check_cancel()
+    check_cancel()
     train_tensors = tokenize_split(tokenizer, prepared.dataset, "train", config.max_length)
     val_tensors = tokenize_split(tokenizer, prepared.dataset, "validation", config.max_length)
     test_tensors = tokenize_split(tokenizer, prepared.dataset, "test", config.max_length)
@@ -309,29 +343,37 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     use_bf16 = config.bf16 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else None
 
-    store.merge_summary(
-        run_id,
-        trainable_params=trainable,
-        total_params=total,
-        lr=prepared.lr,
-        device=str(device),
-        bf16=use_bf16,
-        backbone=prepared.backbone.info(num_params=None).as_dict(),
-        dataset=prepared.dataset.summary(),
-        method_config=method.config.as_dict(),
-        memory_sampling={
-            "every": config.memory_every,
-            "note": "measured every step" if config.memory_every == 1
-            else f"measured every {config.memory_every} steps (and on the first and last)",
-            "method": "saved-tensor hooks + parameter, gradient and optimizer storages"
-            + (" + torch.cuda.max_memory_allocated" if device.type == "cuda" else ""),
-        },
-        notes=prepared.notes,
-    )
-
     generator = torch.Generator().manual_seed(config.seed)
     draw_generator = torch.Generator().manual_seed(config.seed + 1)
     state = TrainState(step=0, total_steps=config.steps, device=device, generator=draw_generator)
+    step_model = world.wrap_step(method, model, state) if world else None
+    ranks = world.gather(world.describe()) if world else None
+
+    if main:
+        store.merge_summary(
+            run_id,
+            trainable_params=trainable,
+            total_params=total,
+            lr=prepared.lr,
+            device=str(device),
+            bf16=use_bf16,
+            backbone=prepared.backbone.info(num_params=None).as_dict(),
+            dataset=prepared.dataset.summary(),
+            method_config=method.config.as_dict(),
+            memory_sampling={
+                "every": config.memory_every,
+                "note": "measured every step" if config.memory_every == 1
+                else f"measured every {config.memory_every} steps (and on the first and last)",
+                "method": "saved-tensor hooks + parameter, gradient and optimizer storages"
+                + (" + torch.cuda.max_memory_allocated" if device.type == "cuda" else "")
+                + ("; per process, the figures shown are rank 0's" if world else ""),
+            },
+            notes=prepared.notes,
+        )
+        if world:
+            store.merge_summary(run_id, data_parallel={"world_size": world.world_size, "backend": world.backend,
+                                                       "ranks": ranks})
+
     batcher = batcher_for(prepared)
     telemetry_sample = batcher.batch(val_tensors, torch.arange(min(EVAL_TELEMETRY_SAMPLE, len(val_tensors["labels"]))),
                                      device)
@@ -360,10 +402,14 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     epoch_batches: list[torch.Tensor] = []
     last_val: dict | None = None
     for step in range(1, config.steps + 1):
-        hooks.check_cancel()
+        check_cancel()
         if not epoch_batches:
             epoch_batches = batcher.epoch(train_tensors, config.batch_size, generator)[::-1]
+            if world:
+                epoch_batches = [b for b in epoch_batches if world.usable(b)]
         indices = epoch_batches.pop()
+        global_examples = len(indices)
+        indices, loss_scale = world.share(indices) if world else (indices, 1.0)
         batch = batcher.batch(train_tensors, indices, device)
         shape = list(batch["input_ids"].shape)
         tokens, positions = batch_tokens(batch)
@@ -373,13 +419,17 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         step_start = time.perf_counter()
         method.on_step_start(model, state)
         with meter.forward(measure), (autocast() if autocast else _null()):
-            out: StepOutput = method.training_step(model, batch, state)
+            if step_model is not None:  # DDP averages the gradients while backward runs
+                scaled_loss, out = step_model(batch, loss_scale)
+            else:
+                out: StepOutput = method.training_step(model, batch, state)
+                scaled_loss = out.loss
         loss = out.loss
         if not torch.isfinite(loss):
             raise LabError(
                 f"the loss became {loss.item()} at step {step}; try a lower learning rate (now {prepared.lr:g})"
             )
-        loss.backward()
+        scaled_loss.backward()
         gradient_bytes = meter.gradients_bytes() if measure else 0
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([p for _, p in named_trainable], config.grad_clip)
@@ -388,11 +438,15 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        loss_value = float(loss.detach())
+        if world:  # the global batch's mean loss and its token counts
+            loss_sum, _, tokens, positions = world.total([loss_value * len(indices), len(indices), tokens, positions])
+            loss_value, tokens, positions = loss_sum / global_examples, int(tokens), int(positions)
         step_seconds = time.perf_counter() - step_start
         step_seconds_total += step_seconds
         real_tokens += tokens
         padded_positions += positions
-        examples_seen += shape[0]
+        examples_seen += global_examples
 
         memory = dict(meter.sample(gradient_bytes).as_dict(), batch_shape=shape) if measure else None
         if memory and (peak_sample is None or memory["peak"] > peak_sample["peak"]):
@@ -402,27 +456,33 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
                 "tokens_per_second": tokens / step_seconds if step_seconds > 0 else None}
         if out.terms:
             data["terms"] = out.terms
-        loss_value = float(loss.detach())
-        store.log_step(
-            run_id, step,
-            elapsed=time.perf_counter() - started,
-            loss=loss_value,
-            lr=scheduler.get_last_lr()[0],
-            examples_per_second=shape[0] / step_seconds if step_seconds > 0 else None,
-            memory=memory,
-            data=data,
-            telemetry=telemetry,
-            phase=state.phase,
-        )
-        if hooks.on_step:
-            hooks.on_step(step, config.steps, loss_value)
+        if main:
+            store.log_step(
+                run_id, step,
+                elapsed=time.perf_counter() - started,
+                loss=loss_value,
+                lr=scheduler.get_last_lr()[0],
+                examples_per_second=global_examples / step_seconds if step_seconds > 0 else None,
+                memory=memory,
+                data=data,
+                telemetry=telemetry,
+                phase=state.phase,
+            )
+            if hooks.on_step:
+                hooks.on_step(step, config.steps, loss_value)
         if step % config.eval_every == 0 or step == config.steps:
-            last_val = validation_pass()
+            if main:
+                last_val = validation_pass()
+            if world:  # rank 0 alone evaluated, so it alone may have asked to stop
+                state.stop_requested = world.any(state.stop_requested)
         if state.stop_requested:
             break
 
     method.on_train_end(model, state)
     train_seconds = time.perf_counter() - started
+    rank_peaks = world.gather(peak_summary(peak_sample)) if world else None
+    if not main:
+        return {}
     if last_val is None or state.extra.get("restored_best"):
         last_val = run_eval(val_tensors, "validation")
     test = run_eval(test_tensors, "test")
@@ -448,19 +508,34 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         # throughput on a CPU depends on torch's intra-op threads (one per physical core by default)
         "torch_threads": torch.get_num_threads(),
         "peak_memory_bytes": peak_sample["peak"] if peak_sample else None,
-        "memory_breakdown": {k: peak_sample[k] for k in ("weights", "gradients", "optimizer", "activations")}
-        if peak_sample else None,
+        "memory_breakdown": peak_summary(peak_sample)["memory_breakdown"],
     }
     if peak_sample:
         metrics["peak_memory_shape"] = peak_sample["batch_shape"]
         metrics["peak_memory_step"] = peak_sample["step"]
     if peak_sample and "cuda_max_allocated" in peak_sample:
         metrics["cuda_max_allocated_bytes"] = peak_sample["cuda_max_allocated"]
+    if world:
+        metrics["processes"] = world.world_size
+        metrics["rank_peak_memory_bytes"] = [peak["peak_memory_bytes"] for peak in rank_peaks]
+        store.merge_summary(run_id, data_parallel={
+            "world_size": world.world_size, "backend": world.backend,
+            "ranks": [dict(rank, **peak) for rank, peak in zip(ranks, rank_peaks)]})
     extra_summary = method.run_summary(model)
     if extra_summary:
         store.merge_summary(run_id, method_summary=extra_summary)
     store.update_run(run_id, metrics=metrics)
     return metrics
+
+
+def peak_summary(peak_sample: dict | None) -> dict:
+    """A process's measured peak training memory and its parts (None when nothing was measured)."""
+    if not peak_sample:
+        return {"peak_memory_bytes": None, "memory_breakdown": None}
+    return {"peak_memory_bytes": peak_sample["peak"],
+            "memory_breakdown": {k: peak_sample[k] for k in ("weights", "gradients", "optimizer", "activations")},
+            **({"cuda_max_allocated_bytes": peak_sample["cuda_max_allocated"]}
+               if "cuda_max_allocated" in peak_sample else {})}
 
 
 OOM_ADVICE = "out of memory: try a smaller batch size or max length, or a method that stores fewer activations (lst)"
@@ -476,9 +551,12 @@ def failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, prepared: PreparedRun | None = None) -> dict:
-    """Run a stored run to its end; never raises for a failed run, returns its final record."""
+def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, prepared: PreparedRun | None = None,
+                world: "DataParallel | None" = None) -> dict:
+    """Run a stored run to its end; never raises for a failed run, returns its final record.
+    In a data-parallel run, the main process calls this and the others `train` alone."""
     hooks = hooks or LoopHooks()
+    reporter = None
     try:
         record = store.get_run(run_id)
         if hooks.cancel.is_set():
@@ -487,7 +565,11 @@ def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, pr
         store.set_status(run_id, "running")
         if prepared is None:
             prepared = prepare_run(record["config"], store)
-        train(prepared, store, run_id, hooks)
+        if prepared.config.report_to != "none":
+            from .reporting import open_reporter
+
+            reporter = open_reporter(store, run_id, prepared.config)
+        train(prepared, reporter.store if reporter else store, run_id, hooks, world)
         store.set_status(run_id, "finished")
     except RunCancelled as stop:
         _final_status(store, run_id, stop.status, stop.reason, None)
@@ -495,10 +577,13 @@ def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, pr
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             _final_status(store, run_id, "cancelled", "interrupted from the keyboard", None)
             raise
-        _final_status(store, run_id, "failed", failure_message(exc), traceback.format_exc())
+        reason = world.explain(exc) if world is not None else exc
+        _final_status(store, run_id, "failed", failure_message(reason), traceback.format_exc())
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if reporter is not None:
+        reporter.close()  # final status, metrics and artifacts; bounded in time, never raises
     try:
         return store.get_run(run_id)
     except Exception:  # the store itself may be what failed

@@ -49,6 +49,8 @@ def estimate_for(config: dict, *, num_labels: int = 2, shape: list[int] | None =
     batch_size, max_length = (shape or [config.get("batch_size"), config.get("max_length")])[:2]
     if not isinstance(batch_size, int) or not isinstance(max_length, int):
         return {"error": "batch size and max length are needed for an estimate"}
+    if shape is None:  # each data-parallel process holds its share of the batch (a measured shape already is one)
+        batch_size = -(-batch_size // max(1, int(config.get("processes") or 1)))
     method_config = {k: v for k, v in (config.get("method_config") or {}).items() if v is not None}
     return cached_estimate(str(config.get("backbone", "")), str(config.get("method", "")), batch_size, max_length,
                            json.dumps(method_config, sort_keys=True, default=str), bool(config.get("bf16")),
@@ -75,8 +77,11 @@ def render_estimate(config: dict) -> dict | None:
         st.plotly_chart(figures.estimate_bar(result["breakdown"]), key="launch.estimate_bar",
                         config={"displayModeBar": False})
         fits = [size for size, ok in result["fits"].items() if ok]
+        processes = int(config.get("processes") or 1)
+        share = f" on each of {processes} GPUs (they share a batch of {config.get('batch_size')})" if processes > 1 else ""
         st.markdown(
-            f"Batch {result['batch_size']} × {result['input_length']} tokens, {result['trainable_params']:,} trainable "
+            f"Batch {result['batch_size']} × {result['input_length']} tokens{share}, "
+            f"{result['trainable_params']:,} trainable "
             f"parameters. On CUDA about **{fmt_mib(result['cuda_requirement_bytes'])}**: fits "
             + (", ".join(f"{s[:-2]} GB" for s in fits) if fits else "none of 8, 16, 24, 40, 80 GB") + "."
         )

@@ -17,7 +17,15 @@ UPLOAD_KINDS = "CSV, TSV, JSONL, JSON, Excel .xlsx or Parquet"
 UPLOAD_CHOICE = "Upload a file…"
 GENERAL_FIELDS = ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "seed")
 ADVANCED_FIELDS = ("max_eval_examples", "weight_decay", "warmup_ratio", "grad_clip", "split_seed", "memory_every",
-                   "bf16", "name")
+                   "bf16", "report_to_mlflow", "name")
+# report_to has one choice besides none, so the form shows it as a checkbox rather than a selectbox.
+REPORT_TO_MLFLOW = {
+    "name": "report_to_mlflow", "type": "bool", "default": False, "optional": False,
+    "help": "Also send the run's settings, metrics, end status, record and exported model to MLflow. "
+            "Uses MLFLOW_TRACKING_URI (unset: MLflow's own default, sqlite:///mlflow.db in the app's folder, "
+            "which needs the full mlflow package) and MLFLOW_EXPERIMENT_NAME from the app's environment. "
+            "A server that does not answer never holds up the run; the run's page says what happened.",
+}
 
 
 @st.cache_data(show_spinner=False, ttl=300)
@@ -41,6 +49,9 @@ def dataset_registry() -> dict[str, str]:
     return {name: entry.description for name, entry in REGISTRY.items()}
 
 
+ALL_GPUS = "all GPUs (DDP)"
+
+
 def devices() -> list[str]:
     import torch
 
@@ -48,9 +59,20 @@ def devices() -> list[str]:
     if torch.cuda.is_available():
         options.append("cuda")
         options += [f"cuda:{i}" for i in range(1, torch.cuda.device_count())]
+        if torch.cuda.device_count() > 1:
+            options.append(ALL_GPUS)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         options.append("mps")
     return options
+
+
+def device_settings(choice: str) -> dict:
+    """The run settings a device choice stands for: all GPUs is one process per GPU under torchrun."""
+    if choice == ALL_GPUS:
+        import torch
+
+        return {"device": "cuda", "processes": torch.cuda.device_count()}
+    return {"device": choice}
 
 
 def backbone_picker() -> tuple[str, dict | None]:
@@ -211,10 +233,12 @@ def general_settings(max_length_limit: int | None, default_lr: float) -> dict:
     if max_length_limit and isinstance(current, int) and current > max_length_limit:
         st.session_state["run.max_length"] = max_length_limit  # a shorter backbone was picked
     basic = [dict(fields[name]) for name in GENERAL_FIELDS]
-    advanced = [dict(fields[name], advanced=True) for name in ADVANCED_FIELDS]
+    advanced = [dict(fields.get(name) or REPORT_TO_MLFLOW, advanced=True) for name in ADVANCED_FIELDS]
+    overrides["report_to_mlflow"] = {"label": "Report to MLflow"}
     values = settings_form(basic + advanced, "run", columns=4, overrides=overrides)
     if values.get("name") is None:
         values["name"] = ""
+    values["report_to"] = "mlflow" if values.pop("report_to_mlflow", False) else "none"
     return values
 
 

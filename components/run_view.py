@@ -112,6 +112,10 @@ def render_details(record: dict) -> None:
     notes = (record.get("summary") or {}).get("notes") or []
     if notes:
         st.caption("Notes: " + "; ".join(notes) + ".")
+    reporting = (record.get("summary") or {}).get("reporting")
+    if reporting:  # a tracking server that failed is only ever said here, so say it up front
+        link = f" [Open in MLflow]({reporting['url']})" if reporting.get("ok") and reporting.get("url") else ""
+        st.caption(f"MLflow: {reporting.get('note') or ''}.{link}")
     with st.expander("Configuration"):
         st.json(record["config"], expanded=2)
         summary = {k: v for k, v in (record.get("summary") or {}).items() if k not in ("notes",)}

@@ -11,7 +11,7 @@ from components.common import (
 )
 from components.estimate_view import render_estimate
 from components.forms import settings_form
-from components.launch_form import backbone_picker, dataset_picker, devices, general_settings, method_preset_buttons
+from components.launch_form import backbone_picker, dataset_picker, device_settings, devices, general_settings, method_preset_buttons
 from components.lesson_view import lesson_query, start_lesson
 from components.live import live
 from components.navigation import page
@@ -100,12 +100,13 @@ with st.container(border=True):
     if st.session_state.get("launch.device") not in device_options:
         st.session_state["launch.device"] = "auto"
     device = st.selectbox("Device", device_options, key="launch.device",
-                          help="auto takes CUDA when present, else the CPU.")
+                          help="auto takes CUDA when present, else the CPU. With several GPUs, all GPUs (DDP) "
+                               "trains one run on every GPU: the batch is split between them.")
 
 
 def run_config(method: str, method_config: dict) -> dict:
     return {"backbone": backbone, **data_part, "method": method, "method_config": method_config, **general,
-            "device": device}
+            **device_settings(device)}
 
 
 render_estimate(run_config(method_name, method_values))

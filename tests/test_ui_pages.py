@@ -738,3 +738,26 @@ def test_theseus_official_preset_is_one_click_on_the_launch_form(runs_dir, monke
     assert at.number_input(key="run.lr").value == pytest.approx(2e-5)
     assert at.number_input(key="run.batch_size").value == 32
     assert at.number_input(key="run.steps").value == 2400
+
+
+def test_with_several_gpus_launch_offers_all_gpus_and_queues_one_data_parallel_run(runs_dir, monkeypatch):
+    """No GPU here: torch is told there are two, and the manager's submit records what it is given."""
+    import torch
+
+    import components.estimate_view as estimate_view
+    from app.manager import RunManager
+    from components.launch_form import ALL_GPUS
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(estimate_view, "_estimate_device", lambda device: "cpu")
+    submitted = []
+    monkeypatch.setattr(RunManager, "submit", lambda self, config: submitted.append(config) or "20261203-000000-abcdef")
+    at = _tiny_form(open_app(runs_dir, monkeypatch))
+    assert ALL_GPUS in at.selectbox(key="launch.device").options
+    at.selectbox(key="launch.device").set_value(ALL_GPUS).run()
+    assert any("on each of 2 GPUs (they share a batch of 8)" in m.value for m in at.markdown)
+    at.button(key="launch.submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [config] = submitted
+    assert (config["device"], config["processes"], config["batch_size"]) == ("cuda", 2, 8)

@@ -252,6 +252,9 @@ class Method:
     # Named recipes (plain data): {"help": ..., "method_config": {...}, "run": {...}}. The Launch
     # page offers each as one button and the CLI as `train --preset NAME`; explicit values win.
     presets: ClassVar[dict[str, dict]] = {}
+    # True when a training step may leave some trainable parameters without a gradient (random
+    # module choices): data-parallel training then looks for them every step.
+    varying_graph: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()

@@ -204,6 +204,7 @@ class Theseus(Method):
     reference_fields = ("predecessor",)
     exports_plain_model = True
     presets = {"official": OFFICIAL_PRESET}
+    varying_graph = True  # a module that draws the predecessor's block leaves its successor layers idle
 
     def __init__(self, config: TheseusConfig | None = None):
         super().__init__(config)
