@@ -112,6 +112,13 @@ def render_details(record: dict) -> None:
     notes = (record.get("summary") or {}).get("notes") or []
     if notes:
         st.caption("Notes: " + "; ".join(notes) + ".")
+    parallel = (record.get("summary") or {}).get("data_parallel")
+    if parallel:
+        peaks = [fmt_mib(rank["peak_memory_bytes"]) for rank in parallel.get("ranks", [])
+                 if rank.get("peak_memory_bytes")]
+        st.caption(f"Data-parallel: {parallel['world_size']} processes ({parallel['backend']}), each on its share "
+                   "of every batch; the charts show process 0's memory"
+                   + (f"; peak memory per process: {', '.join(peaks)}." if peaks else "."))
     reporting = (record.get("summary") or {}).get("reporting")
     if reporting:  # a tracking server that failed is only ever said here, so say it up front
         link = f" [Open in MLflow]({reporting['url']})" if reporting.get("ok") and reporting.get("url") else ""

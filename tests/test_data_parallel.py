@@ -150,9 +150,10 @@ def test_a_killed_process_ends_the_run_failed_within_30_seconds(tmp_path):
             launcher.wait()
 
 
-def test_the_app_runs_a_data_parallel_run_and_cancels_it_through_the_store(tmp_path):
+def test_the_app_runs_a_data_parallel_run_and_cancels_it_through_the_store(tmp_path, monkeypatch):
     from app.manager import RunManager
     from app.store import RunStore
+    from test_ui_pages import open_app
 
     manager = RunManager(RunStore(tmp_path / "runs"))
     try:
@@ -160,6 +161,8 @@ def test_the_app_runs_a_data_parallel_run_and_cancels_it_through_the_store(tmp_p
         assert finished["status"] == "finished", finished.get("error")
         assert [row["step"] for row in manager.store.steps(finished["id"])] == list(range(1, 13))
         assert finished["summary"]["data_parallel"]["world_size"] == 2
+        page = open_app(tmp_path / "runs", monkeypatch, page="run", query={"run": finished["id"]})
+        assert any(c.value.startswith("Data-parallel: 2 processes (gloo)") for c in page.caption)
 
         long_run = manager.submit(tiny_config(processes=2, device="cpu", steps=1_000_000, eval_every=100_000))
         deadline = time.monotonic() + 120
@@ -173,6 +176,13 @@ def test_the_app_runs_a_data_parallel_run_and_cancels_it_through_the_store(tmp_p
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in pids), "a training process outlived its cancelled run"
+
+        stopping = manager.submit(tiny_config(processes=2, device="cpu", steps=1_000_000, eval_every=100_000))
+        while not manager.store.steps(stopping) and time.monotonic() < deadline + 120:
+            time.sleep(0.2)
+        manager.stop_for_exit()  # the app exits: the run ends interrupted, its processes with it
+        interrupted = manager.wait(stopping, timeout=60)
+        assert interrupted["status"] == "interrupted", interrupted.get("error")
     finally:
         manager.shutdown()
 
@@ -206,3 +216,27 @@ def test_train_outside_torchrun_refuses_a_run_set_for_several_processes(store):
     record = train_now(store, processes=2, device="cpu")
     assert record["status"] == "failed"
     assert "torchrun --nproc_per_node 2" in record["error"]
+
+
+def test_accelerate_launch_runs_one_run_over_its_processes(tmp_path):
+    """accelerate's multi-process launch starts torchrun's processes; the lab joins them the same way."""
+    import socket
+
+    from app.store import RunStore
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runs_dir = tmp_path / "runs"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend",
+         "no", "-m", "app", "train", "--runs-dir", str(runs_dir), "--backbone", "tiny-random", "--dataset",
+         "sms-spam", "--steps", "4", "--batch-size", "8", "--max-length", "32", "--max-train-examples", "64",
+         "--max-eval-examples", "32", "--device", "cpu", "--quiet", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = RunStore(runs_dir).list_runs()
+    assert run["status"] == "finished"
+    assert run["summary"]["data_parallel"]["world_size"] == 2
+    assert json.loads(result.stdout.strip().splitlines()[-1])["run_id"] == run["id"]  # rank 0 alone prints
