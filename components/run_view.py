@@ -166,4 +166,5 @@ def header(record: dict) -> None:
     dataset = record["dataset"].rsplit("/", 1)[-1]
     st.markdown(f"**{method_title(record['method'])}** on **{record['backbone']}** · dataset **{dataset}** · "
                 f"{record['config'].get('steps')} steps, batch {record['config'].get('batch_size')}, "
-                f"length {record['config'].get('max_length')}")
+                f"length {record['config'].get('max_length')}"
+                + (f" · {processes} processes" if (processes := record["config"].get("processes") or 1) > 1 else ""))

@@ -163,6 +163,7 @@ def test_the_app_runs_a_data_parallel_run_and_cancels_it_through_the_store(tmp_p
         assert finished["summary"]["data_parallel"]["world_size"] == 2
         page = open_app(tmp_path / "runs", monkeypatch, page="run", query={"run": finished["id"]})
         assert any(c.value.startswith("Data-parallel: 2 processes (gloo)") for c in page.caption)
+        assert any(m.value.endswith("· 2 processes") for m in page.markdown)
 
         long_run = manager.submit(tiny_config(processes=2, device="cpu", steps=1_000_000, eval_every=100_000))
         deadline = time.monotonic() + 120

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import train_now
+from conftest import ROOT, train_now
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 # Set by the reporter for its own process when the user has not; restored after every test.
@@ -266,3 +266,27 @@ def test_the_launch_forms_checkbox_reports_the_run(runs_dir, mlflow_server, mlfl
     reporting = record["summary"]["reporting"]
     assert reporting["ok"] is True, reporting["note"]
     assert MlflowClient(mlflow_server).get_run(reporting["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_train_report_to_mlflow_under_torchrun_makes_one_mlflow_run(tmp_path, mlflow_server, mlflow_env):
+    """The CLI flag as a user types it, on 2 data-parallel processes: rank 0 alone reports."""
+    from mlflow.tracking import MlflowClient
+
+    from app.store import RunStore
+
+    experiment = mlflow_env(mlflow_server)
+    runs_dir = tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "app", "train",
+         "--runs-dir", str(runs_dir), "--backbone", "tiny-random", "--dataset", "sms-spam", "--steps", "4",
+         "--batch-size", "8", "--max-length", "32", "--eval-every", "2", "--max-train-examples", "64",
+         "--max-eval-examples", "32", "--device", "cpu", "--quiet", "--json", "--report-to", "mlflow"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [record] = RunStore(runs_dir).list_runs()
+    assert record["summary"]["reporting"]["ok"] is True, record["summary"]["reporting"]["note"]
+    client = MlflowClient(mlflow_server)
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["processes"] == "2" and run.data.tags["lab_run_id"] == record["id"]
+    assert steps_of(client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 4]
