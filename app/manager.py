@@ -208,8 +208,9 @@ class RunManager:
         while child.poll() is None:
             if asked_at is None and (cancel.is_set() or self._stopping.is_set()):
                 asked_at = time.monotonic()
-                (run_dir / CANCEL_REQUEST).write_text(
-                    "interrupted" if self._stopping.is_set() else "cancelled", encoding="utf-8")
+                request = run_dir / (CANCEL_REQUEST + ".part")  # renamed whole: never read half-written
+                request.write_text("interrupted" if self._stopping.is_set() else "cancelled", encoding="utf-8")
+                request.replace(run_dir / CANCEL_REQUEST)
             if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_S:
                 _end_process_group(child, signal.SIGTERM if time.monotonic() - asked_at < STOP_GRACE_S + 10
                                    else signal.SIGKILL)
