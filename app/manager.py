@@ -194,7 +194,6 @@ class RunManager:
         if final.get("status") != "finished":
             failed_in_chain[run_id] = final.get("status", "failed")
 
-
     def _run_in_processes(self, run_id: str, processes: int, cancel: threading.Event) -> dict:
         """A data-parallel run: torchrun starts the processes, they write the store like any run,
         and this thread relays cancel / app exit through a file and ends them if they do not stop."""

@@ -58,9 +58,6 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 def open_reporter(store: RunStore, run_id: str, config: RunConfig) -> "Reporter":
     """A reporter for this run; starts talking to MLflow in the background and never raises."""
-    if os.environ.get("RANK", "0") not in ("", "0"):
-        # Under torchrun every rank trains the same run: one MLflow run, from rank 0, is enough.
-        return Reporter.disabled(store, run_id, None)
     try:
         return Reporter(store, run_id, config)
     except Exception as exc:  # a broken reporter must not cost the run
@@ -211,12 +208,11 @@ class Reporter:
         atexit.register(self._at_exit)
 
     @classmethod
-    def disabled(cls, store: RunStore, run_id: str, note: str | None) -> "Reporter":
-        """A reporter that sends nothing; with a note, close() records it as the reason."""
+    def disabled(cls, store: RunStore, run_id: str, note: str) -> "Reporter":
+        """A reporter that sends nothing; close() records `note` as the reason."""
         reporter = cls(store, run_id, RunConfig(), start=False)
         reporter.store = store  # nothing to mirror: train talks to the store directly
         reporter.error = note
-        reporter._closed = note is None  # no note: nothing to say either (a helper rank)
         return reporter
 
     # -- the training side: cheap, never raises ------------------------------------------------

@@ -440,7 +440,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
             torch.cuda.synchronize(device)
         loss_value = float(loss.detach())
         if world:  # the global batch's mean loss and its token counts
-            loss_sum, _, tokens, positions = world.total([loss_value * len(indices), len(indices), tokens, positions])
+            loss_sum, tokens, positions = world.total([loss_value * len(indices), tokens, positions])
             loss_value, tokens, positions = loss_sum / global_examples, int(tokens), int(positions)
         step_seconds = time.perf_counter() - step_start
         step_seconds_total += step_seconds
@@ -507,14 +507,11 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         "padding_fraction": 1 - real_tokens / padded_positions if padded_positions else None,
         # throughput on a CPU depends on torch's intra-op threads (one per physical core by default)
         "torch_threads": torch.get_num_threads(),
-        "peak_memory_bytes": peak_sample["peak"] if peak_sample else None,
-        "memory_breakdown": peak_summary(peak_sample)["memory_breakdown"],
+        **peak_summary(peak_sample),
     }
     if peak_sample:
         metrics["peak_memory_shape"] = peak_sample["batch_shape"]
         metrics["peak_memory_step"] = peak_sample["step"]
-    if peak_sample and "cuda_max_allocated" in peak_sample:
-        metrics["cuda_max_allocated_bytes"] = peak_sample["cuda_max_allocated"]
     if world:
         metrics["processes"] = world.world_size
         metrics["rank_peak_memory_bytes"] = [peak["peak_memory_bytes"] for peak in rank_peaks]
