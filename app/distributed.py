@@ -63,6 +63,7 @@ class DataParallel:
     backend: str
     device: torch.device
     run_dir: Path | None = None  # where a failing process leaves its reason for rank 0
+    failing: bool = False  # a lost process is being turned into this run's failure
 
     @property
     def is_main(self) -> bool:
@@ -158,6 +159,7 @@ class DataParallel:
     # -- failures -------------------------------------------------------------------------
     def lost(self, exc: BaseException) -> RankLost:
         """The error a failed collective becomes: the other process's own reason when it left one."""
+        self.failing = True
         reasons = self.reasons_left()
         if reasons:
             return RankLost("; ".join(reasons))
@@ -195,6 +197,11 @@ class DataParallel:
         world = self.world_size
 
         def on_terminate(signum, frame):
+            # Once: a second SIGTERM, or one arriving while a lost process is already being
+            # recorded, must not interrupt the recording of the failure.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if self.failing:
+                return
             reasons = self.reasons_left(wait_seconds=0.5)
             raise RankLost("; ".join(reasons) if reasons else
                            f"torchrun stopped this {world}-process run (another process ended)")
