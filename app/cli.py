@@ -108,8 +108,8 @@ def train_values(args) -> dict:
     )
     values.update(preset["run"])  # explicit flags and --set below win over the preset
     values["method_config"] = {**preset["method_config"], **parse_sets(args.set)}
-    for key in ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples",
-                "max_eval_examples", "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
+    for key in ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "patience",
+                "max_train_examples", "max_eval_examples", "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -561,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-ratio", type=float)
     train.add_argument("--grad-clip", type=float)
     train.add_argument("--eval-every", type=int)
+    train.add_argument("--patience", type=int,
+                       help="stop after this many validation passes without a better accuracy and keep the best "
+                            "weights (default 0: take every step)")
     train.add_argument("--max-train-examples", type=int)
     train.add_argument("--max-eval-examples", type=int)
     train.add_argument("--memory-every", type=int)

@@ -41,6 +41,13 @@ class RunConfig:
     warmup_ratio: float = option(0.06, "Fraction of steps with linear warm-up.", min=0.0, max=0.5)
     grad_clip: float = option(1.0, "Clip the gradient norm to this (0 turns clipping off).", min=0.0, max=1e4)
     eval_every: int = option(50, "Evaluate on the validation set every N steps (and at the end).", min=1)
+    patience: int = option(
+        0,
+        "Stop once validation has not improved (a higher accuracy, or the same with a lower loss) for this "
+        "many evaluations in a row, and keep the weights of the best evaluation (0: take every step and keep "
+        "the last weights).",
+        min=0, max=1000,
+    )
     max_train_examples: int | None = option(None, "Use at most this many training examples.", min=1)
     max_eval_examples: int | None = option(1000, "Use at most this many validation and test examples.", min=1)
     seed: int = option(42, "Seed for weights of new layers, data order and any sampling.", min=0)

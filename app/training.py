@@ -148,6 +148,9 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
             f"batch_size {config.batch_size} is larger than the training set ({len(dataset.train)} examples)"
         )
     check_processes(config, device)
+    if config.patience and method.stops_early_itself:
+        raise ConfigError(f"{method.title} stops early on its own (its 'patience' setting); leave the run's "
+                          "patience at 0")
     notes = list(dataset.notes)
     if config.bf16 and device.type != "cuda":
         notes.append("bf16 autocast asked for but ignored: it runs on CUDA only")
@@ -240,6 +243,42 @@ def count_params(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+class EarlyStopping:
+    """Asks the loop to stop after `patience` validation passes without a better accuracy, and puts
+    the best pass's trainable weights back at the end (ties go to the lower validation loss)."""
+
+    def __init__(self, patience: int, named_trainable: list):
+        self.patience = patience
+        self.named_trainable = named_trainable
+        self.best_key: tuple[float, float] | None = None
+        self.best_step: int | None = None
+        self.best_weights: list[torch.Tensor] | None = None
+        self.passes_without_gain = 0
+
+    def observe(self, model, state: TrainState, metrics: dict) -> None:
+        key = (metrics["accuracy"], -metrics["loss"])
+        if self.best_key is None or key > self.best_key:
+            self.best_key, self.best_step, self.passes_without_gain = key, state.step, 0
+            self.best_weights = [p.detach().to("cpu", copy=True) for _, p in self.named_trainable]
+            return
+        self.passes_without_gain += 1
+        if self.passes_without_gain >= self.patience:
+            state.stop_requested = True
+
+    def restore_best(self, state: TrainState) -> None:
+        if self.best_weights is None or self.best_step == state.step:
+            return
+        with torch.no_grad():
+            for (_, p), best in zip(self.named_trainable, self.best_weights):
+                p.copy_(best.to(p.device))
+        state.extra["restored_best"] = True
+
+    def summary(self, state: TrainState) -> dict:
+        return {"patience": self.patience, "best_step": self.best_step, "stopped_at_step": state.step,
+                "best_val_accuracy": self.best_key[0] if self.best_key else None,
+                "stopped_early": state.step < state.total_steps}
 
 
 @dataclass
@@ -392,8 +431,11 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
             model.train(was_training)
         store.log_eval(run_id, state.step, "validation", metrics, telemetry)
         method.after_eval(model, state, metrics)
+        if early_stop is not None:
+            early_stop.observe(model, state, metrics)
         return metrics
 
+    early_stop = EarlyStopping(config.patience, named_trainable) if config.patience and main else None
     method.on_train_start(model, state)
     peak_sample: dict | None = None
     real_tokens = padded_positions = examples_seen = 0
@@ -479,6 +521,8 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
             break
 
     method.on_train_end(model, state)
+    if early_stop is not None:
+        early_stop.restore_best(state)
     train_seconds = time.perf_counter() - started
     rank_peaks = world.gather(peak_summary(peak_sample)) if world else None
     if not main:
@@ -518,6 +562,8 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         store.merge_summary(run_id, data_parallel={
             "world_size": world.world_size, "backend": world.backend,
             "ranks": [dict(rank, **peak) for rank, peak in zip(ranks, rank_peaks)]})
+    if early_stop is not None:
+        store.merge_summary(run_id, early_stopping=early_stop.summary(state))
     extra_summary = method.run_summary(model)
     if extra_summary:
         store.merge_summary(run_id, method_summary=extra_summary)

@@ -99,6 +99,15 @@ def metrics_json(store, run_id: str) -> str:
     return json.dumps({"run": record, "steps": store.steps(run_id), "evals": store.evals(run_id)}, default=str)
 
 
+def early_stopping_caption(early: dict) -> str:
+    how = (f"stopped at step {early['stopped_at_step']} after {early['patience']} validation passes without a "
+           "better accuracy" if early.get("stopped_early") else "took every step")
+    best = early.get("best_val_accuracy")
+    kept = (f"; the weights kept are step {early['best_step']}'s (validation accuracy {best:.1%}), and the test "
+            "accuracy is theirs" if best is not None else "")
+    return f"Early stopping (patience {early['patience']}): {how}{kept}."
+
+
 def render_details(record: dict) -> None:
     store = get_manager_for_app().store
     run_id = record["id"]
@@ -119,6 +128,9 @@ def render_details(record: dict) -> None:
         st.caption(f"Data-parallel: {parallel['world_size']} processes ({parallel['backend']}), each on its share "
                    "of every batch; the charts show process 0's memory"
                    + (f"; peak memory per process: {', '.join(peaks)}." if peaks else "."))
+    early = (record.get("summary") or {}).get("early_stopping")
+    if early:
+        st.caption(early_stopping_caption(early))
     reporting = (record.get("summary") or {}).get("reporting")
     if reporting:  # a tracking server that failed is only ever said here, so say it up front
         link = f" [Open in MLflow]({reporting['url']})" if reporting.get("ok") and reporting.get("url") else ""

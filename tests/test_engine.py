@@ -385,3 +385,26 @@ def test_unhashable_labels_and_oversized_files_are_refused(tmp_path, monkeypatch
     monkeypatch.setenv("LAB_MAX_DATASET_MB", "0.01")
     with pytest.raises(DatasetError, match="limit"):
         load_dataset(str(big))
+
+
+def test_patience_stops_early_and_keeps_the_best_validation_weights(store):
+    record = train_now(store, steps=60, eval_every=3, patience=2, lr=3e-2)
+    early = record["summary"]["early_stopping"]
+    passes = [e for e in store.evals(record["id"]) if e["split"] == "validation"]
+    assert early["stopped_early"] and record["metrics"]["steps_done"] < 60
+    assert early["stopped_at_step"] == record["metrics"]["steps_done"]
+    best = max(passes, key=lambda e: (e["accuracy"], -e["loss"]))
+    assert early["best_step"] == best["step"] < early["stopped_at_step"]
+    # the two passes after the best one did no better, and the final figures are the best weights' own
+    after = [e for e in passes if e["step"] > best["step"]]
+    assert len(after) == 2
+    assert record["metrics"]["val_accuracy"] == best["accuracy"]
+    assert record["metrics"]["val_loss"] == pytest.approx(best["loss"], abs=1e-6)
+
+
+def test_patience_is_refused_for_a_method_that_stops_early_itself(store):
+    from app.errors import ConfigError
+    from app.training import prepare_run
+
+    with pytest.raises(ConfigError, match="stops early on its own"):
+        prepare_run(tiny_config(method="theseus", patience=2, method_config={"predecessor": "new"}), store)

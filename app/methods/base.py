@@ -255,6 +255,9 @@ class Method:
     # True when a training step may leave some trainable parameters without a gradient (random
     # module choices): data-parallel training then looks for them every step.
     varying_graph: ClassVar[bool] = False
+    # True when the method decides by itself when to stop and which weights to keep (Theseus' phase
+    # 2): the run-level `patience` is then refused.
+    stops_early_itself: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()

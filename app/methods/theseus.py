@@ -205,6 +205,7 @@ class Theseus(Method):
     exports_plain_model = True
     presets = {"official": OFFICIAL_PRESET}
     varying_graph = True  # a module that draws the predecessor's block leaves its successor layers idle
+    stops_early_itself = True
 
     def __init__(self, config: TheseusConfig | None = None):
         super().__init__(config)

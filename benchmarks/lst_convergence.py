@@ -1,0 +1,179 @@
+"""Ladder Side-Tuning against full fine-tuning at convergence, and LST's memory-vs-accuracy trade-off.
+
+For each seed: full fine-tuning, then LST with each reduction factor r (`--factors`) and each layer
+dropping (`--droppings`: all layers, every other). Every run trains up to `--epochs` epochs with
+validation twice an epoch and the run-level early stopping (`--patience` passes without a better
+validation accuracy), keeping the best weights; test accuracy is that model's. LST caches the frozen
+backbone's hidden states, so its later epochs run only the side network (same results, fewer
+seconds). Each method's learning rate is the lab's default for it.
+
+Memory is measured apart, once per configuration, on one shape for all (`--batch-size` x
+`--max-length`, padding = max, 3 steps, no cache): the peak training memory with its breakdown.
+
+Reported: test accuracy mean ± std over seeds, the gap to full fine-tuning in points, the epoch of
+the best weights, trainable parameters, and peak memory as a fraction of full fine-tuning's.
+Results are written after every run, so a stopped benchmark keeps what it finished.
+
+    python benchmarks/lst_convergence.py [--seeds 0,1,2] [--epochs 5] [--patience 2] [--factors 4,8,16]
+        [--droppings all,every_other] [--backbone minilm-l6] [--dataset rotten-tomatoes] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from app.config import RunConfig  # noqa: E402
+from app.store import RunStore  # noqa: E402
+from app.training import LoopHooks, execute_run, load_run_dataset, prepare_run  # noqa: E402
+
+FULL_FT = "full_ft"
+CACHE_MB = 4096  # every hidden state of Rotten Tomatoes' training split at length 64 fits
+
+
+def configurations(args) -> dict[str, dict]:
+    """Role name -> (method, method settings)."""
+    roles = {FULL_FT: {"method": "full_ft", "method_config": {}}}
+    for dropping in args.droppings.split(","):
+        for factor in (int(f) for f in args.factors.split(",")):
+            roles[f"lst r={factor} {dropping}"] = {
+                "method": "lst", "method_config": {"reduction_factor": factor, "layer_dropping": dropping}}
+    return roles
+
+
+def run_once(store: RunStore, config: dict, label: str) -> dict:
+    prepared = prepare_run(config, store)
+    run_id = store.create_run(prepared.config.as_dict())
+
+    def on_step(step, total, loss):
+        if step % 100 == 0:
+            print(f"  {label}: step {step}/{total}, loss {loss:.3f}", flush=True)
+
+    record = execute_run(store, run_id, LoopHooks(on_step=on_step), prepared=prepared)
+    if record["status"] != "finished":
+        raise SystemExit(f"{label}: {record['status']}: {record.get('error')}")
+    return record
+
+
+def measure_memory(store: RunStore, args, roles: dict[str, dict]) -> dict[str, dict]:
+    out = {}
+    for role, spec in roles.items():
+        config = dict(backbone=args.backbone, dataset=args.dataset, **spec, steps=3, eval_every=3,
+                      batch_size=args.batch_size, max_length=args.max_length, padding="max", max_eval_examples=32,
+                      seed=0, device="cpu")
+        record = run_once(store, config, f"{role} memory")
+        metrics = record["metrics"]
+        out[role] = {"peak_memory_bytes": metrics["peak_memory_bytes"],
+                     "memory_breakdown": metrics.get("memory_breakdown"),
+                     "trainable_params": record["summary"]["trainable_params"]}
+        print(f"{role}: peak {metrics['peak_memory_bytes'] / 2**20:.0f} MiB", flush=True)
+    return out
+
+
+def summarise(runs: list[dict], memory: dict[str, dict], roles: list[str]) -> dict:
+    def stats(values):
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values}
+
+    out = {}
+    for role in roles:
+        rows = [r for r in runs if r["role"] == role]
+        if not rows:
+            continue
+        entry = {"test_accuracy": stats([r["test_accuracy"] for r in rows]),
+                 "best_epoch": stats([r["best_epoch"] for r in rows]),
+                 "epochs_trained": stats([r["epochs_trained"] for r in rows])}
+        paired = [(r["test_accuracy"] - f["test_accuracy"]) * 100 for r in rows for f in runs
+                  if f["role"] == FULL_FT and f["seed"] == r["seed"]]
+        if role != FULL_FT and paired:
+            entry["gap_to_full_ft_points"] = stats(paired)
+        if role in memory:
+            entry.update(memory[role])
+            if FULL_FT in memory:
+                entry["memory_vs_full_ft"] = memory[role]["peak_memory_bytes"] / memory[FULL_FT]["peak_memory_bytes"]
+        out[role] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=float, default=5.0, help="most epochs a run may take")
+    parser.add_argument("--patience", type=int, default=2, help="validation passes without gain before stopping")
+    parser.add_argument("--factors", default="4,8,16")
+    parser.add_argument("--droppings", default="all,every_other")
+    parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--dataset", default="rotten-tomatoes")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "lst_convergence.json"))
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    roles = configurations(args)
+
+    train_examples = len(load_run_dataset(RunConfig(dataset=args.dataset, max_eval_examples=None)).train)
+    steps_per_epoch = math.ceil(train_examples / args.batch_size)
+    steps = int(round(args.epochs * steps_per_epoch))
+    eval_every = max(1, steps_per_epoch // 2)
+    print(f"{args.backbone} on {args.dataset}: up to {steps} steps ({args.epochs:g} epochs of batch "
+          f"{args.batch_size}), validation every {eval_every} steps, patience {args.patience}", flush=True)
+
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as runs_dir:
+        store = RunStore(Path(runs_dir))
+        memory = measure_memory(store, args, roles)
+
+        def write(final: bool) -> None:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({
+                "settings": dict(vars(args), steps=steps, eval_every=eval_every, train_examples=train_examples,
+                                 torch_threads=torch.get_num_threads()),
+                "complete": final, "summary": summarise(runs, memory, list(roles)), "runs": runs}, indent=2) + "\n")
+
+        write(False)
+        for seed in seeds:
+            for role, spec in roles.items():
+                method_config = dict(spec["method_config"])
+                if spec["method"] == "lst":
+                    method_config.update(cache_hidden_states=True, cache_mb=CACHE_MB)
+                config = dict(backbone=args.backbone, dataset=args.dataset, method=spec["method"],
+                              method_config=method_config, steps=steps, eval_every=eval_every,
+                              patience=args.patience, batch_size=args.batch_size, max_length=args.max_length,
+                              max_eval_examples=None, seed=seed, device="cpu", memory_every=50)
+                started = time.perf_counter()
+                record = run_once(store, config, f"{role} seed {seed}")
+                early = record["summary"]["early_stopping"]
+                row = {"role": role, "seed": seed, "test_accuracy": record["metrics"]["test_accuracy"],
+                       "val_accuracy": record["metrics"]["val_accuracy"], "best_step": early["best_step"],
+                       "best_epoch": early["best_step"] / steps_per_epoch,
+                       "epochs_trained": early["stopped_at_step"] / steps_per_epoch,
+                       "seconds": time.perf_counter() - started}
+                runs.append(row)
+                print(f"{role} seed {seed}: test {row['test_accuracy']:.4f} (best at epoch {row['best_epoch']:.1f} "
+                      f"of {row['epochs_trained']:.1f}, {row['seconds'] / 60:.1f} min)", flush=True)
+                write(False)
+        write(True)
+
+    summary = summarise(runs, memory, list(roles))
+    print(f"\n| configuration | test accuracy | vs full FT (points) | best epoch | peak memory | vs full FT |"
+          "\n|---|---:|---:|---:|---:|---:|")
+    for role, row in summary.items():
+        gap = row.get("gap_to_full_ft_points")
+        print(f"| {role} | {100 * row['test_accuracy']['mean']:.2f} ± {100 * row['test_accuracy']['std']:.2f} "
+              f"| {'' if gap is None else format(gap['mean'], '+.2f')} | {row['best_epoch']['mean']:.1f} "
+              f"| {row['peak_memory_bytes'] / 2**20:.0f} MiB | {row.get('memory_vs_full_ft', 1.0):.2f}× |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
