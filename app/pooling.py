@@ -1,5 +1,9 @@
 """How a classifier turns token states into one vector: the way its backbone was pretrained.
 
+Decoders (`use_token_pooling`) classify from the last real token's state, found from the
+attention mask rather than from pad ids, so padding on either side, an end-of-text pad token that
+also ends a text, and virtual tokens prepended by prompt tuning all pool the right state.
+
 transformers' sequence classifiers pool the first token. Sentence-transformers encoders such as
 all-MiniLM-L6-v2 and all-mpnet-base-v2 were trained on the mean of their token states instead
 (their `1_Pooling/config.json` says so); in those, the first token's state below the last layer
@@ -23,11 +27,38 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .encoder import bare_encoder, masked_mean
-
 MEAN = "mean"
 FIRST = "first"
+LAST = "last"
 POOLING_FIELD = "classifier_pooling"
+
+
+def bare_encoder(model: nn.Module) -> nn.Module:
+    return getattr(model, "base_model", model)
+
+
+def pool_first_token(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def pool_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The state at the last position the mask keeps (right or left padding alike)."""
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    last = (positions * attention_mask.to(positions.device).long()).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == MEAN:
+        return masked_mean(hidden, attention_mask)
+    if mode == LAST:
+        return pool_last_token(hidden, attention_mask)
+    return pool_first_token(hidden)
 
 
 def pretrained_pooling(source: str | None) -> str:
@@ -78,12 +109,41 @@ def _remember_mask(encoder: nn.Module, args: tuple, kwargs: dict) -> None:
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1:
         mask = args[1]
-    encoder._mean_pooling.mask = mask
+    encoder._pooling_mask.mask = mask
+
+
+def _take_mask(pooling: nn.Module) -> torch.Tensor | None:
+    mask, pooling._pooling_mask.mask = pooling._pooling_mask.mask, None
+    return mask
+
+
+def _link(base: nn.Module, head: nn.Module) -> None:
+    """Share one mask holder between the bare model, which sees the mask, and the head module,
+    which pools. The hooks are module-level functions that find their state on the module they run
+    on: a deep copy of the whole model (Theseus' successor, quantisation) then pools with its own
+    copy of the holder."""
+    holder = _MaskHolder()
+    base._pooling_mask = holder
+    base._pooling_source = True
+    head._pooling_mask = holder
+    base.register_forward_pre_hook(_remember_mask, with_kwargs=True)
+
+
+def relink_pooling(model: nn.Module) -> nn.Module:
+    """peft trains copies of head modules (`modules_to_save`), and a copy made alone holds its own
+    holder that never sees a mask; point every pooling module back at its model's holder."""
+    sources = {id(m._pooling_mask): m._pooling_mask for m in model.modules() if getattr(m, "_pooling_source", False)}
+    if len(sources) == 1:
+        (holder,) = sources.values()
+        for module in model.modules():
+            if hasattr(module, "_pooling_mask"):
+                module._pooling_mask = holder
+    return model
 
 
 def _mean_as_first_token(pooling: nn.Module, args: tuple):
     hidden, *rest = args
-    mask, pooling._mean_pooling.mask = pooling._mean_pooling.mask, None
+    mask = _take_mask(pooling)
     if mask is None or mask.shape != hidden.shape[:2]:
         mask = torch.ones(hidden.shape[:2], device=hidden.device, dtype=hidden.dtype)
     return (masked_mean(hidden, mask).unsqueeze(1), *rest)
@@ -95,34 +155,61 @@ def use_mean_pooling(model: nn.Module) -> nn.Module:
     if pooling is None:
         raise ValueError(f"{type(model).__name__} has no pooler or classification head to pool for")
     model.config.classifier_pooling = MEAN
-    if hasattr(pooling, "_mean_pooling"):
+    if hasattr(pooling, "_pooling_mask"):
         return model
-    encoder = bare_encoder(model)
-    holder = _MaskHolder()
-    encoder._mean_pooling = holder
-    pooling._mean_pooling = holder
-    # Module-level functions that find their state on the module they run on: a deep copy of the
-    # model (Theseus' successor, quantisation) then pools with its own copy of the holder.
-    encoder.register_forward_pre_hook(_remember_mask, with_kwargs=True)
+    _link(bare_encoder(model), pooling)
     pooling.register_forward_pre_hook(_mean_as_first_token)
+    return model
+
+
+def _pooled_at_every_position(score: nn.Module, args: tuple):
+    hidden, *rest = args
+    if hidden.ndim != 3:  # already one vector per example (`app.families` classify)
+        return None
+    mask = _take_mask(score)
+    if mask is None or mask.shape != hidden.shape[:2]:
+        mask = torch.ones(hidden.shape[:2], device=hidden.device, dtype=torch.long)
+    pooled = pool_tokens(hidden, mask, score._pooling_mode)
+    # transformers then picks one position of the head's output by pad ids; every position holds
+    # the pooled state, so whichever it picks is right.
+    return (pooled.unsqueeze(1).expand_as(hidden), *rest)
+
+
+def use_token_pooling(model: nn.Module, mode: str = LAST) -> nn.Module:
+    """Make a decoder classifier (a `score` head on every position) read the last real token's
+    state, or the masked mean of all of them (idempotent; the mode can be changed)."""
+    top = getattr(model, "get_base_model", lambda: model)()
+    score = getattr(top, "score", None)
+    if score is None:
+        raise ValueError(f"{type(model).__name__} has no score head to pool for")
+    model.config.classifier_pooling = mode
+    score._pooling_mode = mode
+    if hasattr(score, "_pooling_mask"):
+        return model
+    _link(bare_encoder(top), score)
+    score.register_forward_pre_hook(_pooled_at_every_position)
     return model
 
 
 def restore_pooling(model: nn.Module) -> nn.Module:
     """Apply the pooling a loaded model's config records (folders exported by this lab)."""
-    if getattr(model.config, POOLING_FIELD, None) == MEAN:
+    pooling = getattr(model.config, POOLING_FIELD, None)
+    if getattr(model, "score", None) is not None:
+        use_token_pooling(model, pooling if pooling in (MEAN, LAST) else LAST)
+    elif pooling == MEAN:
         use_mean_pooling(model)
     return model
 
 
 def pooling_of(model: nn.Module) -> str:
-    return MEAN if getattr(model.config, POOLING_FIELD, None) == MEAN else FIRST
+    pooling = getattr(model.config, POOLING_FIELD, None)
+    return pooling if pooling in (MEAN, LAST) else FIRST
 
 
 def pool_with_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> None:
     """For code that calls the pooling module directly on hidden states (not through the
     encoder's forward): the mask the next pooling uses."""
-    holder = getattr(bare_encoder(model), "_mean_pooling", None)
+    holder = getattr(bare_encoder(model), "_pooling_mask", None)
     if holder is not None:
         holder.mask = attention_mask
 

@@ -141,6 +141,9 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
     method = create_method(config.method, config.method_config)
     device = resolve_device(config.device)
     backbone = get_backbone(config.backbone)
+    refusal = method.backbone_refusal(backbone)
+    if refusal:
+        raise ConfigError(refusal)
     check_length_fits(backbone, method, config.max_length)
     dataset = load_run_dataset(config)
     if config.batch_size > len(dataset.train):
@@ -160,7 +163,7 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
             from .checkpoints import check_reference
 
             check_reference(store, value, dataset.label_names, field_name, pending_ids=pending_ids)
-    method.check_compatible(backbone, dataset.label_names)
+    method.check_backbone(backbone, dataset.label_names)
     return PreparedRun(config, backbone, dataset, method, device, notes)
 
 

@@ -57,14 +57,14 @@ def test_unknown_backbone_and_offline_hub_id_fail_fast_with_a_clear_message():
     assert time.monotonic() - start < 10
 
 
-def test_non_encoder_folder_is_refused(tmp_path):
+def test_unsupported_architecture_folder_is_refused_with_the_families_it_could_be(tmp_path):
     from app.backbones import get_backbone
     from app.errors import BackboneError
 
-    (tmp_path / "gpt").mkdir()
-    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(BackboneError, match="supports encoders"):
-        get_backbone(str(tmp_path / "gpt"))
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(BackboneError, match="'t5' models are not supported.*llama, mistral, qwen2, qwen3.*gpt2"):
+        get_backbone(str(tmp_path / "t5"))
 
 
 # --- datasets ------------------------------------------------------------------------------

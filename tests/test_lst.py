@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from app.backbones import get_backbone
-from app.encoder import EncoderView
+from app.layer_stack import LayerStack
 from app.errors import ConfigError
 from app.methods import create_method
 from app.methods.base import BuildContext, TrainState, model_inputs
@@ -79,7 +79,7 @@ def _saves_inside(model, modules, run):
 def test_backbone_saves_nothing_for_backward_and_gets_no_gradient():
     method, model = build()
     batch = tiny_batches(1)[0]
-    view = EncoderView(model.backbone)
+    view = LayerStack(model.backbone)
     backbone_modules = [view.model.embeddings, *view.layers]
     inside, outside, loss = _saves_inside(
         model, backbone_modules, lambda: method.training_step(model, batch, TrainState(1, 1, torch.device("cpu"),
@@ -94,7 +94,7 @@ def test_backbone_saves_nothing_for_backward_and_gets_no_gradient():
     # The same probe on a backbone that runs with autograd does see its saved activations.
     full = create_method("full_ft").build(tiny_context())
     full.train()
-    full_view = EncoderView(full)
+    full_view = LayerStack(full)
     inside, _, _ = _saves_inside(full, [full_view.model.embeddings, *full_view.layers],
                                  lambda: full(**model_inputs(batch)).logits.sum())
     assert len(inside) > 20
@@ -146,7 +146,7 @@ def _hand_made_encoder(hidden=16, heads=2, ffn=32, layers=2):
 
 def test_magnitude_pruning_keeps_the_most_important_indices():
     model = _hand_made_encoder()
-    view = EncoderView(model)
+    view = LayerStack(model)
     with torch.no_grad():
         for layer in view.layers:
             parts = lst_init.layer_parts(layer)
@@ -161,7 +161,7 @@ def test_magnitude_pruning_keeps_the_most_important_indices():
 
 def test_kept_indices_are_consistent_through_a_layer():
     model = _hand_made_encoder(hidden=32, heads=4, ffn=64)
-    view = EncoderView(model)
+    view = LayerStack(model)
     indices = lst_init.choose_indices(lst_init.magnitude_scores(view, [0]), num_heads=4, reduction_factor=4)
     hidden, heads, ffn = indices.hidden, indices.heads[0], indices.ffn[0]
     assert len(hidden) == 8 and len(heads) == 8 and len(ffn) == 16
@@ -208,7 +208,7 @@ def test_side_network_widths_follow_the_reduction_factor():
     assert parts.query.weight.shape == (16, 16)  # hidden 64/4, 4 heads of 16/4
     assert parts.ffn_in.weight.shape == (32, 16)  # FFN 128/4
     assert model.downs[0].weight.shape == (16, 64) and model.upsample.weight.shape == (64, 16)
-    assert type(model.side_layers[0]) is type(EncoderView(model.backbone).layers[0])
+    assert type(model.side_layers[0]) is type(LayerStack(model.backbone).layers[0])
 
 
 def test_reduction_factor_that_does_not_divide_is_refused(store):
@@ -241,7 +241,7 @@ def test_fisher_init_scores_with_training_batches_and_differs_from_magnitude():
 
 
 def _fisher(batches, num_samples):
-    view = EncoderView(get_backbone("tiny-random").load_encoder())
+    view = LayerStack(get_backbone("tiny-random").load_encoder())
     return lst_init.fisher_scores(view, [0, 1], iter(batches), num_samples=num_samples, num_labels=2,
                                   pooling="mean", seed=0)
 

@@ -129,17 +129,36 @@ def test_a_prompt_tuning_export_on_a_mean_pooled_backbone_loads_as_its_note_says
     from app.backbones import get_backbone
     from app.checkpoints import load_run_model
     from app.export import export_run
-    from app.pooling import use_mean_pooling
+    from app.pooling import relink_pooling, use_mean_pooling
 
     record = train_now(store, backbone=str(mean_pooled_folder), method="prompt_tuning", steps=4, lr=1e-2)
     assert record["status"] == "finished", record.get("error")
     result = export_run(store, record["id"], tmp_path / "export")
     assert "use_mean_pooling" in (tmp_path / "export" / "README.md").read_text()
+    assert "relink_pooling" in (tmp_path / "export" / "README.md").read_text()
     loaded = load_run_model(store, record["id"], "cpu")
     batch = _batch(get_backbone(str(mean_pooled_folder)).tokenizer, ["free entry to win", "call me later"])
     base = use_mean_pooling(AutoModelForSequenceClassification.from_pretrained(str(mean_pooled_folder), num_labels=2))
-    peft_model = PeftModel.from_pretrained(base, result["peft_adapter"]).eval()
+    peft_model = relink_pooling(PeftModel.from_pretrained(base, result["peft_adapter"])).eval()
     with torch.no_grad():
         expected = loaded.method.predict(loaded.model.eval(), batch)
         got = peft_model(**batch).logits
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_peft_methods_on_a_mean_pooled_backbone_ignore_padding(mean_pooled_folder, method):
+    """peft trains a copy of the head modules; the copy must still pool over real tokens only."""
+    from app.backbones import get_backbone
+    from app.methods import create_method
+    from app.methods.base import BuildContext
+
+    backbone = get_backbone(str(mean_pooled_folder))
+    model = create_method(method, {}).build(BuildContext(backbone=backbone, label_names=["a", "b"],
+                                                         device=torch.device("cpu"), seed=0)).eval()
+    tokenizer = backbone.tokenizer
+    alone = tokenizer(["bad"], return_tensors="pt")
+    padded = tokenizer(["a long and rather wonderful film", "bad"], padding="max_length", max_length=24,
+                       return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**padded).logits[1], model(**alone).logits[0], rtol=1e-4, atol=1e-5)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..encoder import EncoderView
 from ..errors import ConfigError
+from ..layer_stack import LayerStack
 from .base import BuildContext, Method, MethodConfig, option
 from .peft_support import head_parameter_names
 
@@ -121,7 +121,7 @@ def adapter_slots(model_type: str) -> tuple[str, str]:
 
 
 def install_adapters(classifier: nn.Module, config: AdapterConfig) -> list[BottleneckAdapter]:
-    view = EncoderView(classifier)
+    view = LayerStack(classifier)
     hidden_size = view.config.hidden_size
     installed = []
     for index, layer in enumerate(view.layers):

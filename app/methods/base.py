@@ -273,6 +273,21 @@ class Method:
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         """Raise ConfigError when this config cannot work with this backbone or dataset."""
 
+    @classmethod
+    def backbone_refusal(cls, backbone) -> str | None:
+        """Why this method cannot train on this backbone whatever its settings, or None."""
+        from ..families import family_for
+
+        reason = family_for(backbone.config.model_type).check_method(cls.name)
+        return f"{reason} (backbone '{backbone.name}' is a {backbone.config.model_type} model)" if reason else None
+
+    def check_backbone(self, backbone, label_names: list[str]) -> None:
+        """Refuse a backbone this method cannot train on, then run the method's own checks."""
+        reason = self.backbone_refusal(backbone)
+        if reason:
+            raise ConfigError(reason)
+        self.check_compatible(backbone, label_names)
+
     def extra_input_tokens(self) -> int:
         """Positions this method adds to every input (virtual prompt tokens): the run's max_length
         plus these must fit within the backbone's position limit."""

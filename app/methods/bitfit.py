@@ -5,14 +5,15 @@ The head is the model's `classifier` module, as in the reference code (its `glue
 trains every bias, BERT's pooler bias included, and `classifier`). BERT's pooler weight (147k
 of MiniLM-L6's parameters, five times all its biases) stays frozen: training it would no longer
 be bias-only tuning. RoBERTa, ELECTRA and MPNet keep their dense + projection head under
-`classifier`, so there the whole head trains, as it does for the reference.
+`classifier`, so there the whole head trains, as it does for the reference. Decoders keep their
+head in `score`. A backbone without bias terms (LLaMA-family decoders) is refused: BitFit would
+train the head alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
 from .base import BuildContext, Method, MethodConfig
 
 
@@ -25,8 +26,10 @@ def is_bias(name: str) -> bool:
     return name.endswith(".bias") or name == "bias"
 
 
-def is_classifier(name: str) -> bool:
-    return name.startswith("classifier.")
+def head_prefixes(model) -> tuple[str, ...]:
+    from ..families import family_of
+
+    return tuple(f"{name}." for name in family_of(model).head_modules)
 
 
 class BitFit(Method):
@@ -39,11 +42,21 @@ class BitFit(Method):
     default_lr = 3e-3
     exports_plain_model = True
 
+    @classmethod
+    def backbone_refusal(cls, backbone) -> str | None:
+        import torch
+        from transformers import AutoModel
+
+        with torch.device("meta"):  # names only: no weights are read or allocated
+            bare = AutoModel.from_config(backbone.config)
+        if not any(is_bias(name) for name, _ in bare.named_parameters()):
+            return (f"backbone '{backbone.name}' ({backbone.config.model_type}) has no bias terms, so BitFit "
+                    "would train the classification head alone; choose another method")
+        return super().backbone_refusal(backbone)
+
     def build(self, ctx: BuildContext):
         model = ctx.backbone.load_for_classification(ctx.label_names)
-        if not any(is_classifier(name) for name, _ in model.named_parameters()):
-            raise ConfigError(f"{type(model).__name__} has no 'classifier' module; BitFit supports "
-                              "BERT, RoBERTa, XLM-RoBERTa, ELECTRA and MPNet classification models")
+        head = head_prefixes(model)
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(is_bias(name) or is_classifier(name))
+            parameter.requires_grad_(is_bias(name) or name.startswith(head))
         return model

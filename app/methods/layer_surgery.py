@@ -12,31 +12,12 @@ import re
 import torch
 from torch import nn
 
-from ..encoder import bare_encoder
 from ..errors import ConfigError
-from ..pooling import pool_with_mask
+from ..layer_stack import classify_hidden, layer_list, layer_name_fragment, set_layer_list
+
+__all__ = ["classify_hidden", "layer_list"]  # re-exported: the methods built on surgery use them
 
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
-
-
-def classify_hidden(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Logits of a sequence-classification model's head applied to its last hidden states.
-
-    BERT pools (dense + tanh) and applies dropout before its classifier; RoBERTa, ELECTRA and
-    MPNet heads take the whole sequence. Either picks the first token, or the masked mean for a
-    mean-pooled model (`app.pooling`), which is why the mask goes along.
-    """
-    pool_with_mask(model, attention_mask)
-    pooler = getattr(bare_encoder(model), "pooler", None)
-    if pooler is not None:
-        pooled = pooler(hidden)
-        dropout = getattr(model, "dropout", None)
-        return model.classifier(dropout(pooled) if dropout is not None else pooled)
-    return model.classifier(hidden)
-
-
-def layer_list(model: nn.Module) -> nn.ModuleList:
-    return bare_encoder(model).encoder.layer
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -122,14 +103,13 @@ def shallow_copy_with_layers(model: nn.Module, layers: list[nn.Module], *, share
     caller), its config saying so; every other parameter is the original's very tensor when
     `share_rest` (so the copy shares embeddings and head), else a copy."""
     original_layers = layer_list(model)
-    bare = bare_encoder(model)
     # Deep-copy everything but the layer stack, which is replaced anyway.
-    bare.encoder.layer = nn.ModuleList()
+    set_layer_list(model, nn.ModuleList())
     try:
         result = copy.deepcopy(model)
     finally:
-        bare.encoder.layer = original_layers
-    bare_encoder(result).encoder.layer = nn.ModuleList(layers)
+        set_layer_list(model, original_layers)
+    set_layer_list(result, nn.ModuleList(layers))
     result.config.num_hidden_layers = len(layers)
     from transformers import PretrainedConfig
 
@@ -143,8 +123,9 @@ def shallow_copy_with_layers(model: nn.Module, layers: list[nn.Module], *, share
                 module.config = result.config
     if share_rest:
         originals = dict(model.named_parameters())
+        in_layers = layer_name_fragment(model)
         for name, _ in list(result.named_parameters()):
-            if name in originals and ".encoder.layer." not in f".{name}":
+            if name in originals and in_layers not in f".{name}":
                 owner_name, _, attribute = name.rpartition(".")
                 owner = result.get_submodule(owner_name) if owner_name else result
                 setattr(owner, attribute, originals[name])

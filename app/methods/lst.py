@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoder import EncoderView, masked_mean, pool_first_token
 from ..errors import ConfigError
+from ..layer_stack import LayerStack
+from ..pooling import masked_mean, pool_first_token
 from . import lst_init
 from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, model_inputs, option
 
@@ -170,7 +171,7 @@ class LadderSideNetwork(nn.Module):
                  pooling: str, gate_temperature: float, classifier_dropout: float):
         super().__init__()
         self.backbone = backbone
-        self.view = EncoderView(backbone)
+        self.view = LayerStack(backbone)
         self.feeds = list(feeds)
         self.label_names = list(label_names)
         self.pooling = pooling
@@ -308,7 +309,7 @@ class LadderSideTuning(Method):
     def build(self, ctx: BuildContext) -> nn.Module:
         cfg = self.config
         encoder = ctx.backbone.load_encoder()
-        view = EncoderView(encoder)
+        view = LayerStack(encoder)
         feeds = feed_layers(cfg, view.num_layers)
         shrunk = lst_init.side_config(view.config, cfg.reduction_factor)
         shrunk.attention_probs_dropout_prob = cfg.attention_dropout

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoder import EncoderView, masked_mean, pool_first_token
 from ..errors import ConfigError
+from ..layer_stack import LayerStack
+from ..pooling import masked_mean, pool_first_token
 
 
 @dataclass
@@ -95,7 +96,7 @@ def side_config(config, reduction_factor: int):
     return shrunk
 
 
-def build_side_layers(view: EncoderView, config, count: int) -> nn.ModuleList:
+def build_side_layers(view: LayerStack, config, count: int) -> nn.ModuleList:
     """`count` real instances of the backbone's own layer class built from the shrunken config."""
     layer_class = type(view.layers[0])
     return nn.ModuleList(layer_class(config) for _ in range(count))
@@ -119,7 +120,7 @@ def init_like_pretraining(module: nn.Module, std: float) -> None:
 Scores = dict[int, dict[str, torch.Tensor]]  # backbone layer index -> part name -> score per weight
 
 
-def magnitude_scores(view: EncoderView, layer_indices: Iterable[int]) -> Scores:
+def magnitude_scores(view: LayerStack, layer_indices: Iterable[int]) -> Scores:
     """|W| for every weight matrix of the given backbone layers."""
     return {
         i: {name: linear.weight.detach().abs().float() for name, linear in layer_parts(view.layers[i]).linears().items()}
@@ -128,7 +129,7 @@ def magnitude_scores(view: EncoderView, layer_indices: Iterable[int]) -> Scores:
 
 
 def fisher_scores(
-    view: EncoderView,
+    view: LayerStack,
     layer_indices: Iterable[int],
     batches: Iterator[dict],
     *,

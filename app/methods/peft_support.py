@@ -16,58 +16,44 @@ from torch import nn
 
 from ..errors import ConfigError
 
-# role -> module path inside one encoder layer, per architecture family
-BERT_LIKE_ROLES = {
-    "query": "attention.self.query",
-    "key": "attention.self.key",
-    "value": "attention.self.value",
-    "attention_output": "attention.output.dense",
-    "ffn_in": "intermediate.dense",
-    "ffn_out": "output.dense",
-}
-MPNET_ROLES = {
-    "query": "attention.attn.q",
-    "key": "attention.attn.k",
-    "value": "attention.attn.v",
-    "attention_output": "attention.attn.o",
-    "ffn_in": "intermediate.dense",
-    "ffn_out": "output.dense",
-}
-LAYER_ROLES = tuple(BERT_LIKE_ROLES)
+# Roles every family maps to its own module paths (`app.families`).
+LAYER_ROLES = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
 ROLE_HELP = (
-    "query, key, value (attention projections), attention_output (the projection after attention), "
-    "ffn_in and ffn_out (the feed-forward block's two projections)"
+    "query, key, value (attention projections; one fused projection in GPT-2), attention_output (the "
+    "projection after attention), ffn_in and ffn_out (the feed-forward block's input and output projections; "
+    "ffn_in is both the gate and up projections of a SwiGLU block)"
 )
+LAYER_LIST_NAMES = ("layer", "layers", "h")  # BERT-style, LLaMA-style, GPT-2
 
 
-def layer_roles(model_type: str) -> dict[str, str]:
-    """Role -> module path within one encoder layer for this architecture."""
-    if model_type == "mpnet":
-        return MPNET_ROLES
-    if model_type in ("bert", "roberta", "xlm-roberta", "electra"):
-        return BERT_LIKE_ROLES
-    raise ConfigError(
-        f"backbone type '{model_type}' has no known layer layout for this method; "
-        "use a BERT, RoBERTa, XLM-RoBERTa, ELECTRA or MPNet backbone"
-    )
+def layer_roles(model_type: str) -> dict[str, tuple[str, ...]]:
+    """Role -> module paths within one layer for this architecture."""
+    from ..errors import BackboneError
+    from ..families import family_for
+
+    try:
+        roles = family_for(model_type).roles
+    except BackboneError as exc:
+        raise ConfigError(str(exc)) from None
+    return {role: (path,) if isinstance(path, str) else tuple(path) for role, path in roles.items()}
 
 
 def layer_module_pattern(model_type: str, roles: list[str]) -> str:
-    """A regular expression matching the full names of the role modules in every encoder layer.
+    """A regular expression matching the full names of the role modules in every layer.
 
     Anchoring on `.layer.<i>.` keeps `output.dense` (FFN out) from also matching
     `attention.output.dense`, which a plain name-suffix match would.
     """
     paths = layer_roles(model_type)
-    alternatives = "|".join(re.escape(paths[role]) for role in roles)
-    return rf"(.*\.)?layer\.\d+\.({alternatives})"
+    alternatives = "|".join(sorted({re.escape(path) for role in roles for path in paths[role]}))
+    return rf"(.*\.)?({'|'.join(LAYER_LIST_NAMES)})\.\d+\.({alternatives})"
 
 
-LAYER_INDEX = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+LAYER_INDEX = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYER_LIST_NAMES)})\.(\d+)\.")
 
 
 def layer_index(module_name: str) -> int | None:
-    """The encoder layer a module belongs to, read from its full name."""
+    """The layer a module belongs to, read from its full name."""
     match = LAYER_INDEX.search(module_name)
     return int(match.group(1)) if match else None
 
@@ -82,7 +68,9 @@ def head_module_names(classifier: nn.Module) -> list[str]:
     `classifier`; BERT splits the same two layers into the encoder's `pooler` and `classifier`,
     so BERT's pooler counts as head too: every architecture then trains a comparable head.
     """
-    names = ["classifier"]
+    from ..families import family_of
+
+    names = list(family_of(classifier).head_modules)
     base_prefix = getattr(classifier, "base_model_prefix", "")
     base = getattr(classifier, base_prefix, None) if base_prefix else None
     if base is not None and getattr(base, "pooler", None) is not None:
@@ -92,8 +80,8 @@ def head_module_names(classifier: nn.Module) -> list[str]:
             classifier.get_submodule(name)
         except AttributeError:
             raise ConfigError(
-                f"{type(classifier).__name__} has no '{name}' module; this method supports "
-                "BERT, RoBERTa, XLM-RoBERTa, ELECTRA and MPNet classification models"
+                f"{type(classifier).__name__} has no '{name}' module where its family keeps the "
+                "classification head"
             ) from None
     return names
 
@@ -104,8 +92,8 @@ def head_parameter_names(classifier: nn.Module) -> set[str]:
 
 
 def extra_head_modules(classifier: nn.Module) -> list[str]:
-    """Head modules `peft` does not train on its own (it adds `classifier` for SEQ_CLS itself)."""
-    return [name for name in head_module_names(classifier) if name != "classifier"]
+    """Head modules `peft` does not train on its own (it adds `classifier` and `score` for SEQ_CLS)."""
+    return [name for name in head_module_names(classifier) if name not in ("classifier", "score")]
 
 
 # --- peft --------------------------------------------------------------------------------------
@@ -115,9 +103,11 @@ def wrap_with_peft(classifier: nn.Module, peft_config):
     """`get_peft_model`, with the deprecation chatter of the pinned versions kept out of the logs."""
     from peft import get_peft_model
 
+    from ..pooling import relink_pooling
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(classifier, peft_config)
+        return relink_pooling(get_peft_model(classifier, peft_config))
 
 
 def save_peft_adapter(model, out_dir: Path) -> Path:
@@ -127,20 +117,27 @@ def save_peft_adapter(model, out_dir: Path) -> Path:
     return folder
 
 
-def peft_adapter_note(folder: Path, backbone_source: str) -> str:
+def peft_adapter_note(folder: Path, backbone) -> str:
     from ..pooling import MEAN, pretrained_pooling
 
-    mean_pooled = pretrained_pooling(backbone_source) == MEAN
+    if backbone.family.causal:
+        pooling_lines = ("    from app.pooling import relink_pooling, use_token_pooling  # the last real token, "
+                         "found from the mask\n    base = use_token_pooling(base)\n")
+    elif pretrained_pooling(backbone.source) == MEAN:
+        pooling_lines = ("    from app.pooling import relink_pooling, use_mean_pooling  # trained on the mean token "
+                         "state, as the backbone was\n    base = use_mean_pooling(base)\n")
+    else:
+        pooling_lines = ""
     return (
         "\n## Loading with peft alone\n\n"
         f"`{folder.name}/` is a standard peft adapter folder (virtual tokens and the trained head).\n"
         "It loads on top of the backbone:\n\n"
         "    from transformers import AutoModelForSequenceClassification\n"
         "    from peft import PeftModel\n"
-        f"    base = AutoModelForSequenceClassification.from_pretrained('{backbone_source}', num_labels=N)\n"
-        + ("    from app.pooling import use_mean_pooling  # trained on the mean token state, as the backbone was\n"
-           "    base = use_mean_pooling(base)\n" if mean_pooled else "")
-        + f"    model = PeftModel.from_pretrained(base, '{folder.name}')\n\n"
-        "(`N` is the number of classes in `lab_config.json`; point the first path at wherever the backbone\n"
+        f"    base = AutoModelForSequenceClassification.from_pretrained('{backbone.source}', num_labels=N)\n"
+        + pooling_lines
+        + f"    model = PeftModel.from_pretrained(base, '{folder.name}')\n"
+        + ("    model = relink_pooling(model)  # peft's copy of the head must see the mask too\n" if pooling_lines else "")
+        + "\n(`N` is the number of classes in `lab_config.json`; point the first path at wherever the backbone\n"
         "lives on your machine or at its hub id).\n"
     )

@@ -56,7 +56,7 @@ class VirtualTokenMethod(Method):
         result = export_plain_or_state(self, self.inference_model(model), out_dir, ctx)
         folder = save_peft_adapter(model, Path(out_dir))
         readme = Path(out_dir) / "README.md"
-        readme.write_text(readme.read_text() + peft_adapter_note(folder, ctx.backbone.source))
+        readme.write_text(readme.read_text() + peft_adapter_note(folder, ctx.backbone))
         result["peft_adapter"] = str(folder)
         return result
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoder import EncoderView
 from ..errors import ConfigError
+from ..layer_stack import LayerStack, layer_name_fragment
 from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs, option
 from .layer_surgery import (
     check_reference_labels,
@@ -144,7 +144,7 @@ class TheseusModel(nn.Module):
         """y_{i+1} = successor_i(y_i) if draws[i] else predecessor block i (y_i), then the head."""
         if len(draws) != self.num_modules:
             raise ValueError(f"{len(draws)} draws for {self.num_modules} modules")
-        view = EncoderView(self.successor)
+        view = LayerStack(self.successor)
         hidden = view.embed(input_ids, token_type_ids)
         mask = view.layer_mask(attention_mask, hidden)
         context = view.layer_context(hidden)
@@ -285,8 +285,9 @@ class Theseus(Method):
 
     def trainable_parameters(self, model: TheseusModel) -> list[tuple[str, nn.Parameter]]:
         chosen = []
+        in_layers = layer_name_fragment(model.successor)
         for name, p in model.successor.named_parameters():
-            if ".encoder.layer." in f".{name}" or self.config.train_embeddings_and_head:
+            if in_layers in f".{name}" or self.config.train_embeddings_and_head:
                 chosen.append((f"successor.{name}", p))
         return chosen
 

@@ -1,0 +1,121 @@
+"""Decoder language models: the LLaMA family (LLaMA, Mistral, Qwen2, Qwen3: pre-norm layers with
+RMSNorm, rotary positions, grouped-query attention, SwiGLU) and GPT-2 (learned positions, fused
+query/key/value projection).
+
+Their classifiers (`*ForSequenceClassification`) put a linear `score` on the final-normed state of
+the last real token; `app.pooling.use_token_pooling` finds that token from the attention mask, so
+right or left padding and prepended virtual tokens all pool the right state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..pooling import pool_tokens, pooling_of
+from .base import Family
+
+_NOT_YET = ("is not available for decoder backbones yet; choose an encoder backbone (minilm-l6, "
+            "mpnet-base, a BERT/RoBERTa/ELECTRA/MPNet folder) for it")
+
+
+def _positions(hidden: torch.Tensor) -> torch.Tensor:
+    return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+
+
+class DecoderFamily(Family):
+    causal = True
+    head_modules = ("score",)
+    unsupported_methods = {
+        "lst": "Ladder Side-Tuning " + _NOT_YET,
+        "adapter": "Houlsby adapters " + _NOT_YET,
+        "distill": "Distillation " + _NOT_YET,
+    }
+
+    def layer_mask(self, bare, attention_mask, hidden):
+        from transformers.masking_utils import create_causal_mask
+
+        return create_causal_mask(config=bare.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                  cache=None, position_ids=_positions(hidden))
+
+    def run_layer(self, layer, hidden, mask, context):
+        out = layer(hidden, attention_mask=mask, **context)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def classify(self, model: nn.Module, hidden: torch.Tensor, attention_mask) -> torch.Tensor:
+        normed = self.final_norm(model.base_model)(hidden)
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        return model.score(pool_tokens(normed, attention_mask, pooling_of(model)))
+
+
+class LlamaFamily(DecoderFamily):
+    name = "llama"
+    title = "LLaMA-style decoder"
+    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    layers_path = "layers"
+    roles = {
+        "query": "self_attn.q_proj",
+        "key": "self_attn.k_proj",
+        "value": "self_attn.v_proj",
+        "attention_output": "self_attn.o_proj",
+        "ffn_in": ("mlp.gate_proj", "mlp.up_proj"),
+        "ffn_out": "mlp.down_proj",
+    }
+
+    def embed(self, bare, input_ids, token_type_ids=None):
+        return bare.embed_tokens(input_ids)
+
+    def layer_mask(self, bare, attention_mask, hidden):
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        kwargs = dict(config=bare.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None,
+                      position_ids=_positions(hidden))
+        config = bare.config
+        if config.model_type == "mistral" and getattr(config, "sliding_window", None):
+            return create_sliding_window_causal_mask(**kwargs)
+        if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+            return {"full_attention": create_causal_mask(**kwargs),
+                    "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
+        return create_causal_mask(**kwargs)
+
+    def layer_context(self, bare, hidden):
+        positions = _positions(hidden)
+        return {"position_embeddings": bare.rotary_emb(hidden, position_ids=positions), "position_ids": positions}
+
+    def run_layer(self, layer, hidden, mask, context):
+        if isinstance(mask, dict):  # Qwen2/Qwen3 with some sliding-window layers
+            mask = mask[getattr(layer, "attention_type", "full_attention")]
+        return super().run_layer(layer, hidden, mask, context)
+
+    def final_norm(self, bare):
+        return bare.norm
+
+
+class GPT2Family(DecoderFamily):
+    name = "gpt2"
+    title = "GPT-2 decoder"
+    model_types = ("gpt2",)
+    layers_path = "h"
+    # GPT-2 computes query, key and value with one fused projection.
+    roles = {
+        "query": "attn.c_attn",
+        "key": "attn.c_attn",
+        "value": "attn.c_attn",
+        "attention_output": "attn.c_proj",
+        "ffn_in": "mlp.c_fc",
+        "ffn_out": "mlp.c_proj",
+    }
+
+    def embed(self, bare, input_ids, token_type_ids=None):
+        hidden = bare.wte(input_ids) + bare.wpe(_positions(input_ids))
+        if token_type_ids is not None:
+            hidden = hidden + bare.wte(token_type_ids)
+        return bare.drop(hidden)
+
+    def final_norm(self, bare):
+        return bare.ln_f
+
+
+LLAMA = LlamaFamily()
+GPT2 = GPT2Family()
