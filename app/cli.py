@@ -376,16 +376,20 @@ def cmd_methods(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from .backbones import list_backbones
+    from .backbones import get_backbone, list_backbones
 
+    for name in args.prepare or ():
+        info = get_backbone(name).info()
+        print(f"{name}: ready in {info.source}", file=sys.stderr)
     rows = list_backbones()
     if args.json:
         _print_json({"backbones": rows})
     else:
         for row in rows:
             if row["available"]:
-                print(f"{row['name']:<12} {row['num_layers']} layers, hidden {row['hidden_size']}, "
-                      f"{row['num_heads']} heads, {row['num_params']:,} parameters: {row['description']}")
+                print(f"{row['name']:<17} {row['model_type']}, {row['num_layers']} layers, hidden "
+                      f"{row['hidden_size']}, {row['num_heads']} heads, {row['num_params']:,} parameters: "
+                      f"{row['description']}; methods: {', '.join(row['methods'])}")
             else:
                 print(f"{row['name']:<12} not installed; install with: {row['install']}")
     return 0
@@ -610,9 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs_delete = runs_sub.add_parser("delete", parents=[common])
     runs_delete.add_argument("run_id")
 
-    for name, help_text in (("methods", "training methods and their settings"),
-                            ("backbones", "registered backbones"), ("datasets", "registered datasets")):
+    for name, help_text in (("methods", "training methods and their settings"), ("datasets", "registered datasets")):
         sub.add_parser(name, parents=[common], help=help_text)
+    backbones = sub.add_parser("backbones", parents=[common], help="registered backbones")
+    backbones.add_argument("--prepare", nargs="+", metavar="NAME",
+                           help="unpack or convert these registered backbones now (set-up does smollm2-135m), "
+                                "so the first run does not wait for it")
 
     export = sub.add_parser("export", parents=[common], help="write a finished run's trained model")
     export.add_argument("run_id")

@@ -403,6 +403,16 @@ _token_cache_lock = threading.Lock()
 TOKEN_CACHE_ENTRIES = 24
 
 
+def join_pairs(tokenizer, texts: list[str], pairs: list[str] | None) -> tuple[list[str], list[str] | None]:
+    """Text pairs as the tokenizer takes them. BERT-style tokenizers join a pair themselves (with
+    [SEP] and token types); decoder tokenizers have no pair template and would run the two texts
+    together, so they are joined here with the tokenizer's separator (end-of-text when it has none)."""
+    if pairs is None or tokenizer.sep_token is not None:
+        return texts, pairs
+    separator = tokenizer.eos_token or "\n"
+    return [f"{text}{separator}{pair}" for text, pair in zip(texts, pairs)], None
+
+
 def tokenize_split(tokenizer, dataset: TextDataset, split: str, max_length: int) -> dict:
     """Padded tensors for one split, cached per tokenizer, dataset and max length."""
     import torch
@@ -413,9 +423,10 @@ def tokenize_split(tokenizer, dataset: TextDataset, split: str, max_length: int)
             _token_cache.move_to_end(key)
             return _token_cache[key]
     part = dataset.split(split)
+    texts, pairs = join_pairs(tokenizer, part.texts, part.pairs)
     encoded = tokenizer(
-        part.texts,
-        part.pairs,
+        texts,
+        pairs,
         truncation=True,
         padding="max_length",
         max_length=max_length,

@@ -36,7 +36,10 @@ class Explainer:
     def encode(self, text: str, pair: str | None = None) -> dict:
         if not text or not text.strip():
             raise LabError("type a sentence to explain")
-        encoded = self.tokenizer(text, pair or None, truncation=True, max_length=self.max_length,
+        from .data import join_pairs
+
+        (text,), pairs = join_pairs(self.tokenizer, [text], [pair] if pair else None)
+        encoded = self.tokenizer(text, pairs[0] if pairs else None, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
         return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
@@ -211,12 +214,16 @@ def attribute(explainer: Explainer, text: str, pair: str | None = None, *, targe
 
 
 def _attention_encoder(model: nn.Module) -> nn.Module:
+    """The bare transformer (encoder or decoder without its head) that serves predictions."""
     from transformers import PreTrainedModel
 
+    from .families import BY_MODEL_TYPE
+
     for module in model.modules():
-        if isinstance(module, PreTrainedModel) and hasattr(module, "encoder") and hasattr(module, "embeddings"):
+        if (isinstance(module, PreTrainedModel) and getattr(module, "base_model", None) is module
+                and module.config.model_type in BY_MODEL_TYPE):
             return module
-    raise LabError("this run's model holds no transformer encoder whose attention can be read")
+    raise LabError("this run's model holds no transformer whose attention can be read")
 
 
 def attention_maps(explainer: Explainer, text: str, pair: str | None = None) -> dict:
@@ -233,12 +240,22 @@ def attention_maps(explainer: Explainer, text: str, pair: str | None = None) -> 
     if not attentions:
         raise LabError(f"the encoder of run '{explainer.run_id}' did not return attention weights")
     return {
-        "tokens": explainer.tokens(batch),
+        # word-start markers of byte-level BPE and sentencepiece are not part of what a reader sees
+        "tokens": [token.lstrip("".join(WORD_START_MARKERS)) or token for token in explainer.tokens(batch)],
         "attentions": [layer[0].float().tolist() for layer in attentions],
         "num_layers": len(attentions),
         "num_heads": int(attentions[0].shape[1]),
-        "note": _attention_note(explainer.method.name),
+        "note": " ".join(filter(None, [_attention_note(explainer.method.name), _causal_note(encoder)])),
     }
+
+
+def _causal_note(encoder: nn.Module) -> str:
+    from .families import family_of
+
+    if not family_of(encoder).causal:
+        return ""
+    return ("A decoder attends causally: each token sees itself and the tokens before it, so every map is "
+            "triangular, and the classifier reads the last token's state.")
 
 
 def _attention_note(method_name: str) -> str:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,12 +160,21 @@ class RunManager:
             for run_id in item.run_ids:
                 try:
                     self._run_one(run_id, failed)
-                except Exception as exc:  # the manager must outlive any run
+                except Exception as exc:  # the manager must outlive any run, and no run may stay queued
                     failed[run_id] = str(exc)
+                    self._record_crash(run_id, exc)
                 finally:
                     with self._lock:
                         self._cancel.pop(run_id, None)
                         self._running.discard(run_id)
+
+    def _record_crash(self, run_id: str, exc: Exception) -> None:
+        try:
+            if self.store.get_run(run_id)["status"] in ACTIVE_STATUSES:
+                self.store.set_status(run_id, "failed", error=f"the run manager could not run it: {exc!r}",
+                                      traceback=traceback.format_exc())
+        except Exception:  # the store itself is failing; the run is marked at the next start
+            pass
 
     def _run_one(self, run_id: str, failed_in_chain: dict[str, str]) -> None:
         with self._lock:
@@ -178,7 +188,8 @@ class RunManager:
         if self._stopping.is_set():
             self.store.set_status(run_id, "interrupted", error="the app stopped before this run started")
             return
-        blockers = [v for v in record["config"].get("method_config", {}).values() if v in failed_in_chain]
+        blockers = [v for v in record["config"].get("method_config", {}).values()
+                    if isinstance(v, str) and v in failed_in_chain]
         if blockers:
             self.store.set_status(
                 run_id, "failed", error=f"run '{blockers[0]}' it builds on did not finish ({failed_in_chain[blockers[0]]})"

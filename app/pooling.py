@@ -2,7 +2,7 @@
 
 Decoders (`use_token_pooling`) classify from the last real token's state, found from the
 attention mask rather than from pad ids, so padding on either side, an end-of-text pad token that
-also ends a text, and virtual tokens prepended by prompt tuning all pool the right state.
+also appears in a text, and virtual tokens prepended by prompt tuning all pool the right state.
 
 transformers' sequence classifiers pool the first token. Sentence-transformers encoders such as
 all-MiniLM-L6-v2 and all-mpnet-base-v2 were trained on the mean of their token states instead
@@ -162,32 +162,35 @@ def use_mean_pooling(model: nn.Module) -> nn.Module:
     return model
 
 
-def _pooled_at_every_position(score: nn.Module, args: tuple):
-    hidden, *rest = args
-    if hidden.ndim != 3:  # already one vector per example (`app.families` classify)
-        return None
-    mask = _take_mask(score)
-    if mask is None or mask.shape != hidden.shape[:2]:
+def _pool_decoder_output(base: nn.Module, args: tuple, kwargs: dict, output):
+    hidden = output[0]
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:
+        mask = args[1]
+    if mask is None or mask.ndim != 2 or mask.shape != hidden.shape[:2]:
         mask = torch.ones(hidden.shape[:2], device=hidden.device, dtype=torch.long)
-    pooled = pool_tokens(hidden, mask, score._pooling_mode)
-    # transformers then picks one position of the head's output by pad ids; every position holds
+    pooled = pool_tokens(hidden, mask, base._pooling_mode)
+    # The head then reads one position of every sequence, chosen by pad ids; every position holds
     # the pooled state, so whichever it picks is right.
-    return (pooled.unsqueeze(1).expand_as(hidden), *rest)
+    output.last_hidden_state = pooled.unsqueeze(1).expand_as(hidden)
+    return output
 
 
 def use_token_pooling(model: nn.Module, mode: str = LAST) -> nn.Module:
-    """Make a decoder classifier (a `score` head on every position) read the last real token's
-    state, or the masked mean of all of them (idempotent; the mode can be changed)."""
+    """Make a decoder classifier (a `score` head after the bare model) read the last real token's
+    state, or the masked mean of all of them (idempotent; the mode can be changed).
+
+    The hook sits on the bare model and sees both its mask and its output, so copies of the head
+    (peft's `modules_to_save`) and swapped head modules (dynamic int8) need nothing of their own."""
     top = getattr(model, "get_base_model", lambda: model)()
-    score = getattr(top, "score", None)
-    if score is None:
+    if getattr(top, "score", None) is None:
         raise ValueError(f"{type(model).__name__} has no score head to pool for")
     model.config.classifier_pooling = mode
-    score._pooling_mode = mode
-    if hasattr(score, "_pooling_mask"):
-        return model
-    _link(bare_encoder(top), score)
-    score.register_forward_pre_hook(_pooled_at_every_position)
+    base = bare_encoder(top)
+    base._pooling_mode = mode
+    if not getattr(base, "_pools_tokens", False):
+        base._pools_tokens = True
+        base.register_forward_hook(_pool_decoder_output, with_kwargs=True)
     return model
 
 

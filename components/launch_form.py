@@ -82,7 +82,8 @@ def backbone_picker() -> tuple[str, dict | None]:
     name = st.selectbox(
         "Backbone", list(registry), key="launch.backbone", accept_new_options=True,
         format_func=lambda n: f"{n} — {registry[n]}" if n in registry else n,
-        help="A registry name, or type a local model folder or a Hugging Face hub id (BERT, RoBERTa, ELECTRA, MPNet).",
+        help="A registry name, or type a local model folder or a Hugging Face hub id: encoders (BERT, RoBERTa, "
+             "XLM-RoBERTa, ELECTRA, MPNet) or decoders (LLaMA, Mistral, Qwen2, Qwen3, GPT-2).",
     )
     info = None
     if name:
@@ -92,7 +93,8 @@ def backbone_picker() -> tuple[str, dict | None]:
         except LabError as exc:
             st.warning(str(exc))
     if info:
-        st.caption(f"{info['model_type']} · {info['num_layers']} layers · hidden {info['hidden_size']} · "
+        kind = "decoder" if info.get("causal") else "encoder"
+        st.caption(f"{info['model_type']} {kind} · {info['num_layers']} layers · hidden {info['hidden_size']} · "
                    f"{info['num_heads']} heads · {fmt_count(info['num_params'])} parameters · "
                    f"up to {info['max_length']} tokens")
     return name or "", info

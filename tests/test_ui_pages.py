@@ -148,6 +148,46 @@ def test_the_launch_form_keeps_its_settings_across_page_switches(runs_dir, monke
     assert not at.warning, [w.value for w in at.warning]
 
 
+def test_every_method_launches_from_the_form_with_its_defaults(runs_dir, monkeypatch):
+    """Each method's default settings go through the form's widgets (an empty list field included)
+    and are accepted by the engine."""
+    from app.manager import get_manager
+    from app.methods import METHODS
+    from app.store import RunStore
+
+    at = _tiny_form(open_app(runs_dir, monkeypatch), steps=2)
+    launchable = [name for name, cls in METHODS.items() if not cls.reference_fields]
+    for name in launchable:
+        at.selectbox(key="launch.method").set_value(name).run()
+        at.button(key="launch.submit").click().run()
+        assert not at.exception and not at.error, (name, [e.value for e in at.error])
+    runs = RunStore(runs_dir).list_runs()
+    assert sorted(r["method"] for r in runs) == sorted(launchable)
+    for run in runs:
+        assert get_manager(runs_dir).wait(run["id"], timeout=180)["status"] == "finished", run["method"]
+
+
+def test_a_decoder_backbone_is_picked_launched_and_its_unsupported_methods_flagged(runs_dir, monkeypatch):
+    from app.manager import get_manager
+    from app.store import RunStore
+
+    at = _tiny_form(open_app(runs_dir, monkeypatch), steps=3)
+    at.selectbox(key="launch.backbone").set_value("tiny-random-llama").run()
+    assert any("llama decoder" in caption.value for caption in at.caption)
+    at.selectbox(key="launch.method").set_value("lst").run()
+    assert any("cannot train on tiny-random-llama" in w.value for w in at.warning), [w.value for w in at.warning]
+    at.button(key="launch.submit").click().run()
+    assert any("not available for decoder backbones" in e.value for e in at.error), [e.value for e in at.error]
+    assert RunStore(runs_dir).list_runs() == []
+    at.selectbox(key="launch.method").set_value("lora").run()
+    assert not at.warning, [w.value for w in at.warning]
+    at.button(key="launch.submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [run] = RunStore(runs_dir).list_runs()
+    final = get_manager(runs_dir).wait(run["id"], timeout=180)
+    assert (final["status"], final["backbone"], final["method"]) == ("finished", "tiny-random-llama", "lora")
+
+
 def test_bad_input_shows_the_engines_message_and_stores_nothing(runs_dir, monkeypatch):
     from app.store import RunStore
 

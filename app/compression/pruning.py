@@ -41,6 +41,11 @@ def linear_targets(model: nn.Module) -> Targets:
     if in_encoder:
         return Targets(in_encoder, f"the {len(in_encoder)} Linear weight matrices of the encoder layers "
                                    "(attention q/k/v/output and FFN); embeddings, pooler and classifier untouched")
+    in_layers = [(n, m) for n, m in linears if "layers" in n.split(".") and
+                 not any(part in n for part in _EXCLUDED_PARTS)]
+    if in_layers:
+        return Targets(in_layers, f"the {len(in_layers)} Linear weight matrices of the decoder layers "
+                                  "(attention q/k/v/o and MLP); embeddings and score head untouched")
     others = [(n, m) for n, m in linears if not any(part in n for part in _EXCLUDED_PARTS)]
     if not others:
         raise LabError("this model has no Linear layers outside its embeddings and head to compress")
@@ -102,6 +107,11 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
             f"structured pruning needs a plain transformers model, but this run's inference model is a "
             f"{type(model).__name__}; use unstructured pruning or quantization for this method"
         )
+    from ..families import family_of
+
+    if family_of(model).causal:
+        raise LabError(f"structured pruning (attention heads, FFN neurons) of {model.config.model_type} decoder "
+                       "layers is not available yet; use unstructured pruning or quantization for this run")
     base = getattr(model, "base_model", model)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:

@@ -77,6 +77,8 @@ def describe_fields(config_cls) -> list[dict]:
 def _convert(name: str, tp, value):
     """Turn a CLI/form value into the field's type, with a message that names the field."""
     tp, optional = _unwrap_optional(tp)
+    if typing.get_origin(tp) is list and isinstance(value, str) and not value.strip():
+        return []  # an empty list field of a form or `--set name=`
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
         if optional:
             return None
