@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from app.backbones import get_backbone
-from app.layer_stack import LayerStack
 from app.errors import ConfigError
+from app.layer_stack import LayerStack
 from app.methods import create_method
 from app.methods.base import BuildContext, TrainState, model_inputs
 from app.methods import lst_init
@@ -485,3 +485,77 @@ def test_mpnet_base_builds_and_takes_a_step():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(p.grad is None for p in model.backbone.parameters())
+
+
+# --- LLaMA-family decoders -----------------------------------------------------------------------
+
+
+def _decoder_lst(reduction_factor: int):
+    from app.backbones import get_backbone
+    from app.methods import create_method
+    from app.methods.base import BuildContext
+
+    backbone = get_backbone("tiny-random-llama")
+    method = create_method("lst", {"reduction_factor": reduction_factor})
+    model = method.build(BuildContext(backbone=backbone, label_names=["a", "b"], device=torch.device("cpu"), seed=0))
+    return backbone, model.eval()
+
+
+def test_a_decoder_side_layer_pruned_at_r1_computes_its_backbone_layer():
+    backbone, model = _decoder_lst(1)
+    view = model.view
+    batch = backbone.tokenizer(["a causal model reads left to right", "short"], padding="max_length",
+                               max_length=12, return_tensors="pt")
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 12, view.config.hidden_size)
+    mask = view.layer_mask(batch["attention_mask"], hidden)
+    with torch.no_grad():
+        for k, backbone_index in enumerate(model.feeds):
+            expected = view.run_layer(view.layers[backbone_index], hidden, mask, view.layer_context(hidden))
+            got = view.run_layer(model.side_layers[k], hidden, mask, model.side_contexts(hidden)[k])
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_decoder_side_heads_keep_rotary_pairs_with_their_own_frequencies():
+    """Rotating a pruned query equals pruning the rotated backbone query: the side head keeps
+    dimension pairs (j, j + d_head/2) and rotates them at the backbone's frequency for j."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from app.methods.lst_init import head_size_of
+
+    backbone, model = _decoder_lst(2)
+    view = model.view
+    config = view.config
+    head, side_head = head_size_of(config), head_size_of(config) // 2
+    layer_index = model.feeds[1]
+    backbone_q = view.layers[layer_index].self_attn.q_proj
+    side_q = model.side_layers[1].self_attn.q_proj
+    # the side layer's query rows are backbone rows: find which ones, head by head
+    rows = [int((backbone_q.weight[:, model.downs[0].weight.argmax(1)] == side_row).all(1).nonzero()[0])
+            for side_row in side_q.weight]
+    dims = torch.tensor(rows[:side_head]) % head
+    half = head // 2
+    assert torch.equal(dims[side_head // 2:], dims[: side_head // 2] + half)  # pairs kept together
+    torch.manual_seed(0)
+    x = torch.randn(1, 7, config.hidden_size)
+    kept_hidden = model.downs[0].weight.argmax(1)
+    x_side = x[..., kept_hidden]
+    x_zeroed = torch.zeros_like(x)
+    x_zeroed[..., kept_hidden] = x_side
+    with torch.no_grad():
+        full = backbone_q(x_zeroed).view(1, 7, -1, head).transpose(1, 2)
+        cos, sin = view.layer_context(x)["position_embeddings"]
+        rotated_full, _ = apply_rotary_pos_emb(full, full, cos, sin)
+        side = side_q(x_side).view(1, 7, -1, side_head).transpose(1, 2)
+        side_cos, side_sin = model.side_contexts(x_side)[1]["position_embeddings"]
+        rotated_side, _ = apply_rotary_pos_emb(side, side, side_cos, side_sin)
+    torch.testing.assert_close(rotated_side, rotated_full[..., dims], rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_lst_refuses_a_factor_that_splits_rotary_pairs():
+    from app.backbones import get_backbone
+    from app.errors import ConfigError
+    from app.methods import create_method
+
+    with pytest.raises(ConfigError, match="rotary pairs"):
+        create_method("lst", {"reduction_factor": 16}).check_compatible(get_backbone("tiny-random-llama"), ["a", "b"])

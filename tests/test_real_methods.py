@@ -120,6 +120,7 @@ DECODER_REAL: dict[str, dict] = {
     "prompt_tuning": dict(steps=40, eval_every=40),
     "p_tuning": dict(steps=40, eval_every=40),
     "truncate": dict(steps=40, eval_every=40, lr=1e-4, method_config={"layers": 10}),
+    "lst": dict(steps=40, eval_every=40),
     # 30 -> 15 layers from the fine-tuned predecessor's blocks.
     "theseus": dict(steps=60, eval_every=20, loss_falls_after=30, method_config={"layers": 15}),
 }

@@ -27,7 +27,6 @@ class DecoderFamily(Family):
     causal = True
     head_modules = ("score",)
     unsupported_methods = {
-        "lst": "Ladder Side-Tuning " + _NOT_YET,
         "adapter": "Houlsby adapters " + _NOT_YET,
         "distill": "Distillation " + _NOT_YET,
     }
@@ -97,6 +96,12 @@ class GPT2Family(DecoderFamily):
     title = "GPT-2 decoder"
     model_types = ("gpt2",)
     layers_path = "h"
+    unsupported_methods = {
+        **DecoderFamily.unsupported_methods,
+        # its fused query/key/value projection and learned positions need their own pruning
+        "lst": "Ladder Side-Tuning is available for LLaMA-family decoders (LLaMA, Mistral, Qwen2, Qwen3) and "
+               "encoders, not GPT-2 yet",
+    }
     # GPT-2 computes query, key and value with one fused projection.
     roles = {
         "query": "attn.c_attn",

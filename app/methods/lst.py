@@ -1,4 +1,5 @@
-"""LST — Ladder Side-Tuning (Sung, Cho & Bansal, NeurIPS 2022) for encoder classification.
+"""LST — Ladder Side-Tuning (Sung, Cho & Bansal, NeurIPS 2022) for sequence classification, on
+encoders and on LLaMA-family decoders.
 
 A small side network (the backbone's own layer type, every width divided by r) runs beside the
 frozen backbone. Before side block k, a gated ladder mixes the side stream with a projection of
@@ -10,6 +11,11 @@ the backbone's hidden state:
 Every trainable parameter (ladder projections, gates, side layers, upsampling, head) lives
 outside the backbone, which runs under `torch.no_grad()` in eval mode: autograd keeps none of
 its activations and backward never enters it. That is where the training memory goes.
+
+On a decoder the side layers are the backbone's decoder layers (RMSNorm, SwiGLU, grouped-query
+attention with the same head and key/value-head counts), causal like it, with rotary positions at
+the side head size that use the kept dimension pairs' own frequencies; a final RMSNorm pruned from
+the backbone's closes the side stream, and the last real token's state is pooled.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack
-from ..pooling import masked_mean, pool_first_token
+from ..pooling import FIRST, LAST, MEAN, pool_tokens
 from . import lst_init
 from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, model_inputs, option
 
@@ -67,8 +73,9 @@ class LSTConfig(MethodConfig):
         min=1e-3, max=100.0, advanced=True,
     )
     pooling: str = option(
-        "mean", "How the final side states become one vector: mean over tokens or the first token.",
-        choices=["mean", "first"],
+        "auto", "How the final side states become one vector: auto (the mean over tokens on encoders, the last "
+        "real token on decoders), mean, first (encoders) or last token.",
+        choices=["auto", MEAN, FIRST, LAST],
     )
     attention_dropout: float = option(
         0.0, "Dropout on the side network's attention weights. Off by default: the side network keeps the "
@@ -164,6 +171,12 @@ class HiddenStateCache:
                 "hits": self.hits, "misses": self.misses}
 
 
+def resolve_pooling(pooling: str, causal: bool) -> str:
+    if pooling == "auto":
+        return LAST if causal else MEAN
+    return pooling
+
+
 class LadderSideNetwork(nn.Module):
     """Frozen backbone + gated ladder + side network + head; `forward(**inputs)` gives logits."""
 
@@ -174,14 +187,25 @@ class LadderSideNetwork(nn.Module):
         self.view = LayerStack(backbone)
         self.feeds = list(feeds)
         self.label_names = list(label_names)
-        self.pooling = pooling
+        self.pooling = resolve_pooling(pooling, self.view.family.causal)
         self.gate_temperature = gate_temperature
         d, ds = self.view.config.hidden_size, side_config.hidden_size
-        self.embedding_dropout = nn.Dropout(side_config.hidden_dropout_prob)
+        self.embedding_dropout = nn.Dropout(getattr(side_config, "hidden_dropout_prob", 0.0))
         # downs[0] starts the side stream from the embeddings; downs[k + 1] feeds side block k.
         self.downs = nn.ModuleList(nn.Linear(d, ds) for _ in range(len(self.feeds) + 1))
         self.gate_alpha = nn.Parameter(torch.zeros(len(self.feeds)))
         self.side_layers = lst_init.build_side_layers(self.view, side_config, len(self.feeds))
+        self.side_norm: nn.Module | None = None
+        if self.view.family.causal:
+            # The side stream of pre-norm layers is unnormalised, like the backbone's before its final
+            # norm; a norm of the same kind at the side width closes it.
+            self.side_norm = type(self.view.family.final_norm(self.view.model))(ds, eps=side_config.rms_norm_eps)
+            # Each side layer's rotary frequencies: its kept dimension pairs' own (set at init, saved
+            # with the weights). Until then, every r-th frequency of the backbone's.
+            backbone_freq = self.view.model.rotary_emb.inv_freq.float()
+            half = side_config.head_dim // 2
+            stride = len(backbone_freq) // half
+            self.register_buffer("side_inv_freq", backbone_freq[::stride][:half].repeat(len(self.feeds), 1).clone())
         self.upsample = nn.Linear(ds, d)
         self.head_dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(d, len(label_names))
@@ -251,7 +275,7 @@ class LadderSideNetwork(nn.Module):
             # each side head is pruned from the same backbone head, so the backbone's own frozen
             # per-head bias is what those heads were trained with. Reusing it (computed from the
             # frozen table, no gradient) adds no parameters and keeps the pruned heads faithful.
-            context = self.view.layer_context(states[0])
+            contexts = self.side_contexts(states[0])
         capture = self.training and self.record_stats
         stats = [] if capture else None
         real = attention_mask.bool()
@@ -260,12 +284,29 @@ class LadderSideNetwork(nn.Module):
         for k, layer in enumerate(self.side_layers):
             side_term = mus[k] * h
             ladder_term = (1 - mus[k]) * self.downs[k + 1](states[k + 1])
-            h = self.view.run_layer(layer, side_term + ladder_term, mask, context)
+            h = self.view.run_layer(layer, side_term + ladder_term, mask, contexts[k])
             if capture:
                 stats.append(_block_stats(h, side_term, ladder_term, real))
         if capture:
             self.last_stats = {"blocks": stats, "gates": mus.detach()}
-        return masked_mean(h, attention_mask) if self.pooling == "mean" else pool_first_token(h)
+        if self.side_norm is not None:
+            h = self.side_norm(h)
+        return pool_tokens(h, attention_mask, self.pooling)
+
+    def side_contexts(self, hidden: torch.Tensor) -> list[dict]:
+        """Each side layer's per-forward inputs: the backbone's (MPNet's position bias), or rotary
+        embeddings at the side head size from that layer's own frequencies."""
+        if not self.view.family.causal:
+            return [self.view.layer_context(hidden)] * len(self.side_layers)
+        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        scaling = getattr(self.view.model.rotary_emb, "attention_scaling", 1.0)
+        contexts = []
+        for inv_freq in self.side_inv_freq:
+            freqs = positions[..., None].float() * inv_freq.to(hidden.device)
+            angles = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = (angles.cos() * scaling).to(hidden.dtype), (angles.sin() * scaling).to(hidden.dtype)
+            contexts.append({"position_embeddings": (cos, sin), "position_ids": positions})
+        return contexts
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, example_index=None):
         pooled = self.side_features(input_ids, attention_mask, token_type_ids, example_index)
@@ -305,6 +346,9 @@ class LadderSideTuning(Method):
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         lst_init.side_dimensions(backbone.config, self.config.reduction_factor)
         feed_layers(self.config, backbone.num_layers)
+        if backbone.family.causal and self.config.pooling == FIRST:
+            raise ConfigError("pooling 'first' reads a decoder's first token, which has seen no other token; "
+                              "use last, mean or auto")
 
     def build(self, ctx: BuildContext) -> nn.Module:
         cfg = self.config
@@ -313,6 +357,8 @@ class LadderSideTuning(Method):
         feeds = feed_layers(cfg, view.num_layers)
         shrunk = lst_init.side_config(view.config, cfg.reduction_factor)
         shrunk.attention_probs_dropout_prob = cfg.attention_dropout
+        if view.family.causal:
+            shrunk.attention_dropout = cfg.attention_dropout
         model = LadderSideNetwork(encoder, shrunk, feeds, ctx.label_names, pooling=cfg.pooling,
                                   gate_temperature=cfg.gate_temperature, classifier_dropout=cfg.classifier_dropout)
         model.to(ctx.device)
@@ -321,6 +367,8 @@ class LadderSideTuning(Method):
         lst_init.init_like_pretraining(model.side_layers, std)
         lst_init.init_like_pretraining(model.upsample, std)
         lst_init.init_like_pretraining(model.classifier, std)
+        if model.side_norm is not None:
+            lst_init.init_like_pretraining(model.side_norm, std)
         if cfg.cache_hidden_states:
             model.cache = HiddenStateCache(cfg.cache_mb * 1024 * 1024)
         if ctx.restoring or ctx.shapes_only or cfg.init == "random":
@@ -331,10 +379,13 @@ class LadderSideTuning(Method):
             ctx.progress(f"Fisher importance over {cfg.fisher_samples} training examples")
             scores = lst_init.fisher_scores(
                 view, feeds, ctx.train_batches(), num_samples=cfg.fisher_samples, num_labels=len(ctx.label_names),
-                pooling=cfg.pooling, seed=ctx.seed, progress=ctx.progress,
+                pooling=model.pooling, seed=ctx.seed, progress=ctx.progress,
             )
         else:
             scores = lst_init.magnitude_scores(view, feeds)
+        if view.family.causal:
+            _init_decoder_side(model, view, scores, feeds, cfg.reduction_factor)
+            return model
         indices = lst_init.choose_indices(scores, num_heads=view.config.num_attention_heads,
                                           reduction_factor=cfg.reduction_factor)
         for side_layer, backbone_index in zip(model.side_layers, feeds):
@@ -432,3 +483,22 @@ def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if explained.numel() < 2:
         explained = torch.cat([explained, explained.new_zeros(2 - explained.numel())])
     return centred @ components.T, explained
+
+
+@torch.no_grad()
+def _init_decoder_side(model: LadderSideNetwork, view: LayerStack, scores, feeds: list[int], r: int) -> None:
+    """Prune a LLaMA-family backbone into the side network: layers, ladders, final norm and each
+    side layer's rotary frequencies (see `lst_init`)."""
+    config = view.config
+    head_size = lst_init.head_size_of(config)
+    shape = dict(num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads, head_size=head_size)
+    indices = lst_init.choose_decoder_indices(scores, reduction_factor=r, **shape)
+    for k, (side_layer, backbone_index) in enumerate(zip(model.side_layers, feeds)):
+        lst_init.copy_pruned_decoder_layer(view.layers[backbone_index], side_layer, indices.hidden,
+                                           indices.head_dims[backbone_index], indices.ffn[backbone_index], **shape)
+        pairs = indices.rotary_pairs[backbone_index].to(model.side_inv_freq.device)
+        model.side_inv_freq[k].copy_(view.model.rotary_emb.inv_freq.float()[pairs])
+    model.side_norm.weight.copy_(view.family.final_norm(view.model).weight[indices.hidden])
+    for down in model.downs:
+        lst_init.selection_projection(down, indices.hidden)
+    lst_init.selection_projection(model.upsample, indices.hidden, transpose=True)

@@ -16,6 +16,17 @@ and the kept rows/columns are copied. Index sets are kept consistent:
   backbone head (q·k sums over matching dimensions, v lines up with o).
 * FFN: per layer, the kept neurons index the rows of the FFN input and the columns of its output.
 
+Decoders of the LLaMA family prune the same way, with three constraints of their own:
+
+* rotary positions rotate dimension j of a head together with dimension j + d_head/2, so head
+  dimensions are kept in such pairs, and the side network's rotary embedding uses exactly the
+  kept pairs' frequencies (one pair set per layer, shared by all its heads, because one rotary
+  table serves every head of a layer);
+* grouped-query attention: query heads read the key/value head of their group, so the kept head
+  dimensions are the same for query and key/value heads (the head and key/value-head counts stay);
+* SwiGLU: the gate and up projections keep the same neurons, which index the down projection's
+  columns; RMSNorm scales (and Qwen3's per-head query/key norms) keep the kept dimensions.
+
 Importance is either L1 magnitude of the weights or an empirical Fisher score (squared per-example
 gradients of the task loss, summed over shuffled training examples).
 """
@@ -32,7 +43,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack
-from ..pooling import masked_mean, pool_first_token
+from ..pooling import pool_tokens
 
 
 @dataclass
@@ -53,7 +64,34 @@ class LayerParts:
                 "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
 
 
-def layer_parts(layer: nn.Module) -> LayerParts:
+@dataclass
+class DecoderLayerParts:
+    """The weight-carrying pieces of one LLaMA-family decoder layer."""
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attn_out: nn.Linear
+    gate: nn.Linear
+    up: nn.Linear
+    down: nn.Linear
+    attn_norm: nn.Module
+    ffn_norm: nn.Module
+    query_norm: nn.Module | None = None  # Qwen3 normalises each head's query and key
+    key_norm: nn.Module | None = None
+
+    def linears(self) -> dict[str, nn.Linear]:
+        return {"query": self.query, "key": self.key, "value": self.value, "attn_out": self.attn_out,
+                "gate": self.gate, "up": self.up, "down": self.down}
+
+
+def layer_parts(layer: nn.Module) -> LayerParts | DecoderLayerParts:
+    if hasattr(layer, "self_attn") and hasattr(layer, "mlp"):  # LLaMA, Mistral, Qwen2, Qwen3
+        attention, mlp = layer.self_attn, layer.mlp
+        return DecoderLayerParts(attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                                 mlp.gate_proj, mlp.up_proj, mlp.down_proj, layer.input_layernorm,
+                                 layer.post_attention_layernorm, getattr(attention, "q_norm", None),
+                                 getattr(attention, "k_norm", None))
     attention = layer.attention
     if hasattr(attention, "self"):  # BERT, RoBERTa, XLM-R, ELECTRA
         heads = attention.self
@@ -69,10 +107,24 @@ def layer_parts(layer: nn.Module) -> LayerParts:
 # --- the shrunken configuration --------------------------------------------------------------
 
 
+def head_size_of(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def side_dimensions(config, reduction_factor: int) -> dict:
     """Side widths for a backbone config, or a ConfigError that says which width does not divide."""
     d, heads, d_ff = config.hidden_size, config.num_attention_heads, config.intermediate_size
     r = reduction_factor
+    if getattr(config, "num_key_value_heads", None):  # a rotary decoder: head dims go in pairs
+        head_size = head_size_of(config)
+        if (head_size // 2) % r:
+            raise ConfigError(
+                f"reduction_factor {r} does not divide the {head_size // 2} rotary pairs of the backbone's "
+                f"per-head size {head_size}; choose a divisor of {head_size // 2}")
+        if d % r or d_ff % r:
+            raise ConfigError(f"reduction_factor {r} does not divide the backbone's hidden size {d} and FFN size {d_ff}")
+        return {"hidden": d // r, "ffn": d_ff // r, "heads": heads, "head_size": head_size // r,
+                "kv_heads": config.num_key_value_heads}
     if d % heads:
         raise ConfigError(f"backbone hidden size {d} is not a multiple of its {heads} heads")
     head_size = d // heads
@@ -93,12 +145,16 @@ def side_config(config, reduction_factor: int):
     shrunk.hidden_size = dims["hidden"]
     shrunk.intermediate_size = dims["ffn"]
     shrunk.num_attention_heads = dims["heads"]
+    if "kv_heads" in dims:
+        shrunk.head_dim = dims["head_size"]
     return shrunk
 
 
 def build_side_layers(view: LayerStack, config, count: int) -> nn.ModuleList:
     """`count` real instances of the backbone's own layer class built from the shrunken config."""
     layer_class = type(view.layers[0])
+    if view.family.causal:
+        return nn.ModuleList(layer_class(config, layer_idx=i) for i in range(count))
     return nn.ModuleList(layer_class(config) for _ in range(count))
 
 
@@ -112,6 +168,8 @@ def init_like_pretraining(module: nn.Module, std: float) -> None:
         elif isinstance(sub, nn.LayerNorm):
             nn.init.ones_(sub.weight)
             nn.init.zeros_(sub.bias)
+        elif type(sub).__name__.endswith("RMSNorm"):
+            nn.init.ones_(sub.weight)
 
 
 # --- importance ------------------------------------------------------------------------------
@@ -184,7 +242,10 @@ def fisher_scores(
                 mask = attention_mask[row : row + 1, :length] if attention_mask is not None else None
                 types = token_type_ids[row : row + 1, :length] if token_type_ids is not None else None
                 last = view.hidden_states(input_ids, mask, types)[-1]
-                pooled = masked_mean(last, mask) if pooling == "mean" and mask is not None else pool_first_token(last)
+                final_norm = view.family.final_norm(view.model)
+                if final_norm is not None:
+                    last = final_norm(last)
+                pooled = pool_tokens(last, mask if mask is not None else torch.ones_like(input_ids), pooling)
                 loss = F.cross_entropy(head(pooled).float(), batch["labels"][row : row + 1])
                 grads = torch.autograd.grad(loss, weights)
                 for w, g in zip(weights, grads):
@@ -211,10 +272,14 @@ def top_indices(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.sort(order).values
 
 
+READS_HIDDEN = ("query", "key", "value", "ffn_in", "gate", "up")  # their columns read the hidden state
+WRITES_HIDDEN = ("attn_out", "ffn_out", "down")  # their rows write it
+
+
 def hidden_importance(layer_scores: dict[str, torch.Tensor]) -> torch.Tensor:
     """Score of each hidden dimension in one layer: the columns that read it, the rows that write it."""
-    reads = sum(layer_scores[name].sum(0) for name in ("query", "key", "value", "ffn_in"))
-    writes = sum(layer_scores[name].sum(1) for name in ("attn_out", "ffn_out"))
+    reads = sum(layer_scores[name].sum(0) for name in READS_HIDDEN if name in layer_scores)
+    writes = sum(layer_scores[name].sum(1) for name in WRITES_HIDDEN if name in layer_scores)
     return reads + writes
 
 
@@ -247,22 +312,81 @@ def choose_indices(scores: Scores, *, num_heads: int, reduction_factor: int) -> 
     return PrunedIndices(hidden, heads, ffn)
 
 
+@dataclass
+class DecoderPrunedIndices:
+    hidden: torch.Tensor  # shared by every side layer, ladder projection and the side's final norm
+    head_dims: dict[int, torch.Tensor]  # backbone layer -> kept dimensions within every head
+    rotary_pairs: dict[int, torch.Tensor]  # backbone layer -> kept rotary pairs (first index of each)
+    ffn: dict[int, torch.Tensor]  # backbone layer -> kept SwiGLU neurons
+
+
+def choose_decoder_indices(scores: Scores, *, num_heads: int, num_kv_heads: int, head_size: int,
+                           reduction_factor: int) -> DecoderPrunedIndices:
+    """The decoder version of `choose_indices`: hidden dims as for encoders; per layer one set of
+    rotary pairs for all heads (query and key/value alike), and the SwiGLU neurons."""
+    layers = sorted(scores)
+    r = reduction_factor
+    hidden_size = scores[layers[0]]["query"].shape[1]
+    ffn_size = scores[layers[0]]["gate"].shape[0]
+    hidden = top_indices(sum(hidden_importance(scores[i]) for i in layers), hidden_size // r)
+    half = head_size // 2
+    head_dims, pairs, ffn = {}, {}, {}
+    for i in layers:
+        s = scores[i]
+        per_dim = (s["query"][:, hidden].sum(1).view(num_heads, head_size).sum(0)
+                   + s["key"][:, hidden].sum(1).view(num_kv_heads, head_size).sum(0)
+                   + s["value"][:, hidden].sum(1).view(num_kv_heads, head_size).sum(0)
+                   + s["attn_out"][hidden].sum(0).view(num_heads, head_size).sum(0))
+        kept = top_indices(per_dim[:half] + per_dim[half:], half // r)
+        pairs[i] = kept
+        head_dims[i] = torch.cat([kept, kept + half])  # rotate_half's layout: first halves, then second
+        ffn[i] = top_indices(s["gate"][:, hidden].sum(1) + s["up"][:, hidden].sum(1) + s["down"][hidden].sum(0),
+                             ffn_size // r)
+    return DecoderPrunedIndices(hidden, head_dims, pairs, ffn)
+
+
+def _per_head(dims: torch.Tensor, heads: int, head_size: int) -> torch.Tensor:
+    return torch.cat([h * head_size + dims for h in range(heads)])
+
+
+def _copy_linear(s: nn.Linear, d: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    d.weight.copy_(s.weight[rows][:, cols])
+    if d.bias is not None:
+        d.bias.copy_(s.bias[rows])
+
+
+@torch.no_grad()
+def copy_pruned_decoder_layer(source: nn.Module, target: nn.Module, hidden: torch.Tensor, head_dims: torch.Tensor,
+                              ffn: torch.Tensor, *, num_heads: int, num_kv_heads: int, head_size: int) -> None:
+    """Copy the kept rows/columns of a LLaMA-family layer into a side layer of the same class."""
+    src, dst = layer_parts(source), layer_parts(target)
+    query_rows = _per_head(head_dims, num_heads, head_size)
+    kv_rows = _per_head(head_dims, num_kv_heads, head_size)
+    _copy_linear(src.query, dst.query, query_rows, hidden)
+    _copy_linear(src.key, dst.key, kv_rows, hidden)
+    _copy_linear(src.value, dst.value, kv_rows, hidden)
+    _copy_linear(src.attn_out, dst.attn_out, hidden, query_rows)
+    _copy_linear(src.gate, dst.gate, ffn, hidden)
+    _copy_linear(src.up, dst.up, ffn, hidden)
+    _copy_linear(src.down, dst.down, hidden, ffn)
+    dst.attn_norm.weight.copy_(src.attn_norm.weight[hidden])
+    dst.ffn_norm.weight.copy_(src.ffn_norm.weight[hidden])
+    for norm_src, norm_dst in ((src.query_norm, dst.query_norm), (src.key_norm, dst.key_norm)):
+        if norm_src is not None:
+            norm_dst.weight.copy_(norm_src.weight[head_dims])
+
+
 @torch.no_grad()
 def copy_pruned_layer(source: nn.Module, target: nn.Module, hidden: torch.Tensor, heads: torch.Tensor,
                       ffn: torch.Tensor) -> None:
     """Copy the kept rows/columns of a backbone layer into a side layer of the same class."""
     src, dst = layer_parts(source), layer_parts(target)
 
-    def copy_linear(s: nn.Linear, d: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        d.weight.copy_(s.weight[rows][:, cols])
-        if d.bias is not None:
-            d.bias.copy_(s.bias[rows])
-
     for name in ("query", "key", "value"):
-        copy_linear(getattr(src, name), getattr(dst, name), heads, hidden)
-    copy_linear(src.attn_out, dst.attn_out, hidden, heads)
-    copy_linear(src.ffn_in, dst.ffn_in, ffn, hidden)
-    copy_linear(src.ffn_out, dst.ffn_out, hidden, ffn)
+        _copy_linear(getattr(src, name), getattr(dst, name), heads, hidden)
+    _copy_linear(src.attn_out, dst.attn_out, hidden, heads)
+    _copy_linear(src.ffn_in, dst.ffn_in, ffn, hidden)
+    _copy_linear(src.ffn_out, dst.ffn_out, hidden, ffn)
     for norm_src, norm_dst in ((src.attn_norm, dst.attn_norm), (src.ffn_norm, dst.ffn_norm)):
         norm_dst.weight.copy_(norm_src.weight[hidden])
         norm_dst.bias.copy_(norm_src.bias[hidden])
