@@ -99,6 +99,33 @@ def load_average() -> list[float] | None:
         return None
 
 
+def inference_speedups(store: RunStore, results: dict, args) -> None:
+    """For methods whose served model is smaller (Theseus' successor, truncation): forward-pass time
+    of full fine-tuning's model over theirs, timed in alternating passes on one test batch."""
+    from app.batching import Batcher
+    from app.checkpoints import load_run_model
+    from app.compression.measure import latency_batch, paired_latency_ms
+    from app.data import tokenize_split
+    from app.training import load_run_dataset
+
+    if "run_id" not in results.get(REFERENCE, {}):
+        return
+    reference = load_run_model(store, results[REFERENCE]["run_id"])
+    tensors = tokenize_split(reference.prepared.backbone.tokenizer, load_run_dataset(reference.prepared.config),
+                             "test", args.max_length)
+    batch = latency_batch(tensors, args.batch_size, Batcher("max"))
+    reference_model = reference.method.inference_model(reference.model)
+    with torch.inference_mode():
+        for label, row in results.items():
+            if row.get("method") not in ("theseus", "truncate") or "run_id" not in row:
+                continue
+            loaded = load_run_model(store, row["run_id"])
+            model_ms, reference_ms, _ = paired_latency_ms(loaded.method.inference_model(loaded.model),
+                                                          reference_model, batch, repeats=9, warmup=2)
+            row["inference_speedup"] = reference_ms / model_ms
+            print(f"[latency] {label}: {reference_ms:.0f} ms -> {model_ms:.0f} ms per batch", file=sys.stderr)
+
+
 def ratio(value, reference):
     return None if value is None or not reference else value / reference
 
@@ -132,10 +159,16 @@ def main() -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    names = [n.strip() for n in args.methods.split(",") if n.strip()] or list(METHODS)
+    from app.backbones import get_backbone
+
+    backbone = get_backbone(args.backbone)
+    refused = {n: cls.backbone_refusal(backbone) for n, cls in METHODS.items() if cls.backbone_refusal(backbone)}
+    names = [n.strip() for n in args.methods.split(",") if n.strip()] or [n for n in METHODS if n not in refused]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; registered: {', '.join(METHODS)}")
+    for name, reason in refused.items():
+        print(f"left out: {reason}", file=sys.stderr)
     if REFERENCE not in names:
         names.insert(0, REFERENCE)
     variants = [Variant(n, n) for n in names]
@@ -248,6 +281,8 @@ def main() -> None:
                 summary = record["summary"].get("method_summary") or {}
                 if "hidden_state_cache" in summary:
                     row["budget_hidden_state_cache"] = summary["hidden_state_cache"]
+                row["run_id"] = record["id"]
+            inference_speedups(store, results, args)
     machine["load_average_end"] = load_average()
 
     ref = results[REFERENCE]
@@ -299,6 +334,10 @@ def print_table(results: dict, args) -> None:
               f"{row['peak_memory_bytes'] / mb:>9.1f}{vs['peak_memory']:>7.2f}"
               f"{bd['weights'] / mb:>9.1f}{bd['gradients'] / mb:>8.1f}{bd['optimizer'] / mb:>8.1f}"
               f"{bd['activations'] / mb:>8.1f}{row['step_seconds']:>8.3f}{vs['step_time']:>7.2f}{acc}")
+    for label, row in results.items():
+        if "inference_speedup" in row:
+            print(f"{label}: its served model answers {row['inference_speedup']:.2f}x as fast as full fine-tuning's "
+                  f"(forward pass, batch {args.batch_size} x {args.max_length}, alternating timed passes)")
     for label, row in results.items():
         if row.get("step_seconds_later_epochs") is not None and "hidden_state_cache" in row:
             print(f"{label}: s/step above is for cached epochs; first epoch {row['step_seconds_first_epoch']:.3f} "
