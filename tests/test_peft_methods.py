@@ -111,20 +111,25 @@ def test_bitfit_trains_exactly_the_biases_and_the_head():
 # --- adapters ----------------------------------------------------------------------------------
 
 
-def test_adapters_start_as_the_backbone_and_sit_on_the_forward_path():
-    backbone = _backbone()
+@pytest.mark.parametrize("backbone_name", ["tiny-random", "tiny-random-llama", "tiny-random-gpt2"])
+def test_adapters_start_as_the_backbone_and_sit_on_the_forward_path(backbone_name):
+    backbone = _backbone(backbone_name)
     batch = _batch(backbone)
     torch.manual_seed(0)
     plain = backbone.load_for_classification(LABELS).eval()
     with torch.no_grad():
         expected = plain(**model_inputs(batch)).logits
-    method, model = _build("adapter", {"bottleneck": 8})
+    method, model = _build("adapter", {"bottleneck": 8}, backbone=backbone)
     adapters = model.adapters()
     assert len(adapters) == 2 * backbone.num_layers
     torch.testing.assert_close(_logits(method, model, batch), expected, rtol=0, atol=1e-6)
 
     with torch.no_grad():  # the last FFN adapter now adds something (not a constant: layer norm removes those)
         adapters[-1].up.bias.copy_(torch.linspace(-1.0, 1.0, adapters[-1].up.bias.numel()))
+    assert (_logits(method, model, batch) - expected).abs().max() > 1e-4
+    with torch.no_grad():  # and so does the first attention adapter
+        adapters[-1].up.bias.zero_()
+        adapters[0].up.bias.copy_(torch.linspace(-1.0, 1.0, adapters[0].up.bias.numel()))
     assert (_logits(method, model, batch) - expected).abs().max() > 1e-4
 
 

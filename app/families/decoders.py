@@ -27,7 +27,6 @@ class DecoderFamily(Family):
     causal = True
     head_modules = ("score",)
     unsupported_methods = {
-        "adapter": "Houlsby adapters " + _NOT_YET,
         "distill": "Distillation " + _NOT_YET,
     }
 

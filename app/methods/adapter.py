@@ -16,9 +16,12 @@ Placement follows the paper's reference code (google-research/adapter-bert): the
 after a sublayer's output projection and dropout, before the residual sum and layer norm. Every
 supported architecture has a dropout module in exactly that spot (BERT/RoBERTa/ELECTRA:
 `attention.output.dropout` and `output.dropout`; MPNet: `attention.dropout` and `output.dropout`),
-so the adapter is installed by replacing that dropout module with dropout-then-adapter. The frozen
-projections keep their names and types, which keeps head pruning and dynamic quantization of the
-result working.
+so the adapter is installed by replacing that dropout module with dropout-then-adapter. GPT-2 has
+the same spots (`attn.resid_dropout`, `mlp.dropout`). LLaMA-family decoders have no dropout module
+there: the adapter becomes a child of the attention block and of the MLP (`self_attn.adapter`,
+`mlp.adapter`) and a forward hook passes each block's output through it, before the residual sum,
+which is the same place. The frozen projections keep their names and types, which keeps head
+pruning and dynamic quantization of the result working.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ ADAPTER_SLOTS = {
     "xlm-roberta": ("attention.output.dropout", "output.dropout"),
     "electra": ("attention.output.dropout", "output.dropout"),
     "mpnet": ("attention.dropout", "output.dropout"),
+    "gpt2": ("attn.resid_dropout", "mlp.dropout"),
 }
+# Blocks whose output an adapter hook transforms, for layers without a dropout in the spot.
+ADAPTER_BLOCKS = {model_type: ("self_attn", "mlp") for model_type in ("llama", "mistral", "qwen2", "qwen3")}
 ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
 DOWN_INIT_STD = 1e-3  # the reference's init scale; the up-projection starts at zero (see above)
 TELEMETRY_KIND = "adapter output RMS"
@@ -53,8 +59,8 @@ class AdapterConfig(MethodConfig):
     )
     activation: str = option("gelu", "Nonlinearity inside the bottleneck.", choices=list(ACTIVATIONS))
     train_layer_norms: bool = option(
-        True, "Also train the backbone's layer norms (every LayerNorm, embeddings included), as Houlsby et "
-        "al.'s reference code does; a few thousand more weights.",
+        True, "Also train the backbone's layer norms (every LayerNorm or RMSNorm, embeddings' included), as "
+        "Houlsby et al.'s reference code does; a few thousand more weights.",
     )
 
 
@@ -111,13 +117,20 @@ class AdapterClassifier(nn.Module):
 
 
 def adapter_slots(model_type: str) -> tuple[str, str]:
-    try:
+    if model_type in ADAPTER_SLOTS:
         return ADAPTER_SLOTS[model_type]
-    except KeyError:
-        raise ConfigError(
-            f"adapters are not available for '{model_type}' backbones; use a BERT, RoBERTa, XLM-RoBERTa, "
-            "ELECTRA or MPNet backbone"
-        ) from None
+    if model_type in ADAPTER_BLOCKS:
+        return ADAPTER_BLOCKS[model_type]
+    raise ConfigError(
+        f"adapters are not available for '{model_type}' backbones; use a BERT, RoBERTa, XLM-RoBERTa, "
+        "ELECTRA, MPNet, LLaMA, Mistral, Qwen2, Qwen3 or GPT-2 backbone"
+    )
+
+
+def _adapt_block_output(block: nn.Module, args: tuple, output):
+    if isinstance(output, tuple):  # attention blocks return (output, attention weights)
+        return (block.adapter(output[0]), *output[1:])
+    return block.adapter(output)
 
 
 def install_adapters(classifier: nn.Module, config: AdapterConfig) -> list[BottleneckAdapter]:
@@ -125,6 +138,14 @@ def install_adapters(classifier: nn.Module, config: AdapterConfig) -> list[Bottl
     hidden_size = view.config.hidden_size
     installed = []
     for index, layer in enumerate(view.layers):
+        if view.model_type in ADAPTER_BLOCKS:
+            for block_path in ADAPTER_BLOCKS[view.model_type]:
+                block = layer.get_submodule(block_path)
+                block.adapter = BottleneckAdapter(hidden_size, config.bottleneck, config.activation, index)
+                # a module-level hook that finds its adapter on the block: deep copies keep working
+                block.register_forward_hook(_adapt_block_output)
+                installed.append(block.adapter)
+            continue
         for slot in adapter_slots(view.model_type):
             parent_path, _, attribute = slot.rpartition(".")
             parent = layer.get_submodule(parent_path)
@@ -138,6 +159,11 @@ def install_adapters(classifier: nn.Module, config: AdapterConfig) -> list[Bottl
             setattr(parent, attribute, DropoutThenAdapter(dropout, adapter))
             installed.append(adapter)
     return installed
+
+
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm, or the RMSNorm of LLaMA-family decoders (each model defines its own class)."""
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
 
 
 class HoulsbyAdapters(Method):
@@ -165,7 +191,7 @@ class HoulsbyAdapters(Method):
         head = head_parameter_names(classifier)
         layer_norms = {
             f"{module_name}.{parameter_name}"
-            for module_name, module in classifier.named_modules() if isinstance(module, nn.LayerNorm)
+            for module_name, module in classifier.named_modules() if is_norm(module)
             for parameter_name, _ in module.named_parameters(recurse=False)
         } if self.config.train_layer_norms else set()
         for name, parameter in classifier.named_parameters():
