@@ -15,10 +15,6 @@ from torch import nn
 from ..pooling import pool_tokens, pooling_of
 from .base import Family
 
-_NOT_YET = ("is not available for decoder backbones yet; choose an encoder backbone (minilm-l6, "
-            "mpnet-base, a BERT/RoBERTa/ELECTRA/MPNet folder) for it")
-
-
 def _positions(hidden: torch.Tensor) -> torch.Tensor:
     return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
 
@@ -26,9 +22,7 @@ def _positions(hidden: torch.Tensor) -> torch.Tensor:
 class DecoderFamily(Family):
     causal = True
     head_modules = ("score",)
-    unsupported_methods = {
-        "distill": "Distillation " + _NOT_YET,
-    }
+    unsupported_methods: dict[str, str] = {}
 
     def layer_mask(self, bare, attention_mask, hidden):
         from transformers.masking_utils import create_causal_mask
@@ -96,7 +90,6 @@ class GPT2Family(DecoderFamily):
     model_types = ("gpt2",)
     layers_path = "h"
     unsupported_methods = {
-        **DecoderFamily.unsupported_methods,
         # its fused query/key/value projection and learned positions need their own pruning
         "lst": "Ladder Side-Tuning is available for LLaMA-family decoders (LLaMA, Mistral, Qwen2, Qwen3) and "
                "encoders, not GPT-2 yet",

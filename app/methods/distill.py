@@ -258,6 +258,10 @@ class Distill(Method):
             kept_layers(student_backbone.num_layers, self.config.layers)
         elif self.config.student_init == "backbone":
             kept_layers(backbone.num_layers, self.config.layers)
+        if (backbone.family.causal and self.config.attention_weight > 0
+                and self.config.attention_loss == "score_mse"):
+            raise ConfigError("attention_loss score_mse reads q·k from the query and key projections, but a "
+                              "decoder rotates them by position first; use probability_kl or probability_mse")
 
     def build(self, ctx: BuildContext) -> nn.Module:
         config = self.config
@@ -459,3 +463,7 @@ def _without_attention_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None), nn.Dropout):
             module.dropout.p = 0.0
+        if isinstance(getattr(module, "attn_dropout", None), nn.Dropout):  # GPT-2
+            module.attn_dropout.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # LLaMA family
+            module.attention_dropout = 0.0
