@@ -211,20 +211,38 @@ def gates_heatmap(steps: list[int], gates: list[list[float]], backbone_layers: l
     return fig
 
 
+def block_colours(count: int) -> tuple[list[str], bool]:
+    """One colour per side block, and whether a legend can name them: distinct hues for a few
+    blocks; for a deep stack (a 30-layer decoder) a dark-to-light ramp by depth, since thirty legend
+    entries would bury the chart (the hover still names each block)."""
+    if count <= len(PALETTE):
+        return [PALETTE[i] for i in range(count)], True
+    from plotly.colors import sample_colorscale
+
+    return sample_colorscale(HEATMAP_SCALE, [i / max(1, count - 1) for i in range(count)]), False
+
+
+DEPTH_NOTE = " (colour: block depth, dark = first)"
+
+
 def layer_stat_figure(steps: list[int], values: list[list[float]], names: list[str], stat: str) -> go.Figure:
-    traces = [{"name": name, "x": steps, "y": [row[i] if i < len(row) else None for row in values]}
+    colours, legend = block_colours(len(names))
+    traces = [{"name": name, "x": steps, "y": [row[i] if i < len(row) else None for row in values],
+               "color": colours[i], "showlegend": legend}
               for i, name in enumerate(names)]
-    return lines(traces, "step", stat, f"Side activations: {stat} per block")
+    return lines(traces, "step", stat, f"Side activations: {stat} per block" + ("" if legend else DEPTH_NOTE))
 
 
 def histogram_figure(edges: list[float], hists: list[list[float]], names: list[str], step: int) -> go.Figure:
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
     fig = go.Figure()
+    colours, legend = block_colours(len(names))
     for index, (name, counts) in enumerate(zip(names, hists)):
         total = sum(counts) or 1
         fig.add_trace(go.Scatter(x=centres, y=[100 * c / total for c in counts], name=name, mode="lines",
-                                 line=dict(shape="hvh", color=PALETTE[index % len(PALETTE)])))
-    fig = _layout(fig, "activation value", "share of values (%)", f"Side activation histogram at step {step}")
+                                 line=dict(shape="hvh", color=colours[index]), showlegend=legend))
+    fig = _layout(fig, "activation value", "share of values (%)",
+                  f"Side activation histogram at step {step}" + ("" if legend else DEPTH_NOTE))
     fig.update_layout(hovermode="closest")
     return fig
 
@@ -265,8 +283,13 @@ def ladder_diagram(num_backbone_layers: int, feeding_layers: list[int], gates: l
     backbone_x, side_x = (0.0, 2.2), (4.2, 5.6)
     side_centre = sum(side_x) / 2
     shapes, annotations = [], []
+    # A 30-layer decoder at the shallow stacks' 62 px per layer would be 2,000 px tall: deep stacks
+    # get less height per layer (and smaller text), so the whole ladder fits beside the gate chart.
+    deep = num_backbone_layers > 12
+    level_px = 62 if not deep else max(30, 62 * 12 // num_backbone_layers)
+    text_size = 12 if not deep else 10
 
-    def box(x, level, text, line, fill, size=12):
+    def box(x, level, text, line, fill, size=text_size):
         y = level * gap
         shapes.append(dict(type="rect", x0=x[0], x1=x[1], y0=y, y1=y + box_h, line=dict(color=line), fillcolor=fill))
         annotations.append(dict(x=sum(x) / 2, y=y + box_h / 2, text=text, showarrow=False, font=dict(size=size)))
@@ -308,11 +331,12 @@ def ladder_diagram(num_backbone_layers: int, feeding_layers: list[int], gates: l
     annotations.append(dict(x=side_centre, y=top, text="<b>side network</b> (trained)", showarrow=False))
     fig = go.Figure(go.Scatter(
         x=gate_x, y=gate_y, mode="markers+text", text=gate_text, textposition="top center",
-        marker=dict(size=13, color=gate_values, colorscale=HEATMAP_SCALE, cmin=0, cmax=1,
+        textfont=dict(size=text_size),
+        marker=dict(size=13 if not deep else 9, color=gate_values, colorscale=HEATMAP_SCALE, cmin=0, cmax=1,
                     line=dict(color=NEUTRAL, width=1)),
         hovertemplate="%{text}<extra></extra>", name="gates", showlegend=False,
     ))
-    fig.update_layout(shapes=shapes, annotations=annotations, height=max(340, 62 * (num_backbone_layers + 3)),
+    fig.update_layout(shapes=shapes, annotations=annotations, height=max(340, level_px * (num_backbone_layers + 3)),
                       margin=dict(l=10, r=10, t=40, b=10),
                       title=dict(text="The ladder (rung thickness ∝ 1 − μ)", x=0, xanchor="left"),
                       hovermode="closest")
