@@ -7,6 +7,7 @@ page by deep link and from the sidebar, uploads a CSV, and saves screenshots (li
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,13 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             page.get_by_text("cancelled", exact=False).first.wait_for(timeout=TIMEOUT_MS)
             assert_no_exception(page, "cancel")
 
-            # A second, short run finishes while we watch its page.
+            # A second, short run, on the tiny LLaMA-style decoder, finishes while we watch its page.
             page.locator('[data-testid="stSidebarNav"] a', has_text="Launch").click()
             settle(page)
+            page.get_by_label("Backbone", exact=True).click()
+            page.get_by_role("option", name=re.compile(r"^tiny-random-llama")).click()
+            settle(page)
+            page.get_by_text("llama decoder", exact=False).first.wait_for(timeout=TIMEOUT_MS)
             set_number(page, "steps", 6)
             page.get_by_role("button", name="Launch", exact=True).click()
             page.wait_for_url(lambda u: "run=" in u and cancelled_run not in u, timeout=TIMEOUT_MS)
@@ -117,6 +122,7 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             # The live part saw the run end and reran the whole page, which now offers the model export.
             page.get_by_role("button", name="Export the model").wait_for(timeout=TIMEOUT_MS)
             settle(page)
+            assert page.get_by_text("tiny-random-llama", exact=False).count() >= 1
             page.screenshot(path=str(artifacts / "run-finished.png"), full_page=True)
 
             # Every page by deep link, then from the sidebar.
