@@ -39,7 +39,7 @@ def test_text_pairs_are_joined_with_the_decoders_end_of_text_token(decoder_store
     assert record["status"] == "finished", record.get("error")
 
 
-def test_decoder_run_compresses_its_layers_and_refuses_structured_pruning(decoder_store, decoder_run):
+def test_decoder_run_compresses_its_layers(decoder_store, decoder_run):
     from app.compression.sweep import compress_run
     from app.errors import LabError
 
@@ -51,8 +51,43 @@ def test_decoder_run_compresses_its_layers_and_refuses_structured_pruning(decode
     assert "decoder layers" in unstructured["targets"]
     assert unstructured["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
     assert points[2]["agreement"] >= 0.9  # int8 barely changes predictions
-    with pytest.raises(LabError, match="decoder layers is not available yet"):
+    # 4 query heads in 2 key/value groups: heads go equally from each group
+    with pytest.raises(LabError, match="multiple of 2"):
         compress_run(decoder_store, decoder_run["id"], {"structured_heads": 1})
+    with pytest.raises(LabError, match="per layer"):
+        compress_run(decoder_store, decoder_run["id"], {"structured_heads_total": 2})
+    heads, ffn = compress_run(decoder_store, decoder_run["id"], {"structured_heads": 2, "structured_ffn": 0.5,
+                                                                 "latency_repeats": 1, "latency_warmup": 0})[1:]
+    assert heads["heads_left"] == [2, 2, 2, 2]
+    assert heads["params"] < points[0]["params"] and ffn["params"] < points[0]["params"]
+
+
+def test_grouped_query_head_pruning_keeps_the_kept_heads_exact():
+    """With two of four query heads gone (one from each key/value group), the attention output of the
+    pruned layer equals the full layer's with those heads' output columns zeroed."""
+    from app.backbones import get_backbone
+    from app.compression.decoder_pruning import prune_decoder_heads
+    from app.layer_stack import LayerStack
+
+    model = get_backbone("tiny-random-llama").load_for_classification(["a", "b"]).eval()
+    view = LayerStack(model)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, view.config.hidden_size)
+    attention = view.layers[0].self_attn
+    context = view.layer_context(hidden)
+    size = attention.head_dim
+    with torch.no_grad():
+        plan = prune_decoder_heads(model, 2)
+        removed = plan[0]
+        assert len(removed) == 2 and {h // 2 for h in removed} == {0, 1}  # one head from each group
+    full = get_backbone("tiny-random-llama").load_for_classification(["a", "b"]).eval()
+    full_attention = LayerStack(full).layers[0].self_attn
+    with torch.no_grad():
+        for h in removed:
+            full_attention.o_proj.weight[:, h * size:(h + 1) * size] = 0
+        expected = full_attention(hidden, position_embeddings=context["position_embeddings"], attention_mask=None)[0]
+        got = attention(hidden, position_embeddings=context["position_embeddings"], attention_mask=None)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_decoder_explanations_attribute_words_and_show_causal_attention(decoder_store, decoder_run):

@@ -107,11 +107,6 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
             f"structured pruning needs a plain transformers model, but this run's inference model is a "
             f"{type(model).__name__}; use unstructured pruning or quantization for this method"
         )
-    from ..families import family_of
-
-    if family_of(model).causal:
-        raise LabError(f"structured pruning (attention heads, FFN neurons) of {model.config.model_type} decoder "
-                       "layers is not available yet; use unstructured pruning or quantization for this run")
     base = getattr(model, "base_model", model)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
@@ -136,6 +131,16 @@ def attention_parts(model: nn.Module) -> list[AttentionParts]:
     return parts
 
 
+def check_ffn_prunable(model: nn.Module) -> None:
+    """Raise a clear LabError when this model's feed-forward blocks cannot be pruned."""
+    if _is_decoder(model):
+        from .decoder_pruning import decoder_layers
+
+        decoder_layers(model)
+    else:
+        feed_forward_parts(model)
+
+
 def feed_forward_parts(model: nn.Module) -> list[FeedForwardParts]:
     parts = []
     for index, layer in enumerate(encoder_layers(model)):
@@ -148,7 +153,18 @@ def feed_forward_parts(model: nn.Module) -> list[FeedForwardParts]:
     return parts
 
 
+def _is_decoder(model: nn.Module) -> bool:
+    from ..families import BY_MODEL_TYPE
+
+    family = BY_MODEL_TYPE.get(getattr(getattr(model, "config", None), "model_type", None))
+    return family is not None and family.causal
+
+
 def heads_per_layer(model: nn.Module) -> list[int]:
+    if _is_decoder(model):
+        from .decoder_pruning import heads_per_layer as decoder_heads
+
+        return decoder_heads(model)
     return [p.attention.query.out_features // p.attention.attention_head_size for p in attention_parts(model)]
 
 
@@ -223,6 +239,13 @@ def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | 
     """Remove the least important heads: `per_layer` from every layer, or `total` across the
     model (importance normalised within each layer so layers compare; every layer keeps a head).
     Returns {layer index: [removed head indices]}."""
+    if _is_decoder(model):
+        from .decoder_pruning import prune_decoder_heads
+
+        if per_layer is None:
+            raise LabError("on a decoder, give the heads to remove per layer (they go equally from every "
+                           "key/value group), not a total")
+        return prune_decoder_heads(model, per_layer)
     parts = attention_parts(model)
     counts = heads_per_layer(model)
     scores = [head_importance(p) for p in parts]
@@ -263,6 +286,10 @@ def prune_ffn(model: nn.Module, fraction: float) -> list[int]:
     intermediate Linear, the matching columns of the output Linear). Returns neurons kept per layer."""
     if not 0.0 <= fraction < 1.0:
         raise LabError(f"FFN pruning fraction must be in [0, 1), got {fraction}")
+    if _is_decoder(model):
+        from .decoder_pruning import prune_decoder_ffn
+
+        return prune_decoder_ffn(model, fraction)
     kept = []
     for parts in feed_forward_parts(model):
         width = parts.up.out_features

@@ -31,10 +31,11 @@ from torch import nn
 
 from ..batching import Batcher
 from ..errors import ConfigError, LabError, RunCancelled
+from ..families import BY_MODEL_TYPE
 from ..methods.base import MethodConfig, logits_of, model_inputs, option, parse_config
 from . import measure
 from .pruning import (
-    feed_forward_parts,
+    check_ffn_prunable,
     heads_per_layer,
     magnitude_prune,
     make_pruning_permanent,
@@ -43,6 +44,8 @@ from .pruning import (
     target_sparsity,
 )
 from .quantization import HALF_KINDS, KBIT_KINDS, QUANTIZE_KINDS, cast_half, dynamic_int8, fake_quantize
+
+DECODER_TYPES = {model_type for model_type, family in BY_MODEL_TYPE.items() if family.causal}
 
 RECORD_KIND = "compress"
 ProgressCallback = Callable[[int, int, str], None]
@@ -180,6 +183,14 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     config = prepared.config
     tokenizer = prepared.backbone.tokenizer
 
+    decoder = getattr(base.config, "model_type", None) in DECODER_TYPES
+    if decoder and plan.structured_heads is not None:
+        from .decoder_pruning import check_heads_request
+
+        check_heads_request(base, plan.structured_heads)
+    if decoder and plan.structured_heads_total is not None:
+        raise ConfigError("on a decoder, give the heads to remove per layer (they go equally from every key/value "
+                          "group), not a total")
     if plan.structured_heads is not None:
         counts = heads_per_layer(base)
         if plan.structured_heads >= min(counts):
@@ -191,7 +202,7 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
             raise ConfigError(f"cannot remove {plan.structured_heads_total} heads in all: every one of the "
                               f"{len(counts)} layers keeps one head (at most {sum(c - 1 for c in counts)})")
     if plan.structured_ffn is not None:
-        feed_forward_parts(base)
+        check_ffn_prunable(base)
     if plan.recovery_steps and not any(p.requires_grad for p in base.parameters()):
         raise LabError(f"recovery cannot run: method '{loaded.method.name}' trained no parameter of its inference model")
 
