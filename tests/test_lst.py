@@ -487,22 +487,24 @@ def test_mpnet_base_builds_and_takes_a_step():
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
-# --- LLaMA-family decoders -----------------------------------------------------------------------
+# --- decoders ------------------------------------------------------------------------------------
 
 
-def _decoder_lst(reduction_factor: int):
-    from app.backbones import get_backbone
-    from app.methods import create_method
-    from app.methods.base import BuildContext
-
-    backbone = get_backbone("tiny-random-llama")
-    method = create_method("lst", {"reduction_factor": reduction_factor})
-    model = method.build(BuildContext(backbone=backbone, label_names=["a", "b"], device=torch.device("cpu"), seed=0))
+def _decoder_lst(reduction_factor: int, backbone_name: str = "tiny-random-llama", **settings):
+    backbone = get_backbone(backbone_name)
+    method = create_method("lst", {"reduction_factor": reduction_factor, **settings})
+    batches = [{k: v for k, v in backbone.tokenizer(["a fine film", "a dull one"] * 4, padding="max_length",
+                                                     max_length=12, return_tensors="pt").items()}]
+    batches[0]["labels"] = torch.tensor([1, 0] * 4)
+    model = method.build(BuildContext(backbone=backbone, label_names=["a", "b"], device=torch.device("cpu"), seed=0,
+                                      train_batches=lambda: iter(batches)))
     return backbone, model.eval()
 
 
-def test_a_decoder_side_layer_pruned_at_r1_computes_its_backbone_layer():
-    backbone, model = _decoder_lst(1)
+@pytest.mark.parametrize("backbone_name,init", [("tiny-random-llama", "magnitude"), ("tiny-random-llama", "fisher"),
+                                                ("tiny-random-gpt2", "magnitude")])
+def test_a_decoder_side_layer_pruned_at_r1_computes_its_backbone_layer(backbone_name, init):
+    backbone, model = _decoder_lst(1, backbone_name, init=init, fisher_samples=8)
     view = model.view
     batch = backbone.tokenizer(["a causal model reads left to right", "short"], padding="max_length",
                                max_length=12, return_tensors="pt")
@@ -514,6 +516,8 @@ def test_a_decoder_side_layer_pruned_at_r1_computes_its_backbone_layer():
             expected = view.run_layer(view.layers[backbone_index], hidden, mask, view.layer_context(hidden))
             got = view.run_layer(model.side_layers[k], hidden, mask, model.side_contexts(hidden)[k])
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        final_norm = view.family.final_norm(view.model)
+        torch.testing.assert_close(model.side_norm(hidden), final_norm(hidden), rtol=0, atol=0)
 
 
 def test_decoder_side_heads_keep_rotary_pairs_with_their_own_frequencies():
@@ -552,10 +556,10 @@ def test_decoder_side_heads_keep_rotary_pairs_with_their_own_frequencies():
     torch.testing.assert_close(rotated_side, rotated_full[..., dims], rtol=1e-5, atol=1e-5)
 
 
-def test_decoder_lst_refuses_a_factor_that_splits_rotary_pairs():
-    from app.backbones import get_backbone
-    from app.errors import ConfigError
-    from app.methods import create_method
-
+def test_decoder_lst_refuses_what_it_cannot_prune():
     with pytest.raises(ConfigError, match="rotary pairs"):
         create_method("lst", {"reduction_factor": 16}).check_compatible(get_backbone("tiny-random-llama"), ["a", "b"])
+    with pytest.raises(ConfigError, match="fused"):
+        create_method("lst", {"init": "fisher"}).check_compatible(get_backbone("tiny-random-gpt2"), ["a", "b"])
+    with pytest.raises(ConfigError, match="first token"):
+        create_method("lst", {"pooling": "first"}).check_compatible(get_backbone("tiny-random-gpt2"), ["a", "b"])

@@ -22,7 +22,6 @@ def _positions(hidden: torch.Tensor) -> torch.Tensor:
 class DecoderFamily(Family):
     causal = True
     head_modules = ("score",)
-    unsupported_methods: dict[str, str] = {}
 
     def layer_mask(self, bare, attention_mask, hidden):
         from transformers.masking_utils import create_causal_mask
@@ -89,11 +88,6 @@ class GPT2Family(DecoderFamily):
     title = "GPT-2 decoder"
     model_types = ("gpt2",)
     layers_path = "h"
-    unsupported_methods = {
-        # its fused query/key/value projection and learned positions need their own pruning
-        "lst": "Ladder Side-Tuning is available for LLaMA-family decoders (LLaMA, Mistral, Qwen2, Qwen3) and "
-               "encoders, not GPT-2 yet",
-    }
     # GPT-2 computes query, key and value with one fused projection.
     roles = {
         "query": "attn.c_attn",

@@ -1,5 +1,5 @@
 """LST — Ladder Side-Tuning (Sung, Cho & Bansal, NeurIPS 2022) for sequence classification, on
-encoders and on LLaMA-family decoders.
+encoders and on decoders (LLaMA family, GPT-2).
 
 A small side network (the backbone's own layer type, every width divided by r) runs beside the
 frozen backbone. Before side block k, a gated ladder mixes the side stream with a projection of
@@ -12,10 +12,11 @@ Every trainable parameter (ladder projections, gates, side layers, upsampling, h
 outside the backbone, which runs under `torch.no_grad()` in eval mode: autograd keeps none of
 its activations and backward never enters it. That is where the training memory goes.
 
-On a decoder the side layers are the backbone's decoder layers (RMSNorm, SwiGLU, grouped-query
-attention with the same head and key/value-head counts), causal like it, with rotary positions at
-the side head size that use the kept dimension pairs' own frequencies; a final RMSNorm pruned from
-the backbone's closes the side stream, and the last real token's state is pooled.
+On a decoder the side layers are the backbone's decoder layers, causal like it. On the LLaMA
+family (RMSNorm, SwiGLU, grouped-query attention with the same head and key/value-head counts)
+they use rotary positions at the side head size with the kept dimension pairs' own frequencies.
+A final norm pruned from the backbone's closes the side stream, and the last real token's state
+is pooled.
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ class HiddenStateCache:
                 "hits": self.hits, "misses": self.misses}
 
 
+def _norm_like(norm: nn.Module, width: int) -> nn.Module:
+    """A final norm of the backbone's kind (LayerNorm or a model's RMSNorm) at the side width."""
+    if isinstance(norm, nn.LayerNorm):
+        return nn.LayerNorm(width, eps=norm.eps)
+    return type(norm)(width, eps=norm.variance_epsilon)
+
+
 def resolve_pooling(pooling: str, causal: bool) -> str:
     if pooling == "auto":
         return LAST if causal else MEAN
@@ -188,6 +196,7 @@ class LadderSideNetwork(nn.Module):
         self.feeds = list(feeds)
         self.label_names = list(label_names)
         self.pooling = resolve_pooling(pooling, self.view.family.causal)
+        self.rotary = hasattr(self.view.model, "rotary_emb")
         self.gate_temperature = gate_temperature
         d, ds = self.view.config.hidden_size, side_config.hidden_size
         self.embedding_dropout = nn.Dropout(getattr(side_config, "hidden_dropout_prob", 0.0))
@@ -199,7 +208,8 @@ class LadderSideNetwork(nn.Module):
         if self.view.family.causal:
             # The side stream of pre-norm layers is unnormalised, like the backbone's before its final
             # norm; a norm of the same kind at the side width closes it.
-            self.side_norm = type(self.view.family.final_norm(self.view.model))(ds, eps=side_config.rms_norm_eps)
+            self.side_norm = _norm_like(self.view.family.final_norm(self.view.model), ds)
+        if self.rotary:
             # Each side layer's rotary frequencies: its kept dimension pairs' own (set at init, saved
             # with the weights). Until then, every r-th frequency of the backbone's.
             backbone_freq = self.view.model.rotary_emb.inv_freq.float()
@@ -296,7 +306,7 @@ class LadderSideNetwork(nn.Module):
     def side_contexts(self, hidden: torch.Tensor) -> list[dict]:
         """Each side layer's per-forward inputs: the backbone's (MPNet's position bias), or rotary
         embeddings at the side head size from that layer's own frequencies."""
-        if not self.view.family.causal:
+        if not self.rotary:
             return [self.view.layer_context(hidden)] * len(self.side_layers)
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         scaling = getattr(self.view.model.rotary_emb, "attention_scaling", 1.0)
@@ -346,6 +356,9 @@ class LadderSideTuning(Method):
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         lst_init.side_dimensions(backbone.config, self.config.reduction_factor)
         feed_layers(self.config, backbone.num_layers)
+        if backbone.config.model_type == "gpt2" and self.config.init == "fisher":
+            raise ConfigError("Fisher initialisation is not available on GPT-2, whose query, key and value share one "
+                              "fused matrix; use magnitude (the default) or random")
         if backbone.family.causal and self.config.pooling == FIRST:
             raise ConfigError("pooling 'first' reads a decoder's first token, which has seen no other token; "
                               "use last, mean or auto")
@@ -358,7 +371,8 @@ class LadderSideTuning(Method):
         shrunk = lst_init.side_config(view.config, cfg.reduction_factor)
         shrunk.attention_probs_dropout_prob = cfg.attention_dropout
         if view.family.causal:
-            shrunk.attention_dropout = cfg.attention_dropout
+            shrunk.attention_dropout = cfg.attention_dropout  # LLaMA family
+            shrunk.attn_pdrop = cfg.attention_dropout  # GPT-2
         model = LadderSideNetwork(encoder, shrunk, feeds, ctx.label_names, pooling=cfg.pooling,
                                   gate_temperature=cfg.gate_temperature, classifier_dropout=cfg.classifier_dropout)
         model.to(ctx.device)
@@ -383,7 +397,7 @@ class LadderSideTuning(Method):
             )
         else:
             scores = lst_init.magnitude_scores(view, feeds)
-        if view.family.causal:
+        if model.rotary:
             _init_decoder_side(model, view, scores, feeds, cfg.reduction_factor)
             return model
         indices = lst_init.choose_indices(scores, num_heads=view.config.num_attention_heads,
@@ -393,6 +407,11 @@ class LadderSideTuning(Method):
             # sits after backbone block i), so it starts as that layer, pruned.
             lst_init.copy_pruned_layer(view.layers[backbone_index], side_layer, indices.hidden,
                                        indices.heads[backbone_index], indices.ffn[backbone_index])
+        if model.side_norm is not None:  # GPT-2's final LayerNorm, pruned
+            final_norm = view.family.final_norm(view.model)
+            with torch.no_grad():
+                model.side_norm.weight.copy_(final_norm.weight[indices.hidden])
+                model.side_norm.bias.copy_(final_norm.bias[indices.hidden])
         for down in model.downs:
             lst_init.selection_projection(down, indices.hidden)
         lst_init.selection_projection(model.upsample, indices.hidden, transpose=True)

@@ -85,7 +85,27 @@ class DecoderLayerParts:
                 "gate": self.gate, "up": self.up, "down": self.down}
 
 
+class LinearView:
+    """A projection seen in nn.Linear's layout (weight [out, in], bias [out]) whatever its module:
+    GPT-2's Conv1D stores weight [in, out] and fuses query, key and value into one matrix. The
+    tensors are views, so copying into them writes the module's own weights."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight, bias
+
+
+def _conv1d_views(conv: nn.Module, parts: int = 1) -> list[LinearView]:
+    weight, bias = conv.weight.t(), conv.bias  # [out, in], [out]
+    size = weight.shape[0] // parts
+    return [LinearView(weight[i * size:(i + 1) * size], None if bias is None else bias[i * size:(i + 1) * size])
+            for i in range(parts)]
+
+
 def layer_parts(layer: nn.Module) -> LayerParts | DecoderLayerParts:
+    if hasattr(layer, "attn") and hasattr(layer, "ln_1"):  # GPT-2: pre-norm, Conv1D projections
+        query, key, value = _conv1d_views(layer.attn.c_attn, 3)
+        return LayerParts(query, key, value, _conv1d_views(layer.attn.c_proj)[0], layer.ln_1,
+                          _conv1d_views(layer.mlp.c_fc)[0], _conv1d_views(layer.mlp.c_proj)[0], layer.ln_2)
     if hasattr(layer, "self_attn") and hasattr(layer, "mlp"):  # LLaMA, Mistral, Qwen2, Qwen3
         attention, mlp = layer.self_attn, layer.mlp
         return DecoderLayerParts(attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
@@ -113,7 +133,9 @@ def head_size_of(config) -> int:
 
 def side_dimensions(config, reduction_factor: int) -> dict:
     """Side widths for a backbone config, or a ConfigError that says which width does not divide."""
-    d, heads, d_ff = config.hidden_size, config.num_attention_heads, config.intermediate_size
+    from ..backbones import feed_forward_size
+
+    d, heads, d_ff = config.hidden_size, config.num_attention_heads, feed_forward_size(config)
     r = reduction_factor
     if getattr(config, "num_key_value_heads", None):  # a rotary decoder: head dims go in pairs
         head_size = head_size_of(config)
@@ -144,6 +166,8 @@ def side_config(config, reduction_factor: int):
     shrunk = copy.deepcopy(config)
     shrunk.hidden_size = dims["hidden"]
     shrunk.intermediate_size = dims["ffn"]
+    if hasattr(shrunk, "n_inner"):  # GPT-2's name for it
+        shrunk.n_inner = dims["ffn"]
     shrunk.num_attention_heads = dims["heads"]
     if "kv_heads" in dims:
         shrunk.head_dim = dims["head_size"]
@@ -170,6 +194,9 @@ def init_like_pretraining(module: nn.Module, std: float) -> None:
             nn.init.zeros_(sub.bias)
         elif type(sub).__name__.endswith("RMSNorm"):
             nn.init.ones_(sub.weight)
+        elif type(sub).__name__ == "Conv1D":  # GPT-2's projections
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            nn.init.zeros_(sub.bias)
 
 
 # --- importance ------------------------------------------------------------------------------
