@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError, LabError, RunNotFound
 from .methods.base import Method, Reference
+from .pooling import set_decoder_pooling
 from .store import RUN_ID_PATTERN, RunStore
 
 WEIGHTS_FILE = "trainable.safetensors"
@@ -81,7 +82,7 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
     ctx = build_context(prepared, store, LoopHooks(), restoring=True, label_names=label_names)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = method.build(ctx)
+        model = set_decoder_pooling(method.build(ctx), ctx.decoder_pooling)
     state = load_file(str(weights))
     missing = [n for n, _ in method.trainable_parameters(model) if n not in state]
     if missing:

@@ -108,7 +108,7 @@ def train_values(args) -> dict:
     )
     values.update(preset["run"])  # explicit flags and --set below win over the preset
     values["method_config"] = {**preset["method_config"], **parse_sets(args.set)}
-    for key in ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "patience",
+    for key in ("steps", "batch_size", "max_length", "padding", "decoder_pooling", "lr", "eval_every", "patience",
                 "max_train_examples", "max_eval_examples", "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
         value = getattr(args, key)
         if value is not None:
@@ -560,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--padding", choices=PADDING_CHOICES,
                        help="dynamic (default): each batch padded to its own longest example, training batches "
                             "grouped by length; max: every batch padded to --max-length")
+    train.add_argument("--decoder-pooling", choices=["last", "mean"],
+                       help="how a decoder backbone's classifier reads its token states (default last)")
     train.add_argument("--lr", type=float)
     train.add_argument("--weight-decay", type=float)
     train.add_argument("--warmup-ratio", type=float)

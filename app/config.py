@@ -36,6 +36,13 @@ class RunConfig:
         "for comparing methods' memory on the same shape).",
         choices=list(PADDING_CHOICES),
     )
+    decoder_pooling: str = option(
+        "last",
+        "How a decoder backbone's classifier reads its token states: the last real token (what transformers' "
+        "decoder classifiers do) or the mean over real tokens. Encoders pool the way their backbone was "
+        "pretrained, and LST has its own pooling setting.",
+        choices=["last", "mean"],
+    )
     lr: float | None = option(None, "Peak learning rate; empty takes the method's default.", min=1e-8, max=1.0)
     weight_decay: float = option(0.01, "AdamW weight decay.", min=0.0, max=1.0)
     warmup_ratio: float = option(0.06, "Fraction of steps with linear warm-up.", min=0.0, max=0.5)

@@ -65,7 +65,7 @@ def save_lab_state(method, state: dict[str, torch.Tensor], out_dir: Path, ctx, r
     ctx.backbone.tokenizer.save_pretrained(out_dir)
     (out_dir / "lab_config.json").write_text(json.dumps(
         {"method": method.name, "method_config": method.config.as_dict(), "backbone": ctx.backbone.name,
-         "label_names": ctx.label_names}, indent=2))
+         "label_names": ctx.label_names, "decoder_pooling": ctx.decoder_pooling}, indent=2))
     (out_dir / "README.md").write_text(readme)
     return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}
 
@@ -77,13 +77,15 @@ def load_exported(folder: str | Path) -> torch.nn.Module:
     from .backbones import get_backbone
     from .methods import create_method
     from .methods.base import BuildContext
+    from .pooling import set_decoder_pooling
 
     folder = Path(folder)
     info = json.loads((folder / "lab_config.json").read_text())
     method = create_method(info["method"], info["method_config"])
     ctx = BuildContext(backbone=get_backbone(info["backbone"]), label_names=info["label_names"],
-                       device=torch.device("cpu"), seed=0, restoring=True)
-    model = method.inference_model(method.build(ctx))
+                       device=torch.device("cpu"), seed=0, restoring=True,
+                       decoder_pooling=info.get("decoder_pooling", "last"))
+    model = method.inference_model(set_decoder_pooling(method.build(ctx), ctx.decoder_pooling))
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     return model.eval()
 

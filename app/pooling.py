@@ -194,6 +194,16 @@ def use_token_pooling(model: nn.Module, mode: str = LAST) -> nn.Module:
     return model
 
 
+def set_decoder_pooling(model: nn.Module, mode: str) -> nn.Module:
+    """Set how every decoder classifier inside `model` pools (a method's model may wrap one, or
+    hold a predecessor beside it); models without decoder pooling are returned unchanged."""
+    for module in model.modules():
+        if getattr(module, "_pools_tokens", False):
+            module._pooling_mode = mode
+            module.config.classifier_pooling = mode
+    return model
+
+
 def restore_pooling(model: nn.Module) -> nn.Module:
     """Apply the pooling a loaded model's config records (folders exported by this lab)."""
     pooling = getattr(model.config, POOLING_FIELD, None)

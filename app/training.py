@@ -29,6 +29,7 @@ from .errors import ConfigError, LabError, RunCancelled
 from .memory import MemoryMeter
 from .methods import create_method
 from .methods.base import BuildContext, Method, StepOutput, TrainState
+from .pooling import set_decoder_pooling
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -151,6 +152,9 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
             f"batch_size {config.batch_size} is larger than the training set ({len(dataset.train)} examples)"
         )
     check_processes(config, device)
+    if config.decoder_pooling != "last" and not backbone.family.causal:
+        raise ConfigError(f"decoder_pooling applies to decoder backbones; '{backbone.name}' is an encoder, whose "
+                          "classifier pools the way it was pretrained")
     if config.patience and method.stops_early_itself:
         raise ConfigError(f"{method.title} stops early on its own (its 'patience' setting); leave the run's "
                           "patience at 0")
@@ -346,6 +350,7 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
         load_reference=lambda ref: load_reference(store, ref, device),
         progress=progress,
         max_length=config.max_length,
+        decoder_pooling=config.decoder_pooling,
     )
 
 
@@ -373,7 +378,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     ctx = build_context(prepared, store, hooks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = method.build(ctx)
+        model = set_decoder_pooling(method.build(ctx), ctx.decoder_pooling)
     model.to(device)
     model.train()
     named_trainable = select_trainable(method, model)

@@ -104,3 +104,36 @@ def test_decoder_explanations_attribute_words_and_show_causal_attention(decoder_
             weights = torch.tensor(head)
             assert torch.all(weights.triu(1) == 0)  # no token attends to a later one
             torch.testing.assert_close(weights.sum(-1), torch.ones(len(weights)))
+
+
+def test_decoder_pooling_mean_is_a_run_setting_kept_through_checkpoint_and_export(decoder_store, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from app.backbones import get_backbone
+    from app.checkpoints import load_run_model
+    from app.errors import ConfigError
+    from app.export import export_run, load_exported
+    from app.pooling import load_classifier
+    from app.training import prepare_run
+    from conftest import tiny_config
+
+    record = train_now(decoder_store, backbone="tiny-random-llama", decoder_pooling="mean", steps=3)
+    assert record["status"] == "finished", record.get("error")
+    loaded = load_run_model(decoder_store, record["id"])
+    tokenizer = get_backbone("tiny-random-llama").tokenizer
+    alone = {k: v for k, v in tokenizer(["a fine film indeed"], return_tensors="pt").items()}
+    padded = {k: v for k, v in tokenizer(["a fine film indeed", "x"], padding="max_length", max_length=12,
+                                         return_tensors="pt").items()}
+    with torch.no_grad():
+        mean_logits = loaded.method.predict(loaded.model, alone)
+        torch.testing.assert_close(loaded.method.predict(loaded.model, padded)[0], mean_logits[0],
+                                   rtol=1e-4, atol=1e-5)
+    export_run(decoder_store, record["id"], tmp_path / "export")
+    exported = load_classifier(tmp_path / "export").eval()
+    assert exported.config.classifier_pooling == "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**alone).logits, mean_logits, rtol=1e-4, atol=1e-5)
+        last = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+        assert not torch.allclose(last(**alone).logits, mean_logits)  # plain transformers reads the last token
+    with pytest.raises(ConfigError, match="applies to decoder backbones"):
+        prepare_run(tiny_config(decoder_pooling="mean"), decoder_store)

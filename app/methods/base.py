@@ -190,6 +190,8 @@ class BuildContext:
     # Building only to count memory (app.estimate): tensors are fake and hold no values, so skip
     # every initialisation that reads weights or data (importance scores, text-based inits).
     shapes_only: bool = False
+    # How decoder classifiers pool (the run's `decoder_pooling`): 'last' or 'mean'.
+    decoder_pooling: str = "last"
 
     @property
     def num_labels(self) -> int:
