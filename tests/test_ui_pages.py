@@ -174,10 +174,10 @@ def test_a_decoder_backbone_is_picked_launched_and_its_unsupported_methods_flagg
     at = _tiny_form(open_app(runs_dir, monkeypatch), steps=3)
     at.selectbox(key="launch.backbone").set_value("tiny-random-llama").run()
     assert any("llama decoder" in caption.value for caption in at.caption)
-    at.selectbox(key="launch.method").set_value("lst").run()
+    at.selectbox(key="launch.method").set_value("bitfit").run()  # LLaMA layers have no bias terms
     assert any("cannot train on tiny-random-llama" in w.value for w in at.warning), [w.value for w in at.warning]
     at.button(key="launch.submit").click().run()
-    assert any("not available for decoder backbones" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("has no bias terms" in e.value for e in at.error), [e.value for e in at.error]
     assert RunStore(runs_dir).list_runs() == []
     at.selectbox(key="launch.method").set_value("lora").run()
     assert not at.warning, [w.value for w in at.warning]
