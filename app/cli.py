@@ -140,6 +140,7 @@ def cmd_train(args) -> int:
     elif values["method"] == "theseus" and new_predecessor:
         return _train_predecessor_then_theseus(args, values)
     main = world is None or world.is_main
+    finished = False
     try:
         config = RunConfig.from_dict(values)
         store = RunStore(_runs_dir(args))
@@ -165,14 +166,21 @@ def cmd_train(args) -> int:
                 record = train_on_this_rank(world, store, run_id, prepared, hooks)
             else:
                 record = execute_run(store, run_id, hooks, prepared=prepared)
+            finished = _ended_in_step(record)
         finally:
             bar.close()
     finally:
         if world:
-            world.close()
+            world.close(finished=finished)
     if record is None:
         return 0  # a data-parallel helper process: rank 0 reports the run
     return _report_run(args, store, record)
+
+
+def _ended_in_step(record: dict | None) -> bool:
+    """Whether this process's part of a data-parallel run ended with the others: rank 0's run
+    finished, or another rank returned from training (None) without raising."""
+    return record is None or record.get("status") == "finished"
 
 
 def _report_run(args, store, record: dict) -> int:
@@ -205,6 +213,7 @@ def cmd_execute(args) -> int:
     if launched_world_size() == 1:
         return _report_run(args, store, execute_run(store, args.run_id, hooks))
     world = DataParallel.start(config.device)
+    finished = False
     try:
         try:
             prepared = prepare_on_every_rank(world, config, store)
@@ -213,8 +222,9 @@ def cmd_execute(args) -> int:
                 store.set_status(args.run_id, "failed", error=failure_message(exc))
             raise
         record = train_on_this_rank(world, store, args.run_id, prepared, hooks)
+        finished = _ended_in_step(record)
     finally:
-        world.close()
+        world.close(finished=finished)
     return 0 if record is None else _report_run(args, store, record)
 
 

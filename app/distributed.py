@@ -11,6 +11,7 @@ that reason instead of hanging.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import signal
 import socket
@@ -27,6 +28,8 @@ from .errors import ConfigError, LabError, RunCancelled
 
 # Collectives that wait longer than this mean a process is gone; the run fails instead of hanging.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+# How long a process that finished waits for the others before it leaves the group.
+SHUTDOWN_WAIT = datetime.timedelta(seconds=30)
 CANCEL_CODES = {0: None, 1: "cancelled", 2: "interrupted"}
 # A file in the run's folder through which the app asks a run in other processes to stop; its
 # text is the status the run ends with (cancelled or interrupted).
@@ -97,9 +100,23 @@ class DataParallel:
     def describe(self) -> dict:
         return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "device": str(self.device)}
 
-    def close(self) -> None:
-        if torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group. After work that finished on this process, every process first
+        waits for the others (at most SHUTDOWN_WAIT), so none closes its connections while a peer
+        still sends on them; garbage goes first, so no collective work outlives the interpreter
+        (gloo threads that reach Python during its shutdown abort the process)."""
+        gc.collect()
+        if not torch_dist.is_initialized():
+            return
+        if finished and not self.failing:
+            try:
+                if self.backend == "gloo":
+                    torch_dist.monitored_barrier(timeout=SHUTDOWN_WAIT)
+                else:
+                    torch_dist.barrier()
+            except RuntimeError:
+                pass  # a peer already left: there is nothing left to wait for
+        torch_dist.destroy_process_group()
 
     # -- batches --------------------------------------------------------------------------
     def share(self, indices: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -22,14 +22,16 @@ def train_each(runs_dir: str, configs_path: str) -> int:
 
     store = RunStore(runs_dir)
     world = DataParallel.start("cpu")
+    finished = False
     try:
         for values in json.loads(Path(configs_path).read_text()):
             config = RunConfig.from_dict(dict(values, processes=world.world_size))
             prepared = prepare_on_every_rank(world, config, store)
             run_id = world.broadcast(store.create_run(config.as_dict()) if world.is_main else None)
             train_on_this_rank(world, store, run_id, prepared, LoopHooks())
+        finished = True
     finally:
-        world.close()
+        world.close(finished=finished)
     return 0
 
 
