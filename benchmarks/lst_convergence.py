@@ -12,7 +12,8 @@ Memory is measured apart, once per configuration, on one shape for all (`--batch
 
 Reported: test accuracy mean ± std over seeds, the gap to full fine-tuning in points, the epoch of
 the best weights, trainable parameters, and peak memory as a fraction of full fine-tuning's.
-Results are written after every run, so a stopped benchmark keeps what it finished.
+Results are written after every run, so a stopped benchmark keeps what it finished, and a rerun
+with the same settings continues it: runs already in the JSON are kept, not repeated.
 
     python benchmarks/lst_convergence.py [--seeds 0,1,2] [--epochs 5] [--patience 2] [--factors 4,8,16]
         [--droppings all,every_other] [--backbone minilm-l6] [--dataset rotten-tomatoes] [--json out.json]
@@ -105,6 +106,18 @@ def summarise(runs: list[dict], memory: dict[str, dict], roles: list[str]) -> di
     return out
 
 
+def earlier_runs(path: Path, settings: dict) -> list[dict]:
+    """The runs of an earlier invocation with the same settings (any seeds), to continue it."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    kept = {k: v for k, v in earlier.get("settings", {}).items() if k not in ("json", "seeds")}
+    if kept != settings:
+        print(f"{path} holds runs with other settings; starting afresh", flush=True)
+        return []
+    return list(earlier.get("runs", []))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
@@ -128,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.backbone} on {args.dataset}: up to {steps} steps ({args.epochs:g} epochs of batch "
           f"{args.batch_size}), validation every {eval_every} steps, patience {args.patience}", flush=True)
 
-    runs: list[dict] = []
+    settings = dict(vars(args), steps=steps, eval_every=eval_every, train_examples=train_examples,
+                    torch_threads=torch.get_num_threads())
+    del settings["json"], settings["seeds"]
+    runs = earlier_runs(Path(args.json), settings)
+    if runs:
+        print(f"continuing {args.json}: {len(runs)} runs kept", flush=True)
     with tempfile.TemporaryDirectory() as runs_dir:
         store = RunStore(Path(runs_dir))
         memory = measure_memory(store, args, roles)
@@ -136,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         def write(final: bool) -> None:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({
-                "settings": dict(vars(args), steps=steps, eval_every=eval_every, train_examples=train_examples,
-                                 torch_threads=torch.get_num_threads()),
+                "settings": dict(settings, seeds=",".join(sorted({str(r["seed"]) for r in runs} | set(map(str, seeds))))),
                 "complete": final, "summary": summarise(runs, memory, list(roles)), "runs": runs}, indent=2) + "\n")
 
         write(False)
         for seed in seeds:
             for role, spec in roles.items():
+                if any(r["role"] == role and r["seed"] == seed for r in runs):
+                    continue
                 method_config = dict(spec["method_config"])
                 if spec["method"] == "lst":
                     method_config.update(cache_hidden_states=True, cache_mb=CACHE_MB)

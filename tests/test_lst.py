@@ -149,7 +149,7 @@ def test_magnitude_pruning_keeps_the_most_important_indices():
     view = LayerStack(model)
     with torch.no_grad():
         for layer in view.layers:
-            parts = lst_init.layer_parts(layer)
+            parts = view.family.layer_parts(layer)
             parts.query.weight[:, [3, 12]] = 1.0  # hidden dims 3 and 12 are read strongly
             parts.query.weight[[2, 9]] = 3.0  # head 0 (dims 0..7): dim 2; head 1 (8..15): dim 9
             parts.ffn_in.weight[[5, 20, 30, 31]] = 1.0  # FFN neurons 5, 20, 30, 31
@@ -168,8 +168,8 @@ def test_kept_indices_are_consistent_through_a_layer():
     for h in range(4):  # two dims kept inside each head's own range
         assert ((heads[2 * h:2 * h + 2] // 8) == h).all()
     side = lst_init.build_side_layers(view, lst_init.side_config(view.config, 4), 1)[0]
-    lst_init.copy_pruned_layer(view.layers[0], side, hidden, heads, ffn)
-    src, dst = lst_init.layer_parts(view.layers[0]), lst_init.layer_parts(side)
+    lst_init.copy_pruned_layer(view.family, view.layers[0], side, hidden, heads, ffn)
+    src, dst = view.family.layer_parts(view.layers[0]), view.family.layer_parts(side)
 
     # A backbone input living only on the kept hidden dims gives, on the kept q/k/v rows and FFN
     # neurons, exactly what the side layer computes from the projected input.
@@ -204,7 +204,7 @@ def test_reduction_factor_one_reproduces_the_backbone_layers():
 
 def test_side_network_widths_follow_the_reduction_factor():
     _, model = build({"reduction_factor": 4})
-    parts = lst_init.layer_parts(model.side_layers[0])
+    parts = model.view.family.layer_parts(model.side_layers[0])
     assert parts.query.weight.shape == (16, 16)  # hidden 64/4, 4 heads of 16/4
     assert parts.ffn_in.weight.shape == (32, 16)  # FFN 128/4
     assert model.downs[0].weight.shape == (16, 64) and model.upsample.weight.shape == (64, 16)
@@ -222,8 +222,8 @@ def test_reduction_factor_that_does_not_divide_is_refused(store):
 def test_random_init_differs_from_pruning_init():
     _, pruned = build()
     _, random = build({"init": "random"})
-    a = lst_init.layer_parts(pruned.side_layers[0]).query.weight
-    b = lst_init.layer_parts(random.side_layers[0]).query.weight
+    a = pruned.view.family.layer_parts(pruned.side_layers[0]).query.weight
+    b = random.view.family.layer_parts(random.side_layers[0]).query.weight
     assert not torch.allclose(a, b)
     assert (pruned.downs[0].weight != 0).sum() == 8  # a selection: one 1 per side dim
 
@@ -480,7 +480,7 @@ def test_mpnet_base_builds_and_takes_a_step():
     batch = dict(backbone.tokenizer(texts, padding="max_length", max_length=16, return_tensors="pt"))
     batch["labels"] = torch.tensor([1, 0])
     batch["index"] = torch.arange(2)
-    assert lst_init.layer_parts(model.side_layers[0]).query.weight.shape == (96, 96)  # 768/8, 12 heads of 8
+    assert model.view.family.layer_parts(model.side_layers[0]).query.weight.shape == (96, 96)  # 768/8, 12 heads of 8
     out = method.training_step(model, batch, TrainState(1, 1, torch.device("cpu"), torch.Generator()))
     out.loss.backward()
     assert torch.isfinite(out.loss)
@@ -560,6 +560,6 @@ def test_decoder_lst_refuses_what_it_cannot_prune():
     with pytest.raises(ConfigError, match="rotary pairs"):
         create_method("lst", {"reduction_factor": 16}).check_compatible(get_backbone("tiny-random-llama"), ["a", "b"])
     with pytest.raises(ConfigError, match="fused"):
-        create_method("lst", {"init": "fisher"}).check_compatible(get_backbone("tiny-random-gpt2"), ["a", "b"])
+        create_method("lst", {"init": "fisher"}).check_backbone(get_backbone("tiny-random-gpt2"), ["a", "b"])
     with pytest.raises(ConfigError, match="first token"):
         create_method("lst", {"pooling": "first"}).check_compatible(get_backbone("tiny-random-gpt2"), ["a", "b"])

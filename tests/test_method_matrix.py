@@ -275,3 +275,4 @@ def test_every_family_refuses_only_what_it_says_it_cannot_do():
     assert {"full_ft", "lora", "prompt_tuning", "p_tuning", "truncate", "theseus"} <= set(llama.methods)
     assert "bitfit" in get_backbone("tiny-random-gpt2").info().methods
     assert set(get_backbone("tiny-random").info().methods) == set(METHODS)
+

@@ -14,6 +14,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .parts import DecoderLayerParts, LayerParts
+
 
 class Family:
     name: ClassVar[str]
@@ -27,8 +29,14 @@ class Family:
     unsupported_methods: ClassVar[dict[str, str]] = {}
     # peft roles (query, key, value, attention_output, ffn_in, ffn_out) -> module path in a layer.
     roles: ClassVar[dict[str, str]] = {}
+    # Settings a method cannot take on this family: (method, setting, value) -> the reason.
+    unsupported_settings: ClassVar[dict[tuple[str, str, object], str]] = {}
     # Modules of a *ForSequenceClassification model (relative names) that make its task head.
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
+    # Where Houlsby adapters go in a layer: after these dropouts (which keep their place), or,
+    # for layers without a dropout there, on the outputs of these blocks (a forward hook).
+    adapter_after_dropouts: ClassVar[tuple[str, ...]] = ()
+    adapter_after_blocks: ClassVar[tuple[str, ...]] = ()
 
     # -- the layer stack ---------------------------------------------------------------------
     def layers(self, bare: nn.Module) -> nn.ModuleList:
@@ -58,6 +66,10 @@ class Family:
         out = layer(hidden, mask, **context)
         return out[0] if isinstance(out, (tuple, list)) else out
 
+    def layer_parts(self, layer: nn.Module) -> "LayerParts | DecoderLayerParts":
+        """The layer's projections and norms under family-independent names (`.parts`)."""
+        raise NotImplementedError
+
     def final_norm(self, bare: nn.Module) -> nn.Module | None:
         """The norm applied after the last layer (pre-norm decoders), or None."""
         return None
@@ -70,3 +82,10 @@ class Family:
     def check_method(self, method_name: str) -> str | None:
         """Why `method_name` cannot run on this family, or None."""
         return self.unsupported_methods.get(method_name)
+
+    def check_settings(self, method_name: str, settings) -> str | None:
+        """Why these settings of `method_name` cannot run on this family, or None."""
+        for (method, field, value), reason in self.unsupported_settings.items():
+            if method == method_name and getattr(settings, field, None) == value:
+                return reason
+        return None

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..pooling import pool_with_mask
 from .base import Family
+from .parts import LayerParts
 
 
 class BertFamily(Family):
@@ -23,6 +24,7 @@ class BertFamily(Family):
         "ffn_in": "intermediate.dense",
         "ffn_out": "output.dense",
     }
+    adapter_after_dropouts = ("attention.output.dropout", "output.dropout")
 
     def embed(self, bare, input_ids, token_type_ids=None):
         kwargs = {"input_ids": input_ids}
@@ -36,6 +38,12 @@ class BertFamily(Family):
         from transformers.masking_utils import create_bidirectional_mask
 
         return create_bidirectional_mask(config=bare.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+    def layer_parts(self, layer):
+        attention = layer.attention
+        heads = attention.self
+        return LayerParts(heads.query, heads.key, heads.value, attention.output.dense, attention.output.LayerNorm,
+                          layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
 
     def classify(self, model: nn.Module, hidden: torch.Tensor, attention_mask) -> torch.Tensor:
         """BERT pools (dense + tanh) and applies dropout before its classifier; RoBERTa, ELECTRA and
@@ -62,9 +70,16 @@ class MPNetFamily(BertFamily):
         "ffn_in": "intermediate.dense",
         "ffn_out": "output.dense",
     }
+    adapter_after_dropouts = ("attention.dropout", "output.dropout")
 
     def embed(self, bare, input_ids, token_type_ids=None):
         return bare.embeddings(input_ids=input_ids)  # MPNet has no token types
+
+    def layer_parts(self, layer):
+        attention = layer.attention
+        heads = attention.attn
+        return LayerParts(heads.q, heads.k, heads.v, heads.o, attention.LayerNorm,
+                          layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
 
     def layer_context(self, bare, hidden):
         return {"position_bias": bare.encoder.compute_position_bias(hidden)}

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..pooling import pool_tokens, pooling_of
 from .base import Family
+from .parts import DecoderLayerParts, LayerParts, conv1d_views
 
 def _positions(hidden: torch.Tensor) -> torch.Tensor:
     return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
@@ -53,6 +54,8 @@ class LlamaFamily(DecoderFamily):
         "ffn_in": ("mlp.gate_proj", "mlp.up_proj"),
         "ffn_out": "mlp.down_proj",
     }
+    # No dropout module after attention or the MLP: adapters transform those blocks' outputs.
+    adapter_after_blocks = ("self_attn", "mlp")
 
     def embed(self, bare, input_ids, token_type_ids=None):
         return bare.embed_tokens(input_ids)
@@ -79,6 +82,13 @@ class LlamaFamily(DecoderFamily):
             mask = mask[getattr(layer, "attention_type", "full_attention")]
         return super().run_layer(layer, hidden, mask, context)
 
+    def layer_parts(self, layer):
+        attention, mlp = layer.self_attn, layer.mlp
+        return DecoderLayerParts(attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                                 mlp.gate_proj, mlp.up_proj, mlp.down_proj, layer.input_layernorm,
+                                 layer.post_attention_layernorm, getattr(attention, "q_norm", None),
+                                 getattr(attention, "k_norm", None))
+
     def final_norm(self, bare):
         return bare.norm
 
@@ -97,12 +107,22 @@ class GPT2Family(DecoderFamily):
         "ffn_in": "mlp.c_fc",
         "ffn_out": "mlp.c_proj",
     }
+    adapter_after_dropouts = ("attn.resid_dropout", "mlp.dropout")
+    unsupported_settings = {
+        ("lst", "init", "fisher"): "Fisher initialisation is not available on GPT-2, whose query, key and value "
+                                   "share one fused matrix; use magnitude (the default) or random",
+    }
 
     def embed(self, bare, input_ids, token_type_ids=None):
         hidden = bare.wte(input_ids) + bare.wpe(_positions(input_ids))
         if token_type_ids is not None:
             hidden = hidden + bare.wte(token_type_ids)
         return bare.drop(hidden)
+
+    def layer_parts(self, layer):
+        query, key, value = conv1d_views(layer.attn.c_attn, 3)
+        return LayerParts(query, key, value, conv1d_views(layer.attn.c_proj)[0], layer.ln_1,
+                          conv1d_views(layer.mlp.c_fc)[0], conv1d_views(layer.mlp.c_proj)[0], layer.ln_2)
 
     def final_norm(self, bare):
         return bare.ln_f

@@ -36,16 +36,6 @@ from ..layer_stack import LayerStack
 from .base import BuildContext, Method, MethodConfig, option
 from .peft_support import head_parameter_names
 
-ADAPTER_SLOTS = {
-    "bert": ("attention.output.dropout", "output.dropout"),
-    "roberta": ("attention.output.dropout", "output.dropout"),
-    "xlm-roberta": ("attention.output.dropout", "output.dropout"),
-    "electra": ("attention.output.dropout", "output.dropout"),
-    "mpnet": ("attention.dropout", "output.dropout"),
-    "gpt2": ("attn.resid_dropout", "mlp.dropout"),
-}
-# Blocks whose output an adapter hook transforms, for layers without a dropout in the spot.
-ADAPTER_BLOCKS = {model_type: ("self_attn", "mlp") for model_type in ("llama", "mistral", "qwen2", "qwen3")}
 ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
 DOWN_INIT_STD = 1e-3  # the reference's init scale; the up-projection starts at zero (see above)
 TELEMETRY_KIND = "adapter output RMS"
@@ -116,15 +106,10 @@ class AdapterClassifier(nn.Module):
         return [m for m in self.modules() if isinstance(m, BottleneckAdapter)]
 
 
-def adapter_slots(model_type: str) -> tuple[str, str]:
-    if model_type in ADAPTER_SLOTS:
-        return ADAPTER_SLOTS[model_type]
-    if model_type in ADAPTER_BLOCKS:
-        return ADAPTER_BLOCKS[model_type]
-    raise ConfigError(
-        f"adapters are not available for '{model_type}' backbones; use a BERT, RoBERTa, XLM-RoBERTa, "
-        "ELECTRA, MPNet, LLaMA, Mistral, Qwen2, Qwen3 or GPT-2 backbone"
-    )
+def check_adapter_places(family) -> None:
+    if not (family.adapter_after_dropouts or family.adapter_after_blocks):
+        raise ConfigError(f"adapters are not available for {family.title}s: the lab does not know where their "
+                          "layers' attention and feed-forward outputs are")
 
 
 def _adapt_block_output(block: nn.Module, args: tuple, output):
@@ -135,18 +120,17 @@ def _adapt_block_output(block: nn.Module, args: tuple, output):
 
 def install_adapters(classifier: nn.Module, config: AdapterConfig) -> list[BottleneckAdapter]:
     view = LayerStack(classifier)
-    hidden_size = view.config.hidden_size
+    family, hidden_size = view.family, view.config.hidden_size
+    check_adapter_places(family)
     installed = []
     for index, layer in enumerate(view.layers):
-        if view.model_type in ADAPTER_BLOCKS:
-            for block_path in ADAPTER_BLOCKS[view.model_type]:
-                block = layer.get_submodule(block_path)
-                block.adapter = BottleneckAdapter(hidden_size, config.bottleneck, config.activation, index)
-                # a module-level hook that finds its adapter on the block: deep copies keep working
-                block.register_forward_hook(_adapt_block_output)
-                installed.append(block.adapter)
-            continue
-        for slot in adapter_slots(view.model_type):
+        for block_path in family.adapter_after_blocks:
+            block = layer.get_submodule(block_path)
+            block.adapter = BottleneckAdapter(hidden_size, config.bottleneck, config.activation, index)
+            # a module-level hook that finds its adapter on the block: deep copies keep working
+            block.register_forward_hook(_adapt_block_output)
+            installed.append(block.adapter)
+        for slot in family.adapter_after_dropouts:
             parent_path, _, attribute = slot.rpartition(".")
             parent = layer.get_submodule(parent_path)
             dropout = getattr(parent, attribute, None)
@@ -178,7 +162,7 @@ class HoulsbyAdapters(Method):
     exports_plain_model = False
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
-        adapter_slots(backbone.config.model_type)
+        check_adapter_places(backbone.family)
         hidden = backbone.config.hidden_size
         if self.config.bottleneck > hidden:
             raise ConfigError(

@@ -286,8 +286,9 @@ class Method:
         return f"{reason} (backbone '{backbone.name}' is a {backbone.config.model_type} model)" if reason else None
 
     def check_backbone(self, backbone, label_names: list[str]) -> None:
-        """Refuse a backbone this method cannot train on, then run the method's own checks."""
-        reason = self.backbone_refusal(backbone)
+        """Refuse a backbone this method cannot train on, or these settings on it, then run the
+        method's own checks."""
+        reason = self.backbone_refusal(backbone) or backbone.family.check_settings(self.name, self.config)
         if reason:
             raise ConfigError(reason)
         self.check_compatible(backbone, label_names)

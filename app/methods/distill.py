@@ -174,7 +174,7 @@ class AttentionScoreRecorder:
     layer's query and key projections (the attention kernel itself never exposes its scores)."""
 
     def __init__(self, model: nn.Module, layer_numbers: list[int]):
-        from .lst_init import layer_parts
+        from ..families import family_of
 
         config = model.config
         self.heads = config.num_attention_heads
@@ -183,9 +183,9 @@ class AttentionScoreRecorder:
         self.active = False
         self.layer_numbers = list(layer_numbers)
         self.handles = []
-        layers = layer_list(model)
+        layers, family = layer_list(model), family_of(model)
         for number in self.layer_numbers:  # 1-based, as in the layer map
-            parts = layer_parts(layers[number - 1])
+            parts = family.layer_parts(layers[number - 1])
             for role, linear in (("query", parts.query), ("key", parts.key)):
                 self.handles.append(linear.register_forward_hook(self._keep(number, role)))
 

@@ -356,9 +356,6 @@ class LadderSideTuning(Method):
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         lst_init.side_dimensions(backbone.config, self.config.reduction_factor)
         feed_layers(self.config, backbone.num_layers)
-        if backbone.config.model_type == "gpt2" and self.config.init == "fisher":
-            raise ConfigError("Fisher initialisation is not available on GPT-2, whose query, key and value share one "
-                              "fused matrix; use magnitude (the default) or random")
         if backbone.family.causal and self.config.pooling == FIRST:
             raise ConfigError("pooling 'first' reads a decoder's first token, which has seen no other token; "
                               "use last, mean or auto")
@@ -405,7 +402,7 @@ class LadderSideTuning(Method):
         for side_layer, backbone_index in zip(model.side_layers, feeds):
             # Side block k follows backbone layer feeds[k] (as in the official code, side block i
             # sits after backbone block i), so it starts as that layer, pruned.
-            lst_init.copy_pruned_layer(view.layers[backbone_index], side_layer, indices.hidden,
+            lst_init.copy_pruned_layer(view.family, view.layers[backbone_index], side_layer, indices.hidden,
                                        indices.heads[backbone_index], indices.ffn[backbone_index])
         if model.side_norm is not None:  # GPT-2's final LayerNorm, pruned
             final_norm = view.family.final_norm(view.model)
@@ -513,7 +510,7 @@ def _init_decoder_side(model: LadderSideNetwork, view: LayerStack, scores, feeds
     shape = dict(num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads, head_size=head_size)
     indices = lst_init.choose_decoder_indices(scores, reduction_factor=r, **shape)
     for k, (side_layer, backbone_index) in enumerate(zip(model.side_layers, feeds)):
-        lst_init.copy_pruned_decoder_layer(view.layers[backbone_index], side_layer, indices.hidden,
+        lst_init.copy_pruned_decoder_layer(view.family, view.layers[backbone_index], side_layer, indices.hidden,
                                            indices.head_dims[backbone_index], indices.ffn[backbone_index], **shape)
         pairs = indices.rotary_pairs[backbone_index].to(model.side_inv_freq.device)
         model.side_inv_freq[k].copy_(view.model.rotary_emb.inv_freq.float()[pairs])

@@ -42,86 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..families.base import Family
 from ..layer_stack import LayerStack
 from ..pooling import pool_tokens
-
-
-@dataclass
-class LayerParts:
-    """The weight-carrying pieces of one encoder layer, named the same for every architecture."""
-
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    attn_out: nn.Linear
-    attn_norm: nn.LayerNorm
-    ffn_in: nn.Linear
-    ffn_out: nn.Linear
-    ffn_norm: nn.LayerNorm
-
-    def linears(self) -> dict[str, nn.Linear]:
-        return {"query": self.query, "key": self.key, "value": self.value, "attn_out": self.attn_out,
-                "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
-
-
-@dataclass
-class DecoderLayerParts:
-    """The weight-carrying pieces of one LLaMA-family decoder layer."""
-
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    attn_out: nn.Linear
-    gate: nn.Linear
-    up: nn.Linear
-    down: nn.Linear
-    attn_norm: nn.Module
-    ffn_norm: nn.Module
-    query_norm: nn.Module | None = None  # Qwen3 normalises each head's query and key
-    key_norm: nn.Module | None = None
-
-    def linears(self) -> dict[str, nn.Linear]:
-        return {"query": self.query, "key": self.key, "value": self.value, "attn_out": self.attn_out,
-                "gate": self.gate, "up": self.up, "down": self.down}
-
-
-class LinearView:
-    """A projection seen in nn.Linear's layout (weight [out, in], bias [out]) whatever its module:
-    GPT-2's Conv1D stores weight [in, out] and fuses query, key and value into one matrix. The
-    tensors are views, so copying into them writes the module's own weights."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        self.weight, self.bias = weight, bias
-
-
-def _conv1d_views(conv: nn.Module, parts: int = 1) -> list[LinearView]:
-    weight, bias = conv.weight.t(), conv.bias  # [out, in], [out]
-    size = weight.shape[0] // parts
-    return [LinearView(weight[i * size:(i + 1) * size], None if bias is None else bias[i * size:(i + 1) * size])
-            for i in range(parts)]
-
-
-def layer_parts(layer: nn.Module) -> LayerParts | DecoderLayerParts:
-    if hasattr(layer, "attn") and hasattr(layer, "ln_1"):  # GPT-2: pre-norm, Conv1D projections
-        query, key, value = _conv1d_views(layer.attn.c_attn, 3)
-        return LayerParts(query, key, value, _conv1d_views(layer.attn.c_proj)[0], layer.ln_1,
-                          _conv1d_views(layer.mlp.c_fc)[0], _conv1d_views(layer.mlp.c_proj)[0], layer.ln_2)
-    if hasattr(layer, "self_attn") and hasattr(layer, "mlp"):  # LLaMA, Mistral, Qwen2, Qwen3
-        attention, mlp = layer.self_attn, layer.mlp
-        return DecoderLayerParts(attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
-                                 mlp.gate_proj, mlp.up_proj, mlp.down_proj, layer.input_layernorm,
-                                 layer.post_attention_layernorm, getattr(attention, "q_norm", None),
-                                 getattr(attention, "k_norm", None))
-    attention = layer.attention
-    if hasattr(attention, "self"):  # BERT, RoBERTa, XLM-R, ELECTRA
-        heads = attention.self
-        return LayerParts(heads.query, heads.key, heads.value, attention.output.dense, attention.output.LayerNorm,
-                          layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
-    if hasattr(attention, "attn"):  # MPNet
-        heads = attention.attn
-        return LayerParts(heads.q, heads.k, heads.v, heads.o, attention.LayerNorm,
-                          layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
-    raise TypeError(f"{type(layer).__name__} is not a supported encoder layer")
 
 
 # --- the shrunken configuration --------------------------------------------------------------
@@ -208,7 +131,7 @@ Scores = dict[int, dict[str, torch.Tensor]]  # backbone layer index -> part name
 def magnitude_scores(view: LayerStack, layer_indices: Iterable[int]) -> Scores:
     """|W| for every weight matrix of the given backbone layers."""
     return {
-        i: {name: linear.weight.detach().abs().float() for name, linear in layer_parts(view.layers[i]).linears().items()}
+        i: {name: linear.weight.detach().abs().float() for name, linear in view.family.layer_parts(view.layers[i]).linears().items()}
         for i in layer_indices
     }
 
@@ -236,7 +159,7 @@ def fisher_scores(
     as it was found: frozen, in eval mode, without gradients.
     """
     layer_indices = sorted(set(layer_indices))
-    parts = {i: layer_parts(view.layers[i]).linears() for i in layer_indices}
+    parts = {i: view.family.layer_parts(view.layers[i]).linears() for i in layer_indices}
     weights = [linear.weight for linears in parts.values() for linear in linears.values()]
     totals = {id(w): torch.zeros_like(w, dtype=torch.float32) for w in weights}
     generator = torch.Generator().manual_seed(seed)
@@ -383,10 +306,11 @@ def _copy_linear(s: nn.Linear, d: nn.Linear, rows: torch.Tensor, cols: torch.Ten
 
 
 @torch.no_grad()
-def copy_pruned_decoder_layer(source: nn.Module, target: nn.Module, hidden: torch.Tensor, head_dims: torch.Tensor,
-                              ffn: torch.Tensor, *, num_heads: int, num_kv_heads: int, head_size: int) -> None:
+def copy_pruned_decoder_layer(family: Family, source: nn.Module, target: nn.Module, hidden: torch.Tensor,
+                              head_dims: torch.Tensor, ffn: torch.Tensor, *, num_heads: int, num_kv_heads: int,
+                              head_size: int) -> None:
     """Copy the kept rows/columns of a LLaMA-family layer into a side layer of the same class."""
-    src, dst = layer_parts(source), layer_parts(target)
+    src, dst = family.layer_parts(source), family.layer_parts(target)
     query_rows = _per_head(head_dims, num_heads, head_size)
     kv_rows = _per_head(head_dims, num_kv_heads, head_size)
     _copy_linear(src.query, dst.query, query_rows, hidden)
@@ -404,10 +328,10 @@ def copy_pruned_decoder_layer(source: nn.Module, target: nn.Module, hidden: torc
 
 
 @torch.no_grad()
-def copy_pruned_layer(source: nn.Module, target: nn.Module, hidden: torch.Tensor, heads: torch.Tensor,
-                      ffn: torch.Tensor) -> None:
+def copy_pruned_layer(family: Family, source: nn.Module, target: nn.Module, hidden: torch.Tensor,
+                      heads: torch.Tensor, ffn: torch.Tensor) -> None:
     """Copy the kept rows/columns of a backbone layer into a side layer of the same class."""
-    src, dst = layer_parts(source), layer_parts(target)
+    src, dst = family.layer_parts(source), family.layer_parts(target)
 
     for name in ("query", "key", "value"):
         _copy_linear(getattr(src, name), getattr(dst, name), heads, hidden)
