@@ -418,3 +418,51 @@ def test_cli_trains_a_new_predecessor_then_theseus(runs_dir, capsys):
 
     record = RunStore(runs_dir).get_run(result["run_id"])
     assert record["config"]["method_config"]["predecessor"] == result["predecessor_run"]["run_id"]
+
+
+@pytest.fixture(scope="module")
+def thirty_layer_decoder(tmp_path_factory) -> str:
+    """A 30-layer LLaMA-style classifier folder (SmolLM2's depth at a tiny width), as a predecessor."""
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    from app.backbones import get_backbone
+
+    tokenizer = get_backbone("tiny-random-llama").tokenizer
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=30,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, num_labels=2, id2label={0: "ham", 1: "spam"},
+                         label2id={"ham": 0, "spam": 1})
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("thirty") / "llama-30"
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("successor_layers", [15, 10, 6, 5, 3])
+def test_a_thirty_layer_decoder_shrinks_to_every_divisor_and_exports_that_many_layers(
+        session_store, thirty_layer_decoder, successor_layers, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from app.backbones import get_backbone
+    from app.data import load_dataset, tokenize_split
+
+    method = create_method("theseus", {"predecessor": thirty_layer_decoder, "layers": successor_layers})
+    method.check_backbone(get_backbone(thirty_layer_decoder), ["ham", "spam"])
+    torch.manual_seed(0)
+    model = method.build(_context(session_store, thirty_layer_decoder)).eval()
+    assert model.num_modules == successor_layers and model.block_size == 30 // successor_layers
+    data = load_dataset("sms-spam", max_train_examples=16, max_eval_examples=8)
+    tensors = tokenize_split(get_backbone(thirty_layer_decoder).tokenizer, data, "validation", 24)
+    batch = model_inputs({k: v[:4] for k, v in tensors.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch, draws=[0] * successor_layers), model.predecessor(**batch).logits,
+                                   rtol=0, atol=1e-6)
+        successor = model.successor(**batch).logits
+        torch.testing.assert_close(model.mixed_logits(**batch, draws=[1] * successor_layers), successor,
+                                   rtol=0, atol=1e-6)
+    model.successor.save_pretrained(tmp_path / "successor")
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "successor").eval()
+    assert exported.config.num_hidden_layers == successor_layers == len(exported.model.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**batch).logits, successor, rtol=1e-5, atol=1e-6)
