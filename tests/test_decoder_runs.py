@@ -54,12 +54,33 @@ def test_decoder_run_compresses_its_layers(decoder_store, decoder_run):
     # 4 query heads in 2 key/value groups: heads go equally from each group
     with pytest.raises(LabError, match="multiple of 2"):
         compress_run(decoder_store, decoder_run["id"], {"structured_heads": 1})
-    with pytest.raises(LabError, match="per layer"):
-        compress_run(decoder_store, decoder_run["id"], {"structured_heads_total": 2})
-    heads, ffn = compress_run(decoder_store, decoder_run["id"], {"structured_heads": 2, "structured_ffn": 0.5,
-                                                                 "latency_repeats": 1, "latency_warmup": 0})[1:]
+    with pytest.raises(LabError, match="multiple of 2 up to 8"):
+        compress_run(decoder_store, decoder_run["id"], {"structured_heads_total": 3})
+    heads, total, ffn = compress_run(decoder_store, decoder_run["id"], {
+        "structured_heads": 2, "structured_heads_total": 6, "structured_ffn": 0.5,
+        "latency_repeats": 1, "latency_warmup": 0})[1:]
     assert heads["heads_left"] == [2, 2, 2, 2]
+    # 6 of 16 heads in all, in rounds of one per group: every layer keeps 2 or 4, 10 in all
+    assert sum(total["heads_left"]) == 10 and set(total["heads_left"]) <= {2, 4}
+    assert all(len(removed) % 2 == 0 for removed in total["heads_removed"].values())
     assert heads["params"] < points[0]["params"] and ffn["params"] < points[0]["params"]
+
+
+def test_a_total_of_decoder_heads_comes_first_from_the_least_important_layer():
+    from app.backbones import get_backbone
+    from app.compression.decoder_pruning import heads_per_layer, prune_decoder_heads
+    from app.layer_stack import LayerStack
+
+    model = get_backbone("tiny-random-llama").load_for_classification(["a", "b"]).eval()
+    layers = LayerStack(model).layers
+    size = layers[0].self_attn.head_dim
+    with torch.no_grad():  # layer 2's heads 0 and 3 (one in each group) barely matter
+        for h in (0, 3):
+            layers[2].self_attn.q_proj.weight[h * size:(h + 1) * size] *= 1e-3
+            layers[2].self_attn.o_proj.weight[:, h * size:(h + 1) * size] *= 1e-3
+    plan = prune_decoder_heads(model, total=2)
+    assert plan == {0: [], 1: [], 2: [0, 3], 3: []}
+    assert heads_per_layer(model) == [4, 4, 2, 4]
 
 
 def test_grouped_query_head_pruning_keeps_the_kept_heads_exact():

@@ -2,11 +2,16 @@
 and SwiGLU neurons.
 
 Under grouped-query attention every key/value head serves a group of consecutive query heads, and
-the attention kernel finds a query head's key/value head by that layout. So heads go in equal
-numbers from every group: removing `per_layer` heads takes `per_layer / kv_heads` of the least
-important query heads from each group, keeps every key/value head, and shrinks the group size the
-layer records. Importance is the L1 norm of a query head's own weights: its rows of the query
-projection and its columns of the output projection (key and value rows are shared by the group).
+the attention kernel finds a query head's key/value head by that layout. So, within a layer, heads
+go in equal numbers from every group: removing n heads takes n / kv_heads of the least important
+query heads from each group, keeps every key/value head, and shrinks the group size the layer
+records. Importance is the L1 norm of a query head's own weights: its rows of the query projection
+and its columns of the output projection (key and value rows are shared by the group).
+
+Heads are removed either `per_layer` (the same number from every layer) or as a `total` over the
+model: then a layer gives up heads in rounds of one per group, a round's cost being its heads'
+importance normalised by the layer's mean (so layers compare), and the cheapest rounds go first;
+every group keeps at least one head.
 """
 
 from __future__ import annotations
@@ -53,37 +58,83 @@ def _keep(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def check_heads_request(model: nn.Module, per_layer: int) -> None:
-    for layer in decoder_layers(model):
-        heads, kv_heads = _heads(layer.self_attn)
-        if per_layer % kv_heads or not 0 <= per_layer < heads:
-            raise LabError(f"cannot remove {per_layer} heads per layer: each layer has {heads} query heads in "
-                           f"{kv_heads} groups sharing a key/value head, and heads go equally from every group, so "
-                           f"give a multiple of {kv_heads} below {heads}")
+def check_heads_request(model: nn.Module, per_layer: int | None = None, total: int | None = None) -> None:
+    layers = decoder_layers(model)
+    shapes = [_heads(layer.self_attn) for layer in layers]
+    if per_layer is not None:
+        for heads, kv_heads in shapes:
+            if per_layer % kv_heads or not 0 <= per_layer < heads:
+                raise LabError(f"cannot remove {per_layer} heads per layer: each layer has {heads} query heads in "
+                               f"{kv_heads} groups sharing a key/value head, and heads go equally from every "
+                               f"group, so give a multiple of {kv_heads} below {heads}")
+    if total is not None:
+        kv_heads = {kv for _, kv in shapes}
+        limit = sum(heads - kv for heads, kv in shapes)
+        if len(kv_heads) > 1:
+            raise LabError("a total of heads needs the same number of key/value heads in every layer; "
+                           "give the heads to remove per layer")
+        [kv] = kv_heads
+        if total % kv or not 0 <= total <= limit:
+            raise LabError(f"cannot remove {total} heads in all: the {len(shapes)} layers have {kv} key/value "
+                           f"groups each, heads go equally from every group of a layer and each group keeps one, "
+                           f"so give a multiple of {kv} up to {limit}")
 
 
-def prune_decoder_heads(model: nn.Module, per_layer: int) -> dict[int, list[int]]:
-    """Remove `per_layer` query heads from every layer, equally from each key/value group.
-    Returns {layer index: [removed query heads]}."""
-    check_heads_request(model, per_layer)
+def _head_scores(attention: nn.Module) -> torch.Tensor:
+    heads, _ = _heads(attention)
+    with torch.no_grad():
+        return (attention.q_proj.weight.abs().sum(1) + attention.o_proj.weight.abs().sum(0)).view(heads, -1).sum(1).float()
+
+
+def _removal_order(attention: nn.Module) -> list[list[int]]:
+    """Rounds of removal for one layer: round r takes the r-th least important head of every group."""
+    heads, kv_heads = _heads(attention)
+    group = heads // kv_heads
+    score = _head_scores(attention)
+    ranked = [(g * group + torch.argsort(score[g * group:(g + 1) * group])).tolist() for g in range(kv_heads)]
+    return [[ranked[g][r] for g in range(kv_heads)] for r in range(group - 1)]
+
+
+def _plan_total(layers: nn.ModuleList, total: int) -> dict[int, int]:
+    """Rounds to take from each layer so that `total` heads go, cheapest normalised rounds first."""
+    candidates = []
+    for index, layer in enumerate(layers):
+        score = _head_scores(layer.self_attn)
+        normalised = score / score.mean().clamp_min(1e-12)
+        for r, round_heads in enumerate(_removal_order(layer.self_attn)):
+            candidates.append((float(normalised[round_heads].sum()), index, r))
+    rounds = {index: 0 for index in range(len(layers))}
+    kv_heads = _heads(layers[0].self_attn)[1] if len(layers) else 1
+    # Within a layer a later round never costs less than an earlier one, so the cheapest rounds
+    # overall always take each layer's rounds in order (ties keep that order).
+    for _, index, _ in sorted(candidates)[: total // kv_heads]:
+        rounds[index] += 1
+    return rounds
+
+
+def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: int | None = None) -> dict[int, list[int]]:
+    """Remove query heads, equally from each key/value group of a layer: `per_layer` from every
+    layer, or `total` over the model. Returns {layer index: [removed query heads]}."""
+    if (per_layer is None) == (total is None):
+        raise LabError("say how many heads to remove: per layer or in total")
+    check_heads_request(model, per_layer=per_layer, total=total)
+    layers = decoder_layers(model)
+    if per_layer is not None:
+        rounds = {index: per_layer // _heads(layer.self_attn)[1] for index, layer in enumerate(layers)}
+    else:
+        rounds = _plan_total(layers, total)
     plan = {}
-    for index, layer in enumerate(decoder_layers(model)):
+    for index, layer in enumerate(layers):
         attention = layer.self_attn
+        removed = sorted(h for round_heads in _removal_order(attention)[: rounds[index]] for h in round_heads)
         heads, kv_heads = _heads(attention)
-        group = heads // kv_heads
-        size = attention.head_dim
-        with torch.no_grad():
-            score = (attention.q_proj.weight.abs().sum(1) + attention.o_proj.weight.abs().sum(0)).view(heads, size).sum(1)
-        removed = []
-        for g in range(kv_heads):
-            members = torch.arange(g * group, (g + 1) * group)
-            removed += members[torch.argsort(score[members].float())[: per_layer // kv_heads]].tolist()
         kept = [h for h in range(heads) if h not in set(removed)]
+        size = attention.head_dim
         rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in kept]).to(attention.q_proj.weight.device)
         attention.q_proj = _keep(attention.q_proj, rows, 0)
         attention.o_proj = _keep(attention.o_proj, rows, 1)
         attention.num_key_value_groups = len(kept) // kv_heads
-        plan[index] = sorted(removed)
+        plan[index] = removed
     return plan
 
 

@@ -242,10 +242,7 @@ def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | 
     if _is_decoder(model):
         from .decoder_pruning import prune_decoder_heads
 
-        if per_layer is None:
-            raise LabError("on a decoder, give the heads to remove per layer (they go equally from every "
-                           "key/value group), not a total")
-        return prune_decoder_heads(model, per_layer)
+        return prune_decoder_heads(model, per_layer=per_layer, total=total)
     parts = attention_parts(model)
     counts = heads_per_layer(model)
     scores = [head_importance(p) for p in parts]

@@ -65,10 +65,13 @@ class CompressionPlan(MethodConfig):
         choices=list(QUANTIZE_KINDS),
     )
     structured_heads: int | None = option(
-        None, "Attention heads to remove from every layer, least important (L1 norm) first.", min=0
+        None, "Attention heads to remove from every layer, least important (L1 norm) first. On a decoder with "
+              "grouped-query attention, a multiple of its key/value heads (heads go equally from every group).", min=0
     )
     structured_heads_total: int | None = option(
-        None, "Attention heads to remove across the whole model, ranked by importance normalised per layer.",
+        None, "Attention heads to remove across the whole model, ranked by importance normalised per layer. On a "
+              "decoder with grouped-query attention, a multiple of its key/value heads: a layer gives up one head "
+              "per group at a time.",
         min=0, advanced=True,
     )
     structured_ffn: float | None = option(
@@ -184,13 +187,10 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     tokenizer = prepared.backbone.tokenizer
 
     decoder = getattr(base.config, "model_type", None) in DECODER_TYPES
-    if decoder and plan.structured_heads is not None:
+    if decoder and (plan.structured_heads is not None or plan.structured_heads_total is not None):
         from .decoder_pruning import check_heads_request
 
-        check_heads_request(base, plan.structured_heads)
-    if decoder and plan.structured_heads_total is not None:
-        raise ConfigError("on a decoder, give the heads to remove per layer (they go equally from every key/value "
-                          "group), not a total")
+        check_heads_request(base, per_layer=plan.structured_heads, total=plan.structured_heads_total)
     if plan.structured_heads is not None:
         counts = heads_per_layer(base)
         if plan.structured_heads >= min(counts):
