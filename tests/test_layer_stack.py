@@ -65,6 +65,17 @@ def test_layer_by_layer_forward_matches_transformers_and_ignores_padding(model_t
         for i, text in enumerate(TEXTS):  # each example alone, unpadded, gives the same logits
             alone = model(**backbone.tokenizer([text], return_tensors="pt")).logits[0]
             torch.testing.assert_close(alone, reference[i], rtol=1e-4, atol=1e-5)
+        # Right padding runs on causality alone (no padding mask); left padding needs the mask,
+        # and keeps it: both give the reference logits.
+        backbone.tokenizer.padding_side = "left"
+        try:
+            left = backbone.tokenizer(TEXTS, padding="max_length", max_length=16, return_tensors="pt")
+        finally:
+            backbone.tokenizer.padding_side = "right"
+        left_states = LayerStack(model).hidden_states(left["input_ids"], left["attention_mask"])
+        left_logits = classify_hidden(model, left_states[-1], left["attention_mask"])
+        if model_type != "gpt2":  # GPT-2's learned positions shift with left padding; rotary ones do not matter
+            torch.testing.assert_close(left_logits, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_decoder_pooling_reads_the_mask_not_pad_ids(decoder_folder):

@@ -20,6 +20,20 @@ def _positions(hidden: torch.Tensor) -> torch.Tensor:
     return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
 
 
+def _needed_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The padding mask, or None where causality alone hides every pad from every real token:
+    with right padding each real token sees only earlier tokens, all real. Without a padding mask,
+    attention takes its causal kernel, which keeps no attention matrix for backward (less memory,
+    less time); pad positions then attend to each other, and nothing reads their states (pooling and
+    losses look at real tokens only)."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask.bool()
+    if bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return None
+    return attention_mask
+
+
 class DecoderFamily(Family):
     causal = True
     head_modules = ("score",)
@@ -27,8 +41,9 @@ class DecoderFamily(Family):
     def layer_mask(self, bare, attention_mask, hidden):
         from transformers.masking_utils import create_causal_mask
 
-        return create_causal_mask(config=bare.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                  cache=None, position_ids=_positions(hidden))
+        return create_causal_mask(config=bare.config, inputs_embeds=hidden,
+                                  attention_mask=_needed_padding_mask(attention_mask), cache=None,
+                                  position_ids=_positions(hidden))
 
     def run_layer(self, layer, hidden, mask, context):
         out = layer(hidden, attention_mask=mask, **context)
@@ -63,8 +78,8 @@ class LlamaFamily(DecoderFamily):
     def layer_mask(self, bare, attention_mask, hidden):
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-        kwargs = dict(config=bare.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None,
-                      position_ids=_positions(hidden))
+        kwargs = dict(config=bare.config, inputs_embeds=hidden, attention_mask=_needed_padding_mask(attention_mask),
+                      cache=None, position_ids=_positions(hidden))
         config = bare.config
         if config.model_type == "mistral" and getattr(config, "sliding_window", None):
             return create_sliding_window_causal_mask(**kwargs)
