@@ -191,3 +191,19 @@ def test_submit_refuses_a_run_that_is_not_finished(store, runs_dir):
             submit_lesson(manager, "shrink", preset="tiny", given={"model": queued})
     finally:
         manager.shutdown()
+
+
+def test_every_preset_of_every_lesson_gives_runs_its_backbone_can_train():
+    """A preset a button offers must not queue a run its backbone refuses (e.g. BitFit on a decoder)."""
+    from app.backbones import get_backbone
+    from app.config import RunConfig
+    from app.methods import create_method
+
+    for lesson in LESSONS.values():
+        for preset_name in lesson.presets:
+            for values in role_configs(lesson, preset_name, seed=0):
+                config = RunConfig.from_dict({**values, "method_config": {
+                    k: v for k, v in values["method_config"].items() if not str(v).startswith("@role:")}})
+                backbone = get_backbone(config.backbone)
+                refusal = create_method(config.method, {}).backbone_refusal(backbone)
+                assert refusal is None, (lesson.name, preset_name, config.method, refusal)
