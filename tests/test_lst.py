@@ -502,7 +502,7 @@ def _decoder_lst(reduction_factor: int, backbone_name: str = "tiny-random-llama"
 
 
 @pytest.mark.parametrize("backbone_name,init", [("tiny-random-llama", "magnitude"), ("tiny-random-llama", "fisher"),
-                                                ("tiny-random-gpt2", "magnitude")])
+                                                ("tiny-random-gpt2", "magnitude"), ("tiny-random-gpt2", "fisher")])
 def test_a_decoder_side_layer_pruned_at_r1_computes_its_backbone_layer(backbone_name, init):
     backbone, model = _decoder_lst(1, backbone_name, init=init, fisher_samples=8)
     view = model.view
@@ -559,7 +559,37 @@ def test_decoder_side_heads_keep_rotary_pairs_with_their_own_frequencies():
 def test_decoder_lst_refuses_what_it_cannot_prune():
     with pytest.raises(ConfigError, match="rotary pairs"):
         create_method("lst", {"reduction_factor": 16}).check_compatible(get_backbone("tiny-random-llama"), ["a", "b"])
-    with pytest.raises(ConfigError, match="fused"):
-        create_method("lst", {"init": "fisher"}).check_backbone(get_backbone("tiny-random-gpt2"), ["a", "b"])
     with pytest.raises(ConfigError, match="first token"):
         create_method("lst", {"pooling": "first"}).check_compatible(get_backbone("tiny-random-gpt2"), ["a", "b"])
+
+
+def test_fisher_on_gpt2_reads_query_key_and_value_off_the_fused_matrix():
+    """GPT-2 computes q, k and v with one Conv1D ([in, 3 * out]): each projection's Fisher score is
+    its own third of that parameter's squared gradient, in Linear layout ([out, in])."""
+    from app.layer_stack import LayerStack
+
+    backbone = get_backbone("tiny-random-gpt2")
+    model = backbone.load_encoder()
+    view = LayerStack(model)
+    tokens = backbone.tokenizer(["a fine film"], return_tensors="pt")
+    batch = dict(tokens, labels=torch.tensor([1]))
+    scores = lst_init.fisher_scores(view, [0], iter([batch]), num_samples=1, num_labels=2, pooling="last", seed=0)[0]
+
+    fused = view.layers[0].attn.c_attn.weight
+    head = torch.nn.Linear(view.config.hidden_size, 2)
+    with torch.no_grad():  # the same seeded temporary head fisher_scores draws
+        head.weight.copy_(torch.randn(2, view.config.hidden_size, generator=torch.Generator().manual_seed(0))
+                          * view.config.initializer_range)
+        head.bias.zero_()
+    fused.requires_grad_(True)
+    try:
+        last = view.family.final_norm(model)(view.hidden_states(tokens["input_ids"], tokens["attention_mask"])[-1])
+        loss = torch.nn.functional.cross_entropy(head(last[:, -1]), batch["labels"])
+        (grad,) = torch.autograd.grad(loss, [fused])
+    finally:
+        fused.requires_grad_(False)
+    squared = grad.pow(2).t()  # [3 * out, in]
+    width = view.config.hidden_size
+    for third, name in enumerate(("query", "key", "value")):
+        torch.testing.assert_close(scores[name], squared[third * width:(third + 1) * width])
+    assert all(scores[name].sum() > 0 for name in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"))

@@ -29,8 +29,6 @@ class Family:
     unsupported_methods: ClassVar[dict[str, str]] = {}
     # peft roles (query, key, value, attention_output, ffn_in, ffn_out) -> module path in a layer.
     roles: ClassVar[dict[str, str]] = {}
-    # Settings a method cannot take on this family: (method, setting, value) -> the reason.
-    unsupported_settings: ClassVar[dict[tuple[str, str, object], str]] = {}
     # Modules of a *ForSequenceClassification model (relative names) that make its task head.
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
     # Where Houlsby adapters go in a layer: after these dropouts (which keep their place), or,
@@ -82,10 +80,3 @@ class Family:
     def check_method(self, method_name: str) -> str | None:
         """Why `method_name` cannot run on this family, or None."""
         return self.unsupported_methods.get(method_name)
-
-    def check_settings(self, method_name: str, settings) -> str | None:
-        """Why these settings of `method_name` cannot run on this family, or None."""
-        for (method, field, value), reason in self.unsupported_settings.items():
-            if method == method_name and getattr(settings, field, None) == value:
-                return reason
-        return None

@@ -123,10 +123,6 @@ class GPT2Family(DecoderFamily):
         "ffn_out": "mlp.c_proj",
     }
     adapter_after_dropouts = ("attn.resid_dropout", "mlp.dropout")
-    unsupported_settings = {
-        ("lst", "init", "fisher"): "Fisher initialisation is not available on GPT-2, whose query, key and value "
-                                   "share one fused matrix; use magnitude (the default) or random",
-    }
 
     def embed(self, bare, input_ids, token_type_ids=None):
         hidden = bare.wte(input_ids) + bare.wpe(_positions(input_ids))

@@ -5,6 +5,7 @@ says where its pieces are (`Family.layer_parts`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -53,15 +54,27 @@ class DecoderLayerParts:
 class LinearView:
     """A projection seen in nn.Linear's layout (weight [out, in], bias [out]) whatever its module:
     GPT-2's Conv1D stores weight [in, out] and fuses query, key and value into one matrix. The
-    tensors are views, so copying into them writes the module's own weights."""
+    tensors are views, so copying into them writes the module's own weights; `source` is the
+    parameter they view and `rows` the output rows of it this projection is."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        self.weight, self.bias = weight, bias
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, source: nn.Parameter, rows: slice):
+        self.weight, self.bias, self.source, self.rows = weight, bias, source, rows
 
 
 def conv1d_views(conv: nn.Module, parts: int = 1) -> list[LinearView]:
     """A Conv1D projection as `parts` equal Linear-layout views (3 for a fused q/k/v)."""
     weight, bias = conv.weight.t(), conv.bias  # [out, in], [out]
     size = weight.shape[0] // parts
-    return [LinearView(weight[i * size:(i + 1) * size], None if bias is None else bias[i * size:(i + 1) * size])
-            for i in range(parts)]
+    views = []
+    for i in range(parts):
+        rows = slice(i * size, (i + 1) * size)
+        views.append(LinearView(weight[rows], None if bias is None else bias[rows], conv.weight, rows))
+    return views
+
+
+def weight_parameter(linear: nn.Linear | LinearView) -> tuple[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]]:
+    """The parameter holding a projection's weight, and how to read that projection (in Linear
+    layout) off a tensor shaped like the parameter, e.g. its gradient."""
+    if isinstance(linear, LinearView):
+        return linear.source, lambda tensor: tensor.t()[linear.rows]
+    return linear.weight, lambda tensor: tensor

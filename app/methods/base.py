@@ -286,9 +286,8 @@ class Method:
         return f"{reason} (backbone '{backbone.name}' is a {backbone.config.model_type} model)" if reason else None
 
     def check_backbone(self, backbone, label_names: list[str]) -> None:
-        """Refuse a backbone this method cannot train on, or these settings on it, then run the
-        method's own checks."""
-        reason = self.backbone_refusal(backbone) or backbone.family.check_settings(self.name, self.config)
+        """Refuse a backbone this method cannot train on, then run the method's own checks."""
+        reason = self.backbone_refusal(backbone)
         if reason:
             raise ConfigError(reason)
         self.check_compatible(backbone, label_names)

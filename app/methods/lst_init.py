@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..families.base import Family
+from ..families.parts import weight_parameter
 from ..layer_stack import LayerStack
 from ..pooling import pool_tokens
 
@@ -160,7 +161,10 @@ def fisher_scores(
     """
     layer_indices = sorted(set(layer_indices))
     parts = {i: view.family.layer_parts(view.layers[i]).linears() for i in layer_indices}
-    weights = [linear.weight for linears in parts.values() for linear in linears.values()]
+    # Gradients are taken for the parameters themselves: a fused q/k/v matrix (GPT-2) is one
+    # parameter, read per projection afterwards.
+    readers = {i: {name: weight_parameter(linear) for name, linear in linears.items()} for i, linears in parts.items()}
+    weights = list({id(p): p for named in readers.values() for p, _ in named.values()}.values())
     totals = {id(w): torch.zeros_like(w, dtype=torch.float32) for w in weights}
     generator = torch.Generator().manual_seed(seed)
     hidden = view.config.hidden_size
@@ -210,7 +214,8 @@ def fisher_scores(
         view.model.train(was_training)
     if seen == 0:
         raise ConfigError("Fisher importance needs training examples, but the training set gave none")
-    return {i: {name: totals[id(linear.weight)] for name, linear in linears.items()} for i, linears in parts.items()}
+    return {i: {name: read(totals[id(parameter)]) for name, (parameter, read) in named.items()}
+            for i, named in readers.items()}
 
 
 # --- choosing and copying ----------------------------------------------------------------------
