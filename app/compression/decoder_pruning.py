@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import LabError
+from .pruning import _keep_columns, _keep_rows
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -41,21 +42,6 @@ def _heads(attention: nn.Module) -> tuple[int, int]:
 
 def heads_per_layer(model: nn.Module) -> list[int]:
     return [_heads(layer.self_attn)[0] for layer in decoder_layers(model)]
-
-
-def _keep(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    """A Linear keeping the given output rows (dim 0) or input columns (dim 1)."""
-    rows = dim == 0
-    new = nn.Linear(linear.in_features if rows else len(index), len(index) if rows else linear.out_features,
-                    bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(linear.weight[index] if rows else linear.weight[:, index])
-        if linear.bias is not None:
-            new.bias.copy_(linear.bias[index] if rows else linear.bias)
-    for old, fresh in ((linear.weight, new.weight), (linear.bias, new.bias)):
-        if old is not None:
-            fresh.requires_grad_(old.requires_grad)
-    return new
 
 
 def check_heads_request(model: nn.Module, per_layer: int | None = None, total: int | None = None) -> None:
@@ -131,8 +117,8 @@ def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: i
         kept = [h for h in range(heads) if h not in set(removed)]
         size = attention.head_dim
         rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in kept]).to(attention.q_proj.weight.device)
-        attention.q_proj = _keep(attention.q_proj, rows, 0)
-        attention.o_proj = _keep(attention.o_proj, rows, 1)
+        attention.q_proj = _keep_rows(attention.q_proj, rows)
+        attention.o_proj = _keep_columns(attention.o_proj, rows)
         attention.num_key_value_groups = len(kept) // kv_heads
         plan[index] = removed
     return plan
@@ -150,8 +136,8 @@ def prune_decoder_ffn(model: nn.Module, fraction: float) -> list[int]:
             score = (mlp.gate_proj.weight.abs().sum(1) + mlp.up_proj.weight.abs().sum(1)
                      + mlp.down_proj.weight.abs().sum(0)).float()
         keep = torch.sort(torch.argsort(score, descending=True)[:keep_count]).values.to(mlp.up_proj.weight.device)
-        mlp.gate_proj = _keep(mlp.gate_proj, keep, 0)
-        mlp.up_proj = _keep(mlp.up_proj, keep, 0)
-        mlp.down_proj = _keep(mlp.down_proj, keep, 1)
+        mlp.gate_proj = _keep_rows(mlp.gate_proj, keep)
+        mlp.up_proj = _keep_rows(mlp.up_proj, keep)
+        mlp.down_proj = _keep_columns(mlp.down_proj, keep)
         kept.append(int(keep_count))
     return kept
