@@ -104,7 +104,12 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             # Cancel it from its page.
             cancelled_run = page.url.split("run=")[1]
             page.get_by_role("button", name="Cancel run").click()
-            page.get_by_text("cancelled", exact=False).first.wait_for(timeout=TIMEOUT_MS)
+            # The live part shows the end of the run, then reruns the whole page, which alone draws the
+            # reason below the charts. A sidebar click that lands during that rerun is lost (streamlit
+            # coalesces the two requests and keeps the newer one's page, the run page), so wait for it.
+            page.locator('[data-testid="stAlert"]', has_text="Cancelled: cancelled by the user").wait_for(
+                timeout=TIMEOUT_MS)
+            settle(page)
             assert_no_exception(page, "cancel")
 
             # A second, short run, on the tiny LLaMA-style decoder, finishes while we watch its page.
