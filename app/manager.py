@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .errors import ConfigError, LabError, RunNotFound
-from .distributed import CANCEL_REQUEST, launch_command
+from .distributed import CANCEL_REQUEST, launch_command, launch_environment
 from .store import ACTIVE_STATUSES, RunStore, new_run_id
 from .training import LoopHooks, execute_run, prepare_run
 
@@ -213,7 +213,8 @@ class RunManager:
         log_path = run_dir / PROCESS_LOG
         with open(log_path, "ab") as log:
             child = subprocess.Popen(launch_command(run_id, self.store.runs_dir, processes), stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT)
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
+                                     env=launch_environment(processes))
         asked_at = None
         while child.poll() is None:
             if asked_at is None and (cancel.is_set() or self._stopping.is_set()):

@@ -155,10 +155,14 @@ def test_the_app_runs_a_data_parallel_run_and_cancels_it_through_the_store(tmp_p
     from app.store import RunStore
     from test_ui_pages import open_app
 
+    # As on a 4-core machine: each of the 2 processes gets 2 CPU threads, not torchrun's default of 1.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("app.distributed.torch.get_num_threads", lambda: 4)
     manager = RunManager(RunStore(tmp_path / "runs"))
     try:
         finished = manager.wait(manager.submit(tiny_config(processes=2, device="cpu", steps=12)), timeout=180)
         assert finished["status"] == "finished", finished.get("error")
+        assert finished["metrics"]["torch_threads"] == 2
         assert [row["step"] for row in manager.store.steps(finished["id"])] == list(range(1, 13))
         assert finished["summary"]["data_parallel"]["world_size"] == 2
         page = open_app(tmp_path / "runs", monkeypatch, page="run", query={"run": finished["id"]})
@@ -186,6 +190,16 @@ def test_the_app_runs_a_data_parallel_run_and_cancels_it_through_the_store(tmp_p
         assert interrupted["status"] == "interrupted", interrupted.get("error")
     finally:
         manager.shutdown()
+
+
+def test_each_launched_process_gets_its_share_of_the_cpu_threads_unless_the_user_set_them(monkeypatch):
+    from app.distributed import launch_environment
+
+    monkeypatch.setattr("app.distributed.torch.get_num_threads", lambda: 16)
+    assert launch_environment(2, {"PATH": "/bin"}) == {"PATH": "/bin", "OMP_NUM_THREADS": "8"}
+    assert launch_environment(3, {})["OMP_NUM_THREADS"] == "5"
+    assert launch_environment(32, {})["OMP_NUM_THREADS"] == "1"
+    assert launch_environment(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
 
 
 def _alive(pid: int) -> bool:
