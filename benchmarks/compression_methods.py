@@ -39,6 +39,7 @@ from app.methods.base import model_inputs  # noqa: E402
 from app.methods.layer_surgery import count_parameters, parameter_bytes  # noqa: E402
 from app.store import RunStore  # noqa: E402
 from app.training import execute_run, prepare_run  # noqa: E402
+from recorded import recorded_settings  # noqa: E402
 
 # name -> (method, extra method settings); "layers" and the predecessor/teacher are added per run
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.json) if args.json else runs_dir / "compression_methods.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": recorded_settings(args),
         "test_examples": int(len(test["labels"])),
         "threads": torch.get_num_threads(),
         "rows": list(rows.values()),

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.store import RunStore  # noqa: E402
+from recorded import recorded_settings  # noqa: E402
 
 
 def train_command(processes: int, runs_dir: Path, args, method: str) -> list[str]:
@@ -120,7 +121,7 @@ def main() -> None:
               f"{wall['1']:>8.1f} {wall[str(args.processes)]:>8.1f}  {peaks['1']} | {peaks[str(args.processes)]}"
               f"  {accuracy['1']:.4f} | {accuracy[str(args.processes)]:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows, "runs": {
+        Path(args.json).write_text(json.dumps({"settings": recorded_settings(args), "rows": rows, "runs": {
             f"{m}/{p}": r for (m, p), r in runs.items()}}, indent=2))
 
 

@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from app.config import RunConfig  # noqa: E402
 from app.store import RunStore  # noqa: E402
 from app.training import LoopHooks, execute_run, load_run_dataset, prepare_run  # noqa: E402
+from recorded import recorded_settings  # noqa: E402
 
 FULL_FT = "full_ft"
 CACHE_MB = 4096  # every hidden state of Rotten Tomatoes' training split at length 64 fits
@@ -141,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.backbone} on {args.dataset}: up to {steps} steps ({args.epochs:g} epochs of batch "
           f"{args.batch_size}), validation every {eval_every} steps, patience {args.patience}", flush=True)
 
-    settings = dict(vars(args), steps=steps, eval_every=eval_every, train_examples=train_examples,
-                    torch_threads=torch.get_num_threads())
-    del settings["json"], settings["seeds"]
+    settings = recorded_settings(args, steps=steps, eval_every=eval_every, train_examples=train_examples,
+                                 torch_threads=torch.get_num_threads())
+    del settings["seeds"]
     runs = earlier_runs(Path(args.json), settings)
     if runs:
         print(f"continuing {args.json}: {len(runs)} runs kept", flush=True)

@@ -50,6 +50,7 @@ import torch  # noqa: E402
 from app.methods import METHODS  # noqa: E402
 from app.store import RunStore  # noqa: E402
 from app.training import LoopHooks, execute_run, prepare_run  # noqa: E402
+from recorded import recorded_settings  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "peft_methods.json"
 REFERENCE = "full_ft"
@@ -302,7 +303,7 @@ def main() -> None:
     print_table(results, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": recorded_settings(args),
         "machine": machine, "methods": results,
     }, indent=2))
     print(f"\nwritten to {args.json}")

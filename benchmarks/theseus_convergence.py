@@ -40,6 +40,7 @@ from app.manager import RunManager  # noqa: E402
 from app.pipelines import theseus_chain  # noqa: E402
 from app.store import RunStore  # noqa: E402
 from app.training import load_run_dataset  # noqa: E402
+from recorded import recorded_settings  # noqa: E402
 
 ROLES = ("predecessor", "theseus linear", "theseus constant", "truncate", "distill")
 COMPRESSED = ROLES[1:]
@@ -135,7 +136,7 @@ def main() -> None:
                   + ", ".join(f"{role} {acc:.4f}" for role, acc in result["test_accuracy"].items())
                   + "; speed-up " + ", ".join(f"{role} {s:.2f}x" for role, s in result["speedup"].items()), flush=True)
             Path(args.json).write_text(json.dumps({
-                "settings": dict(vars(args), steps=steps, eval_every=eval_every, train_examples=train_examples),
+                "settings": recorded_settings(args, steps=steps, eval_every=eval_every, train_examples=train_examples),
                 "seeds": per_seed, "summary": summarise(per_seed)}, indent=2))
     finally:
         manager.shutdown(wait=True)
