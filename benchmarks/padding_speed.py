@@ -12,6 +12,7 @@ sampler also starts with its longest batch), so besides examples/s every run rep
 positions per second (batch × width summed over its steps, per second): the rate of work, which
 compares equal work at any step count. With `--epoch` both loops train on the same examples and
 examples/s compares equal work too.
+
 Rounds run every configuration once each, in rotated order, so machine load hits all alike; the
 figures are medians over rounds.
 
@@ -100,8 +101,8 @@ def trainer_run(config: RunConfig, lab_order: bool = False) -> dict:
                     return order
 
             trainer_class = LabOrderTrainer
-        trainer = trainer_class(model=model, args=args, train_dataset=dataset,
-                          data_collator=collate, processing_class=tokenizer)
+        trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=collate,
+                                processing_class=tokenizer)
         result = trainer.train()
     seconds = result.metrics["train_runtime"]
     trained = shapes[: config.steps]  # the data loader reads one batch ahead to see where the epoch ends

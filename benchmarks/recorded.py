@@ -9,5 +9,5 @@ MACHINE_PATHS = ("json", "runs_dir")
 
 
 def recorded_settings(args: argparse.Namespace, **extra) -> dict:
-    settings = {k: v for k, v in vars(args).items() if k not in MACHINE_PATHS}
-    return {**{k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in settings.items()}, **extra}
+    settings = {k: str(v) if hasattr(v, "__fspath__") else v for k, v in vars(args).items() if k not in MACHINE_PATHS}
+    return {**settings, **extra}
