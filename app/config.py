@@ -10,7 +10,7 @@ from .backbones import DEFAULT_BACKBONE
 from .batching import PADDING_CHOICES
 from .data import DEFAULT_DATASET
 from .errors import ConfigError
-from .methods.base import check_bounds, describe_fields, option
+from .options import check_bounds, describe_fields, option
 
 
 @dataclass

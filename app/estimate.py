@@ -117,7 +117,7 @@ class MemoryEstimate:
 
 def _check_shape(batch_size: int, max_length: int) -> None:
     from .config import RunConfig
-    from .methods.base import check_bounds
+    from .options import check_bounds
 
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):

@@ -3,7 +3,7 @@ import streamlit as st
 from app.compression import CompressionPlan
 from app.errors import LabError
 from app.lessons import featured_runs, shrink_plan
-from app.methods.base import describe_fields
+from app.options import describe_fields
 from components.common import get_job_board, get_store, list_runs
 from components.compress_view import JOB_KIND, render_sweep, start_sweep
 from components.forms import settings_form

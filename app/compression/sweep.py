@@ -32,7 +32,8 @@ from torch import nn
 from ..batching import Batcher
 from ..errors import ConfigError, LabError, RunCancelled
 from ..families import BY_MODEL_TYPE
-from ..methods.base import MethodConfig, logits_of, model_inputs, option, parse_config
+from ..methods.base import MethodConfig, logits_of, model_inputs
+from ..options import option, parse_config
 from . import measure
 from .pruning import (
     check_ffn_prunable,

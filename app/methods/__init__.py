@@ -6,7 +6,8 @@ import json
 
 from ..errors import ConfigError
 from .adapter import HoulsbyAdapters
-from .base import Method, describe_fields, parse_config
+from ..options import describe_fields, parse_config
+from .base import Method
 from .bitfit import BitFit
 from .distill import Distill
 from .full_ft import FullFineTuning

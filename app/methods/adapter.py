@@ -33,7 +33,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack
-from .base import BuildContext, Method, MethodConfig, option
+from ..options import option
+from .base import BuildContext, Method, MethodConfig
 from .peft_support import head_parameter_names
 
 ACTIVATIONS = ("gelu", "relu", "tanh", "silu")

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs, option
+from ..options import option
+from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs
 from .layer_surgery import (
     check_reference_labels,
     check_same_vocabulary,

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import BuildContext, Method, MethodConfig, option
+from ..options import option
+from .base import BuildContext, Method, MethodConfig
 from .peft_support import (
     LAYER_ROLES,
     ROLE_HELP,

@@ -32,7 +32,8 @@ from ..errors import ConfigError
 from ..layer_stack import LayerStack
 from ..pooling import FIRST, LAST, MEAN, pool_tokens
 from . import lst_init
-from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, model_inputs, option
+from ..options import option
+from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, model_inputs
 
 LAYER_DROPPING = ("all", "every_other", "list")
 INIT_CHOICES = ("magnitude", "fisher", "random")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import BuildContext, MethodConfig, option
+from ..options import option
+from .base import BuildContext, MethodConfig
 from .prompt_tuning import VirtualTokenMethod
 
 ENCODERS = ("mlp", "lstm")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import BuildContext, Method, MethodConfig, option
+from ..options import option
+from .base import BuildContext, Method, MethodConfig
 from .peft_support import extra_head_modules, peft_adapter_note, save_peft_adapter, wrap_with_peft
 
 MIN_TEXT_TOKENS = 8  # the smallest max_length a run accepts

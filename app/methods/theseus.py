@@ -23,7 +23,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack, layer_name_fragment
-from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs, option
+from ..options import option
+from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs
 from .layer_surgery import (
     check_reference_labels,
     check_same_layer_shape,

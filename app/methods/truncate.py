@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .base import BuildContext, Method, MethodConfig, option
+from ..options import option
+from .base import BuildContext, Method, MethodConfig
 
 
 @dataclass
