@@ -245,7 +245,7 @@ def attention_maps(explainer: Explainer, text: str, pair: str | None = None) -> 
         "attentions": [layer[0].float().tolist() for layer in attentions],
         "num_layers": len(attentions),
         "num_heads": int(attentions[0].shape[1]),
-        "note": " ".join(filter(None, [_attention_note(explainer.method.name), _causal_note(encoder)])),
+        "note": " ".join(filter(None, [_attention_note(explainer.method), _causal_note(encoder)])),
     }
 
 
@@ -258,10 +258,11 @@ def _causal_note(encoder: nn.Module) -> str:
             "triangular, and the classifier reads the last token's state.")
 
 
-def _attention_note(method_name: str) -> str:
-    if method_name == "lst":
-        return "These are the frozen backbone's attention maps: LST leaves them unchanged; its side network has its own."
-    if method_name in ("prompt_tuning", "p_tuning"):
+def _attention_note(method) -> str:
+    if method.trains_side_network:
+        return (f"These are the frozen backbone's attention maps: {method.title} leaves them unchanged; its side "
+                "network has its own.")
+    if method.prepends_virtual_tokens:
         return "Attention of the backbone over the typed tokens only (the learned virtual tokens are left out)."
     return ""
 

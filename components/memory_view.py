@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.errors import ConfigError
+from app.methods import method_class
 from components import figures
 from components.common import fmt_count, fmt_mib, method_title
 
 PARTS = figures.PARTS
-# Methods whose trainable parts sit inside or before the backbone: backprop crosses all of it.
-BACKPROP_THROUGH_BACKBONE = ("adapter", "lora", "prompt_tuning", "p_tuning", "bitfit")
+
+
+def method_fact(name: str, fact: str) -> bool:
+    """A method's class fact (e.g. `trains_side_network`); False for a stored run whose method this
+    version no longer has."""
+    try:
+        return bool(getattr(method_class(name), fact))
+    except ConfigError:
+        return False
 
 
 def memory_row(store, record: dict) -> dict:
@@ -69,7 +78,8 @@ def memory_reading(rows: list[dict]) -> list[str]:
         )
     ref_acts = reference.get("activations") or 0
     ref_state = (reference.get("gradients") or 0) + (reference.get("optimizer") or 0)
-    through = [r for r in others if r["method"] in BACKPROP_THROUGH_BACKBONE and r.get("activations") is not None]
+    through = [r for r in others if method_fact(r["method"], "backprop_crosses_frozen_backbone")
+               and r.get("activations") is not None]
     if through and ref_acts:
         names = ", ".join(method_title(r["method"]) for r in through)
         acts = ", ".join(f"{_mib(r['activations'])} ({r['activations'] / ref_acts:.0%})" for r in through)
@@ -81,9 +91,10 @@ def memory_reading(rows: list[dict]) -> list[str]:
             "(adapters in every layer, virtual tokens at the input), so every layer keeps what it saved for backward."
         )
     for r in others:
-        if r["method"] == "lst" and r.get("activations") is not None and ref_acts:
+        if method_fact(r["method"], "trains_side_network") and r.get("activations") is not None and ref_acts:
             lines.append(
-                f"LST's backbone runs without autograd, so only its thin side network keeps activations: "
+                f"**{method_title(r['method'])}** runs its backbone without autograd, so only its thin side network "
+                f"keeps activations: "
                 f"{_mib(r['activations'])}, {r['activations'] / ref_acts:.0%} of {ref_name}'s. "
                 f"Its gradients and optimizer state cover only the side network ({fmt_count(r.get('trainable'))} "
                 "parameters)."

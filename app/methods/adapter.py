@@ -161,6 +161,7 @@ class HoulsbyAdapters(Method):
     # over many epochs) barely moves them in a short CPU run.
     default_lr = 1e-3
     exports_plain_model = False
+    backprop_crosses_frozen_backbone = True
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         check_adapter_places(backbone.family)

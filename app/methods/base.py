@@ -126,6 +126,15 @@ class Method:
     # True when the method decides by itself when to stop and which weights to keep (Theseus' phase
     # 2): the run-level `patience` is then refused.
     stops_early_itself: ClassVar[bool] = False
+    # True when the trainable parts sit inside or before a frozen backbone (adapters, low-rank
+    # updates, biases, virtual tokens): backprop crosses every layer, which keeps its activations.
+    backprop_crosses_frozen_backbone: ClassVar[bool] = False
+    # True when learned virtual tokens go in front of every input (`extra_input_tokens` counts
+    # them); attention maps over the typed text leave them out.
+    prepends_virtual_tokens: ClassVar[bool] = False
+    # True when a separate side network trains beside a backbone that runs without autograd: the
+    # backbone's activations are not kept and its attention maps stay as they were.
+    trains_side_network: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()

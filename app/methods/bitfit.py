@@ -41,6 +41,7 @@ class BitFit(Method):
     # full fine-tuning (the paper used 1e-4..1e-3 on BERT; short CPU runs sit at the high end).
     default_lr = 3e-3
     exports_plain_model = True
+    backprop_crosses_frozen_backbone = True
 
     @classmethod
     def backbone_refusal(cls, backbone) -> str | None:

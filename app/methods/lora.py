@@ -65,6 +65,7 @@ class Lora(Method):
     # larger step than full fine-tuning (the paper used 4e-4..5e-4 on RoBERTa over many epochs).
     default_lr = 2e-3
     exports_plain_model = True
+    backprop_crosses_frozen_backbone = True
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         layer_roles(backbone.config.model_type)

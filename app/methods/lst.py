@@ -353,6 +353,7 @@ class LadderSideTuning(Method):
     # Side networks start from a pruned, much narrower copy and train well with a high rate
     # (the official runs use 3e-3).
     default_lr = 3e-3
+    trains_side_network = True
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         lst_init.side_dimensions(backbone.config, self.config.reduction_factor)

@@ -28,6 +28,8 @@ class VirtualTokenMethod(Method):
     """Shared by prompt tuning and P-tuning: peft prompt learning on a sequence classifier."""
 
     exports_plain_model = False
+    backprop_crosses_frozen_backbone = True
+    prepends_virtual_tokens = True
 
     def extra_input_tokens(self) -> int:
         return self.config.num_virtual_tokens
