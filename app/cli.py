@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, LabError
+from .pipelines import asks_for_new_run
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -129,7 +130,7 @@ def cmd_train(args) -> int:
     from .training import LoopHooks, execute_run, prepare_run
 
     values = train_values(args)
-    new_predecessor = str(values["method_config"].get("predecessor", "")).strip().lower() == "new"
+    new_predecessor = asks_for_new_run(values["method_config"].get("predecessor"))
     world = None
     if launched_world_size() > 1:
         if values["method"] == "theseus" and new_predecessor:
@@ -273,17 +274,18 @@ def _train_predecessor_then_theseus(args, values: dict) -> int:
     from tqdm import tqdm
 
     from .manager import RunManager
-    from .pipelines import theseus_chain
+    from .pipelines import queue_recipe, theseus_recipe
     from .store import ACTIVE_STATUSES
 
     settings = dict(values["method_config"])
     settings.pop("predecessor")
-    configs = theseus_chain(values, include_truncate=False, theseus_settings=settings)
+    recipe = theseus_recipe(values, include_truncate=False, theseus_settings=settings)
     manager = RunManager(_store(args))
     records = []
     try:
-        ids = manager.submit_chain(configs)  # every check runs before anything is queued
-        for config, run_id in zip(configs, ids):
+        ids = queue_recipe(manager, recipe).runs  # every check runs before anything is queued
+        for role, config in recipe.items():
+            run_id = ids[role]
             bar = tqdm(total=config.get("steps"), desc=f"{config['method']} {run_id}", unit="step", file=sys.stderr,
                        disable=args.quiet, dynamic_ncols=True)
             try:

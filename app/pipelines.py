@@ -1,20 +1,106 @@
 """Multi-run recipes queued as one chain: "fine-tune a predecessor, then compress it".
 
-A chain runs in order on one worker; a later run names an earlier one with "@chain:N", which the
-run manager replaces by that run's id. A run whose predecessor did not finish fails with that
-reason instead of starting.
+A recipe is its runs by role, in order: {role: run config}. A method setting that names a run the
+recipe makes first says so in one form wherever the recipe comes from: "@role:NAME" (`role_ref`).
+Theseus's chain below writes it, so do the lessons (app.lessons), and on the command line
+`train --method theseus --set predecessor=new` (`NEW_RUN`) asks for that chain. `queue_recipe`
+resolves every reference through `resolve_role_refs` and queues the runs as one chain: they run in
+order on one worker, and a run whose reference did not finish fails with that reason instead of
+starting.
 """
 
 from __future__ import annotations
 
-from .config import RunConfig
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
 from .errors import ConfigError
 
+if TYPE_CHECKING:  # the recipes are plain data: importing them (lessons, the CLI's listing) loads no torch
+    from .config import RunConfig
+
+ROLE_REF = "@role:"
+# What a user types for a reference setting to have that run made first (the command line's shorthand).
+NEW_RUN = "new"
 RUN_ONLY_FIELDS = ("method", "method_config")
 
 
+def role_ref(role: str) -> str:
+    """The setting value that names the run `role` of the same recipe."""
+    return ROLE_REF + role
+
+
+def referenced_role(value) -> str | None:
+    """The role a setting value names ("@role:NAME"), or None for any other value."""
+    if isinstance(value, str) and value.startswith(ROLE_REF):
+        return value[len(ROLE_REF):]
+    return None
+
+
+def asks_for_new_run(value) -> bool:
+    return str(value or "").strip().lower() == NEW_RUN
+
+
+def _chain_position(index: int) -> str:
+    # How RunManager.submit_chain lets a run name an earlier run of the chain it is given, whose
+    # id does not exist yet; recipes never write this, they name roles.
+    return f"@chain:{index}"
+
+
+def resolve_role_refs(settings: dict, run_ids: dict[str, str], queued: list[str], *,
+                      whose: str) -> tuple[dict, bool]:
+    """`settings` with every "@role:NAME" replaced: by NAME's run id when that run exists (given
+    or reused), else by NAME's place in the chain being queued when it is queued before this run.
+    Also returns whether any setting names a run still to be queued."""
+    resolved, pending = dict(settings), False
+    for key, value in settings.items():
+        role = referenced_role(value)
+        if role is None:
+            continue
+        if role in run_ids:
+            resolved[key] = run_ids[role]
+        elif role in queued:
+            resolved[key] = _chain_position(queued.index(role))
+            pending = True
+        else:
+            raise ConfigError(f"{whose} names '{role}', which is not before it")
+    return resolved, pending
+
+
+@dataclass
+class QueuedRecipe:
+    runs: dict[str, str]  # role -> run id (given and reused runs included)
+    reused: list[str] = field(default_factory=list)  # roles whose identical finished run was taken
+
+
+def queue_recipe(manager, recipe: dict[str, dict], *, given: dict[str, str] | None = None,
+                 reuse: Callable[[dict], str | None] | None = None, name: str = "recipe") -> QueuedRecipe:
+    """Queue a recipe's runs as one chain. `given` maps roles already made to their runs (they are
+    left out of `recipe`); `reuse(config)` may return a finished run to take instead of training
+    one (asked only of a run whose references all name existing runs). Every check runs before
+    anything is queued."""
+    run_ids = dict(given or {})
+    chain: list[dict] = []
+    chain_roles: list[str] = []
+    reused: list[str] = []
+    for role, config in recipe.items():
+        settings, pending = resolve_role_refs(config.get("method_config") or {}, run_ids, chain_roles,
+                                              whose=f"{name}: role '{role}'")
+        config = dict(config, method_config=settings)
+        existing = None if pending or reuse is None else reuse(config)
+        if existing:
+            run_ids[role] = existing
+            reused.append(role)
+        else:
+            chain.append(config)
+            chain_roles.append(role)
+    if chain:
+        run_ids.update(zip(chain_roles, manager.submit_chain(chain)))
+    return QueuedRecipe(run_ids, reused)
+
+
 def _base(base_config: RunConfig | dict) -> dict:
-    values = base_config.as_dict() if isinstance(base_config, RunConfig) else dict(base_config)
+    values = base_config.as_dict() if hasattr(base_config, "as_dict") else dict(base_config)
     for key in RUN_ONLY_FIELDS:
         values.pop(key, None)
     return values
@@ -25,7 +111,7 @@ def _named(values: dict, suffix: str) -> str:
     return f"{prefix} · {suffix}" if prefix else suffix
 
 
-def theseus_chain(
+def theseus_recipe(
     base_config: RunConfig | dict,
     *,
     layers: int | None = None,
@@ -35,14 +121,15 @@ def theseus_chain(
     theseus_settings: dict | None = None,
     truncate_settings: dict | None = None,
     distill_settings: dict | None = None,
-) -> list[dict]:
-    """Run configs for a full Theseus experiment on one backbone and dataset, in chain order:
+) -> dict[str, dict]:
+    """Run configs for a full Theseus experiment on one backbone and dataset, by role in chain order:
 
-    0. the predecessor: full fine-tuning of the backbone (`predecessor_overrides` changes its run
-       settings, e.g. more steps);
-    1. Theseus with predecessor "@chain:0" and `layers` successor layers (default: half);
-    2. optionally the truncation baseline with the same number of layers (what Theseus must beat);
-    3. optionally distillation from the same predecessor into the same number of layers.
+    - predecessor: full fine-tuning of the backbone (`predecessor_overrides` changes its run
+      settings, e.g. more steps);
+    - theseus: Theseus from "@role:predecessor" to `layers` successor layers (default: half);
+    - truncate, optionally: the truncation baseline with the same number of layers (what Theseus
+      must beat);
+    - distill, optionally: distillation from the same predecessor into the same number of layers.
     """
     base = _base(base_config)
     if layers is not None and layers < 1:
@@ -56,21 +143,20 @@ def theseus_chain(
 
     predecessor = dict(base, **(predecessor_overrides or {}))
     predecessor.update(method="full_ft", method_config={}, name=_named(base, "predecessor (full fine-tuning)"))
-    configs = [predecessor]
-    configs.append(dict(base, method="theseus", name=_named(base, f"Theseus → {label}"),
-                        method_config={**(theseus_settings or {}), **depth, "predecessor": "@chain:0"}))
+    recipe = {"predecessor": predecessor}
+    recipe["theseus"] = dict(base, method="theseus", name=_named(base, f"Theseus → {label}"),
+                             method_config={**(theseus_settings or {}), **depth,
+                                            "predecessor": role_ref("predecessor")})
     if include_truncate:
-        configs.append(dict(base, method="truncate", name=_named(base, f"truncate to {label}"),
-                            method_config={**(truncate_settings or {}), **depth}))
+        recipe["truncate"] = dict(base, method="truncate", name=_named(base, f"truncate to {label}"),
+                                  method_config={**(truncate_settings or {}), **depth})
     if include_distill:
-        configs.append(dict(base, method="distill", name=_named(base, f"distill into {label}"),
-                            method_config={**(distill_settings or {}), **depth, "teacher": "@chain:0"}))
-    return configs
+        recipe["distill"] = dict(base, method="distill", name=_named(base, f"distill into {label}"),
+                                 method_config={**(distill_settings or {}), **depth,
+                                                "teacher": role_ref("predecessor")})
+    return recipe
 
 
 def submit_theseus_chain(manager, base_config: RunConfig | dict, **options) -> dict[str, str]:
-    """Queue `theseus_chain(...)` on a RunManager; returns the run ids by role."""
-    configs = theseus_chain(base_config, **options)
-    ids = manager.submit_chain(configs)
-    return {config["method"] if config["method"] != "full_ft" else "predecessor": run_id
-            for config, run_id in zip(configs, ids)}
+    """Queue `theseus_recipe(...)` on a RunManager; returns the run ids by role."""
+    return queue_recipe(manager, theseus_recipe(base_config, **options), name="Theseus chain").runs

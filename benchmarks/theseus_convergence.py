@@ -37,7 +37,7 @@ from app.compression.measure import latency_batch, paired_latency_ms  # noqa: E4
 from app.config import RunConfig  # noqa: E402
 from app.data import tokenize_split  # noqa: E402
 from app.manager import RunManager  # noqa: E402
-from app.pipelines import theseus_chain  # noqa: E402
+from app.pipelines import queue_recipe, theseus_recipe  # noqa: E402
 from app.store import RunStore  # noqa: E402
 from app.training import load_run_dataset  # noqa: E402
 from recorded import recorded_settings  # noqa: E402
@@ -46,16 +46,16 @@ ROLES = ("predecessor", "theseus linear", "theseus constant", "truncate", "disti
 COMPRESSED = ROLES[1:]
 
 
-def seed_chain(args, seed: int, steps: int, eval_every: int) -> list[dict]:
+def seed_recipe(args, seed: int, steps: int, eval_every: int) -> dict[str, dict]:
     base = dict(backbone=args.backbone, dataset=args.dataset, batch_size=args.batch_size, max_length=args.max_length,
                 steps=steps, eval_every=eval_every, max_eval_examples=None, seed=seed, device="cpu",
                 name=f"theseus-convergence seed {seed}")
-    predecessor, linear, truncate, distill = theseus_chain(base, layers=args.layers, include_truncate=True,
-                                                          include_distill=True,
-                                                          theseus_settings={"scheduler": "linear"})
+    recipe = theseus_recipe(base, layers=args.layers, include_truncate=True, include_distill=True,
+                            theseus_settings={"scheduler": "linear"})
+    linear = recipe["theseus"]
     constant = dict(linear, name=linear["name"].replace("Theseus", "Theseus (constant p)"),
                     method_config=dict(linear["method_config"], scheduler="constant", replace_rate=0.5))
-    return [predecessor, linear, constant, truncate, distill]
+    return dict(zip(ROLES, (recipe["predecessor"], linear, constant, recipe["truncate"], recipe["distill"])))
 
 
 def inference_speedups(store: RunStore, ids: dict[str, str], args, repeats: int = 15) -> dict[str, float]:
@@ -117,8 +117,7 @@ def main() -> None:
     try:
         for seed in (int(s) for s in args.seeds.split(",")):
             started = time.perf_counter()
-            configs = seed_chain(args, seed, steps, eval_every)
-            ids = dict(zip(ROLES, manager.submit_chain(configs)))
+            ids = queue_recipe(manager, seed_recipe(args, seed, steps, eval_every)).runs
             records = {role: manager.wait(run_id) for role, run_id in ids.items()}
             failed = {role: r.get("error") for role, r in records.items() if r["status"] != "finished"}
             if failed:
