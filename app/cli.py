@@ -504,15 +504,16 @@ def cmd_lessons(args) -> int:
 
 
 def cmd_lesson(args) -> int:
-    from .lessons import run_lesson
+    from .lessons import get_lesson, lessons_with_given_role, run_lesson
     from .manager import RunManager
 
-    if args.run and args.name != "shrink":
-        raise LabError("--run applies to the shrink lesson only")
+    given_role = get_lesson(args.name).given_role
+    if args.run and not given_role:
+        raise LabError(f"--run applies to the {' and '.join(lessons_with_given_role())} lesson only")
     manager = RunManager(_store(args))
     try:
         result = run_lesson(manager, args.name, seed=args.seed, preset=args.preset,
-                            given={"model": args.run} if args.run else None,
+                            given={given_role: args.run} if args.run else None,
                             on_progress=None if args.quiet else lambda message: print(message, file=sys.stderr))
     finally:
         manager.shutdown(wait=True)
@@ -549,6 +550,7 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import DEFAULT_BACKBONE
+    from .lessons import LESSONS, lessons_with_given_role
     from .batching import PADDING_CHOICES
     from .data import DEFAULT_DATASET
 
@@ -666,11 +668,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("lessons", parents=[common], help="the one-click lessons and their presets")
     lesson = sub.add_parser("lesson", parents=[common],
                             help="run a lesson headless, exactly as its button does, and check its claim")
-    lesson.add_argument("name", help="lst-memory, theseus or shrink")
+    lesson.add_argument("name", help=", ".join(LESSONS))
     lesson.add_argument("--seed", type=int, default=0)
-    lesson.add_argument("--preset", help="cpu or cuda (default: cuda where present, else cpu)")
+    lesson.add_argument("--preset", help="one of the lesson's presets, as `lessons` lists them (default: cuda "
+                                         "where present, else cpu)")
     lesson.add_argument("--run", metavar="RUN_ID",
-                        help="shrink: the finished run to compress (default: fine-tune one first)")
+                        help=f"{', '.join(lessons_with_given_role())}: a finished run to start from (default: "
+                             "train one first)")
     lesson.add_argument("--quiet", action="store_true", help="no progress lines")
 
     return parser

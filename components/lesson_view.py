@@ -1,15 +1,82 @@
-"""A lesson on its page: the claim, the preset and seed, and what the runs on screen show about it,
-computed by the engine from those runs (never a canned sentence), with a button that runs it again
-with another seed."""
+"""Lessons in the app: the Launch page's buttons (one per lesson of the registry, with every preset
+of every lesson), and a lesson on its page: the claim, the preset and seed, and what the runs on
+screen show about it, computed by the engine from those runs (never a canned sentence), with a
+button that runs it again with another seed."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import streamlit as st
 
 from app.errors import LabError
-from app.lessons import get_lesson, lesson_findings, lesson_of_run, lesson_record, submit_lesson
-from components.common import get_store, run_link
+from app.lessons import (
+    LESSONS, Lesson, default_preset_name, get_lesson, lesson_findings, lesson_of_run, lesson_record, submit_lesson,
+)
+from components.common import finished_runs, get_store, run_label, run_link
 from components.live import live
+
+NEW_RUN = "new"  # a picker's choice of training the run instead of taking a finished one
+
+
+@dataclass
+class LessonChoice:
+    """What the Launch page's lesson panel was asked for on this rerun."""
+
+    preset: str
+    seed: int
+    clicked: str | None = None  # the lesson whose button was pressed
+    given: dict = field(default_factory=dict)  # lesson -> {role: finished run} picked for it
+
+
+def lesson_presets() -> list[str]:
+    """Every preset of every lesson, in registry order."""
+    return list(dict.fromkeys(preset for lesson in LESSONS.values() for preset in lesson.presets))
+
+
+def lesson_preset_label(preset: str) -> str:
+    """A preset only some lessons have says which."""
+    having = [lesson.title for lesson in LESSONS.values() if preset in lesson.presets]
+    return preset if len(having) == len(LESSONS) else f"{preset} · {', '.join(having)} only"
+
+
+def lesson_button(column, lesson: Lesson, preset: str) -> bool:
+    if preset not in lesson.presets:
+        return column.button(lesson.title, key=f"lesson.{lesson.name}", width="stretch", disabled=True,
+                             help=f"No {preset} preset for this lesson; its presets: {', '.join(lesson.presets)}.")
+    return column.button(lesson.title, key=f"lesson.{lesson.name}", width="stretch",
+                         help=f"{lesson.claim}\n\n{lesson.presets[preset].help}")
+
+
+def lesson_launcher() -> LessonChoice:
+    """The preset and seed, then a button per lesson; a lesson that can start from a finished run
+    gets a picker of that run beside its button."""
+    left, right = st.columns([3, 1])
+    presets = lesson_presets()
+    if st.session_state.get("lesson.preset") not in presets:
+        st.session_state["lesson.preset"] = default_preset_name()
+    choice = LessonChoice(
+        preset=left.selectbox(
+            "Lesson preset", presets, key="lesson.preset", format_func=lesson_preset_label,
+            help="cpu and cuda are sized to finish in minutes on such a machine (the default is the one for this "
+                 "machine); tiny checks the path in seconds and shows nothing about the papers; a preset only "
+                 "some lessons have says which."),
+        seed=int(right.number_input("Seed", min_value=0, value=0, step=1, key="lesson.seed")))
+    plain = [lesson for lesson in LESSONS.values() if not lesson.given_role]
+    for column, lesson in zip(st.columns(len(plain)) if plain else (), plain):
+        if lesson_button(column, lesson, choice.preset):
+            choice.clicked = lesson.name
+    done = {r["id"]: r for r in finished_runs()}
+    for lesson in (lesson for lesson in LESSONS.values() if lesson.given_role):
+        pick, button = st.columns([3, 2], vertical_alignment="bottom")
+        picked = pick.selectbox(
+            lesson.given_role_label, [NEW_RUN, *done], key=f"lesson.{lesson.name}_run",
+            format_func=lambda rid: "train a new one first" if rid == NEW_RUN else run_label(done[rid]))
+        if picked != NEW_RUN:
+            choice.given[lesson.name] = {lesson.given_role: picked}
+        if lesson_button(button, lesson, choice.preset):
+            choice.clicked = lesson.name
+    return choice
 
 
 def lesson_for_page(name: str, run_ids: list[str]) -> dict | None:
@@ -83,20 +150,17 @@ def again_button(record: dict, key: str) -> None:
 
 
 def start_lesson(manager, name: str, *, seed: int, preset: str | None, given: dict | None = None):
-    """Queue a lesson; shrink also starts its sweep (after its model run when it trains one)."""
+    """Queue a lesson; a lesson with a sweep also starts it (after its run when that still trains)."""
     launch = submit_lesson(manager, name, seed=seed, preset=preset, given=given)
-    if name == "shrink":
+    sweep_role = get_lesson(name).sweep_role
+    if sweep_role:
         from components.common import get_job_board
         from components.compress_view import start_lesson_sweep
 
-        start_lesson_sweep(manager.store, get_job_board(), launch.runs["model"], launch.preset)
+        start_lesson_sweep(manager.store, get_job_board(), launch.runs[sweep_role], launch.preset)
     return launch
 
 
 def lesson_query(launch) -> dict:
-    runs = launch.runs
-    if launch.lesson == "lst-memory":
-        return {"lesson": launch.lesson_id, "runs": ",".join(runs.values())}
-    if launch.lesson == "theseus":
-        return {"lesson": launch.lesson_id, "run": runs["theseus"]}
-    return {"lesson": launch.lesson_id, "run": runs["model"]}
+    """The query parameters that open the launched lesson's page on its runs."""
+    return get_lesson(launch.lesson).page_query(launch.lesson_id, launch.runs)

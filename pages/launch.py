@@ -3,7 +3,7 @@ import streamlit as st
 from app.errors import LabError
 from app.methods import describe_methods
 from app.store import ACTIVE_STATUSES
-from app.lessons import LESSONS, default_preset_name
+from app.lessons import get_lesson
 from components import presets as form_presets
 from components.common import (
     STATUS_ICONS, finished_runs, fmt_pct, fmt_time, get_manager_for_app, method_title, run_label,
@@ -12,12 +12,11 @@ from components.common import (
 from components.estimate_view import render_estimate
 from components.forms import settings_form
 from components.launch_form import backbone_picker, dataset_picker, device_settings, devices, general_settings, method_preset_buttons
-from components.lesson_view import lesson_query, start_lesson
+from components.lesson_view import lesson_launcher, lesson_query, start_lesson
 from components.live import live
 from components.navigation import page
 
 st.title("Launch a run")
-NEW_MODEL = "new"
 manager = get_manager_for_app()
 store = manager.store
 methods = {m["name"]: m for m in describe_methods()}
@@ -43,29 +42,7 @@ with top_left.container(border=True):
 with top_right.container(border=True):
     st.markdown("**Lessons** — one click queues a lesson's runs on a preset sized for this machine, then opens "
                 "the page that explains them and checks the claim on those runs")
-    lesson_left, lesson_right = st.columns([3, 1])
-    presets = list(LESSONS["theseus"].presets)
-    if st.session_state.get("lesson.preset") not in presets:
-        st.session_state["lesson.preset"] = default_preset_name()
-    lesson_preset = lesson_left.selectbox(
-        "Lesson preset", presets, key="lesson.preset",
-        help="cpu and cuda are sized to finish in minutes on such a machine (the default is the one for this "
-             "machine); tiny checks the path in seconds and shows nothing about the papers.")
-    lesson_seed = int(lesson_right.number_input("Seed", min_value=0, value=0, step=1, key="lesson.seed"))
-    first, second = st.columns(2)
-    clicked = {}
-    for column, name in ((first, "lst-memory"), (second, "theseus")):
-        lesson = LESSONS[name]
-        clicked[name] = column.button(lesson.title, key=f"lesson.{name}", width="stretch",
-                                      help=f"{lesson.claim}\n\n{lesson.presets[lesson_preset].help}")
-    done = finished_runs()
-    pick, shrink = st.columns([3, 2], vertical_alignment="bottom")
-    by_id = {r["id"]: r for r in done}
-    shrink_target = pick.selectbox(
-        "Model to shrink", [NEW_MODEL, *by_id], key="lesson.shrink_run",
-        format_func=lambda rid: "fine-tune a new one first" if rid == NEW_MODEL else run_label(by_id[rid]))
-    clicked["shrink"] = shrink.button(LESSONS["shrink"].title, key="lesson.shrink", width="stretch",
-                                      help=f"{LESSONS['shrink'].claim}\n\n{LESSONS['shrink'].presets[lesson_preset].help}")
+    lesson_choice = lesson_launcher()
     lesson_messages = st.container()
 
 # --- the form ---------------------------------------------------------------------------------
@@ -134,16 +111,14 @@ if st.session_state.get("launch.last"):
 
 # --- lessons ----------------------------------------------------------------------------------
 with lesson_messages:
-    for name, was_clicked in clicked.items():
-        if not was_clicked:
-            continue
-        given = {"model": shrink_target} if name == "shrink" and shrink_target != NEW_MODEL else None
+    if lesson_choice.clicked:
         try:
-            launch = start_lesson(manager, name, seed=lesson_seed, preset=lesson_preset, given=given)
+            launch = start_lesson(manager, lesson_choice.clicked, seed=lesson_choice.seed,
+                                  preset=lesson_choice.preset, given=lesson_choice.given.get(lesson_choice.clicked))
         except LabError as exc:
             st.error(str(exc))
         else:
-            st.switch_page(page(LESSONS[name].page), query_params=lesson_query(launch))
+            st.switch_page(page(get_lesson(launch.lesson).page), query_params=lesson_query(launch))
 
 
 # --- the queue and recent runs ----------------------------------------------------------------

@@ -31,7 +31,7 @@ def main() -> int:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    from app.lessons import run_lesson
+    from app.lessons import LESSONS, run_lesson
     from app.manager import RunManager
     from app.store import RunStore
 
@@ -39,19 +39,15 @@ def main() -> int:
     manager = RunManager(RunStore(runs_dir))
     try:
         results = {}
-        for name in ("lst-memory", "theseus", "shrink"):
+        for name in LESSONS:
             results[name] = run_lesson(manager, name, seed=args.seed,
                                        on_progress=lambda message: print(message, file=sys.stderr))
             print(f"{name}: demonstrated={results[name]['demonstrated']} in {results[name]['wall_seconds']:.0f} s")
     finally:
         manager.shutdown(wait=True)
-    memory, theseus, shrink = results["lst-memory"], results["theseus"], results["shrink"]
-    pages = {
-        "memory.png": f"memory?lesson={memory['lesson_id']}&runs={','.join(memory['runs'].values())}",
-        "theseus.png": f"theseus?lesson={theseus['lesson_id']}&run={theseus['runs']['theseus']}",
-        "compress.png": f"compress?lesson={shrink['lesson_id']}&run={shrink['runs']['model']}",
-        "explain.png": f"explain?runs={theseus['runs']['predecessor']},{theseus['runs']['theseus']}",
-    }
+    memory, theseus = results["lst-memory"], results["theseus"]
+    pages = {f"{LESSONS[name].page}.png": lesson_page(LESSONS[name], result) for name, result in results.items()}
+    pages["explain.png"] = f"explain?runs={theseus['runs']['predecessor']},{theseus['runs']['theseus']}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, streamlit_server(runs_dir, Path(tmp) / "server.log") as url, \
@@ -71,6 +67,12 @@ def main() -> int:
         finally:
             browser.close()
     return 0
+
+
+def lesson_page(lesson, result: dict) -> str:
+    """The address of the page a lesson's button opens on these runs."""
+    query = lesson.page_query(result["lesson_id"], result["runs"])
+    return f"{lesson.page}?" + "&".join(f"{key}={value}" for key, value in query.items())
 
 
 if __name__ == "__main__":

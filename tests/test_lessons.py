@@ -12,10 +12,12 @@ import json
 import pytest
 
 from app.cli import main
+from app.errors import ConfigError
 from app.lessons import (
-    LESSONS, Check, LessonRuns, check_shrink, check_theseus, get_lesson, lesson_findings, role_configs,
-    submit_lesson,
+    LESSONS, Check, LessonRuns, check_lst_memory, check_shrink, check_theseus, get_lesson, lesson_findings,
+    role_configs, submit_lesson,
 )
+from app.pipelines import referenced_role, resolve_role_refs, role_ref
 
 CONTRACT = {"lesson", "preset", "seed", "runs", "wall_seconds", "findings", "demonstrated", "reason"}
 
@@ -145,6 +147,41 @@ def test_shrink_claim_reads_side_by_side_speedups_and_collapse():
     assert [c.name for c in check_shrink(runs).checks if not c.passed] == ["fastest_mask_speedup"]
 
 
+def test_shrink_claim_waits_for_the_sweeps_int8_point():
+    runs = LessonRuns(get_lesson("shrink"), {"model": _record("m", 0.80)},
+                      [{"key": "baseline", "kind": "baseline", "setting": "fp32", "test_accuracy": 0.80}])
+    found = check_shrink(runs)
+    assert found.status == "pending" and "int8" in found.reason and found.demonstrated is None
+
+
+def _memory_record(method: str, test: float, peak: float, activations: float) -> dict:
+    return _record(method, test, counts=(90, 10), peak_memory_bytes=peak,
+                   memory_breakdown={"activations": activations})
+
+
+def test_memory_claim_checks_the_activations_of_every_method_that_backprops_through_the_backbone():
+    from app.methods import method_class
+
+    lesson = get_lesson("lst-memory")
+    records = {"full_ft": _memory_record("f", 0.97, 100.0, 40.0), "adapter": _memory_record("a", 0.96, 70.0, 39.2),
+               "lora": _memory_record("l", 0.96, 65.0, 36.0), "prompt_tuning": _memory_record("p", 0.91, 75.0, 44.0),
+               "lst": _memory_record("s", 0.96, 25.0, 4.0)}
+    found = check_lst_memory(LessonRuns(lesson, records))
+    shares = [c for c in found.checks if c.name.endswith("_activation_share")]
+    # which roles are checked comes from the methods' own fact, in the recipe's (the claim's) order
+    assert [c.name.removesuffix("_activation_share") for c in shares] == [
+        role.name for role in lesson.roles if method_class(role.method).backprop_crosses_frozen_backbone]
+    assert [c.name for c in shares] == ["adapter_activation_share", "lora_activation_share",
+                                        "prompt_tuning_activation_share"]
+    assert all(c.passed for c in found.checks), [c.name for c in found.checks if not c.passed]
+    assert found.findings["lst_peak_ratio"] == pytest.approx(0.25)
+    assert any(line.startswith("Adapter, LoRA and prompt tuning train few parameters yet keep 98%, 90%, 110%")
+               for line in found.notice)
+    records["lora"] = _memory_record("l", 0.96, 45.0, 20.0)  # half of the activations: against the claim
+    assert [c.name for c in check_lst_memory(LessonRuns(lesson, records)).checks if not c.passed] == [
+        "lora_activation_share"]
+
+
 def test_a_check_without_a_number_fails():
     assert not Check("x", None, 1.0, False, "x").passed
     assert Check("x", 0.2, 0.3, True, "x").passed and not Check("x", 0.4, 0.3, True, "x").passed
@@ -171,10 +208,36 @@ def test_every_lesson_role_names_a_registered_method_and_references_come_before(
         for role in lesson.roles:
             assert role.method in METHODS
             for value in role.method_config.values():
-                if isinstance(value, str) and value.startswith("@role:"):
-                    assert value.removeprefix("@role:") in seen
+                if referenced_role(value) is not None:
+                    assert referenced_role(value) in seen
             seen.add(role.name)
         assert set(lesson.main_roles) <= seen
+
+
+def test_every_lesson_declares_what_its_page_and_buttons_need_with_roles_it_has():
+    for name, lesson in LESSONS.items():
+        roles = {role.name for role in lesson.roles}
+        assert lesson.name == name and lesson.page in ("memory", "theseus", "compress")
+        assert set(lesson.page_roles) <= roles
+        assert lesson.given_role in roles | {None} and lesson.sweep_role in roles | {None}
+        assert bool(lesson.given_role) == bool(lesson.given_role_label)
+        assert all(preset.plan for preset in lesson.presets.values()) == bool(lesson.sweep_role)
+        runs = {role: f"run-{role}" for role in roles}
+        query = lesson.page_query("L1", runs)
+        assert query["lesson"] == "L1"
+        named = query[lesson.page_param].split(",")
+        assert named == [runs[r] for r in (lesson.page_roles or runs)]
+
+
+def test_role_references_resolve_to_known_runs_or_earlier_places_in_the_chain():
+    settings = {"predecessor": role_ref("predecessor"), "layers": 2}
+    resolved, pending = resolve_role_refs(settings, {"predecessor": "20260101-000000-abcdef"}, [], whose="x")
+    assert resolved == {"predecessor": "20260101-000000-abcdef", "layers": 2} and not pending
+    resolved, pending = resolve_role_refs(settings, {}, ["other", "predecessor"], whose="x")
+    assert pending and resolved["predecessor"] == "@chain:1"
+    with pytest.raises(ConfigError, match="lesson 'y': role 'theseus' names 'predecessor', which is not before it"):
+        resolve_role_refs(settings, {}, [], whose="lesson 'y': role 'theseus'")
+    assert referenced_role("20260101-000000-abcdef") is None and referenced_role(7) is None
 
 
 def test_submit_refuses_a_run_that_is_not_finished(store, runs_dir):
@@ -203,7 +266,7 @@ def test_every_preset_of_every_lesson_gives_runs_its_backbone_can_train():
         for preset_name in lesson.presets:
             for values in role_configs(lesson, preset_name, seed=0):
                 config = RunConfig.from_dict({**values, "method_config": {
-                    k: v for k, v in values["method_config"].items() if not str(v).startswith("@role:")}})
+                    k: v for k, v in values["method_config"].items() if referenced_role(v) is None}})
                 backbone = get_backbone(config.backbone)
                 refusal = create_method(config.method, {}).backbone_refusal(backbone)
                 assert refusal is None, (lesson.name, preset_name, config.method, refusal)

@@ -417,6 +417,29 @@ def test_a_lesson_button_queues_its_recipe_and_its_page_checks_the_claim_on_thos
         manager.wait(run_id, timeout=180)
 
 
+def test_the_launch_page_offers_every_preset_of_every_lesson(runs_dir, monkeypatch):
+    from app.lessons import LESSONS
+
+    at = open_app(runs_dir, monkeypatch)
+    offered = at.selectbox(key="lesson.preset")
+    every = {preset for lesson in LESSONS.values() for preset in lesson.presets}
+    assert len(offered.options) == len(every)
+    for lesson in LESSONS.values():
+        for preset in lesson.presets:
+            at.selectbox(key="lesson.preset").set_value(preset).run()
+            assert not at.exception, [e.value for e in at.exception]
+            assert at.selectbox(key="lesson.preset").value == preset
+            assert not at.button(key=f"lesson.{lesson.name}").disabled, (lesson.name, preset)
+            if lesson.given_role:
+                assert at.selectbox(key=f"lesson.{lesson.name}_run").label == lesson.given_role_label
+        # a preset only other lessons have leaves this lesson's button off, saying why
+        for preset in every - set(lesson.presets):
+            at.selectbox(key="lesson.preset").set_value(preset).run()
+            button = at.button(key=f"lesson.{lesson.name}")
+            assert button.disabled and "No " + preset in button.help
+    assert "smollm2" in every  # the memory lesson's decoder preset, chosen like any other
+
+
 def test_the_theseus_lesson_reuses_a_finished_identical_predecessor(runs_dir, monkeypatch):
     from app.lessons import submit_lesson
     from app.manager import get_manager
