@@ -4,6 +4,7 @@ bounds, and everything that reads or shows a setting (the CLI's flags and `--set
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -12,6 +13,8 @@ from dataclasses import field
 from typing import Any
 
 from .errors import ConfigError
+
+NO_VALUE_WORDS = ("none", "null", "")
 
 
 def option(default, help: str, **metadata):
@@ -63,7 +66,9 @@ def _convert(name: str, tp, value):
     tp, optional = _unwrap_optional(tp)
     if typing.get_origin(tp) is list and isinstance(value, str) and not value.strip():
         return []  # an empty list field of a form or `--set name=`
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+    if isinstance(value, str) and value.strip().lower() in NO_VALUE_WORDS and (optional or tp is not str):
+        value = None  # a required text field keeps "none" as text: it can be a choice (report_to=none)
+    if value is None:
         if optional:
             return None
         raise ConfigError(f"'{name}' needs a value")
@@ -97,7 +102,11 @@ def _convert(name: str, tp, value):
                 items = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
             else:
                 items = list(value)
-            return [_convert(name, item_type, item) for item in items]
+            try:
+                return [_convert(name, item_type, item) for item in items]
+            except ConfigError:
+                raise ConfigError(f"'{name}' expects a comma-separated list of {item_type.__name__} values, "
+                                  f"got {value!r}") from None
         if tp is str:
             return str(value).strip()
     except ConfigError:
@@ -117,7 +126,17 @@ def parse_config(config_cls, values: dict[str, Any] | None = None):
             f"unknown setting {', '.join(repr(u) for u in unknown)} for this method; "
             f"its settings are: {', '.join(fields) or '(none)'}"
         )
-    kwargs = {}
+    config = config_cls(**checked_values(config_cls, values))
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def checked_values(config_cls, values: dict[str, Any]) -> dict[str, Any]:
+    """Each value turned into its field's type and checked against the field's choices and bounds."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    checked = {}
     for name, value in values.items():
         f = fields[name]
         converted = _convert(name, _field_type(config_cls, f), value)
@@ -125,12 +144,8 @@ def parse_config(config_cls, values: dict[str, Any] | None = None):
         if aliases and isinstance(converted, str):
             converted = aliases.get(converted, converted)  # old names keep working
         check_bounds(name, converted, f.metadata)
-        kwargs[name] = converted
-    config = config_cls(**kwargs)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
+        checked[name] = converted
+    return checked
 
 
 def check_bounds(name: str, value, metadata) -> None:
@@ -147,3 +162,79 @@ def check_bounds(name: str, value, metadata) -> None:
             for v in items:
                 if isinstance(v, (int, float)) and test(v, metadata[bound]):
                     raise ConfigError(f"'{name}' must be {word} {metadata[bound]}, got {v}")
+
+
+# --- command-line flags ------------------------------------------------------------------------
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_config_flags(parser, config_cls, *, skip=(), more_names=None, shortcuts=None) -> None:
+    """One flag per field of `config_cls` (`split_seed` -> `--split-seed`; a bool gets `--bf16` and
+    `--no-bf16`), with the field's help text, its default and its bounds.
+
+    Every flag defaults to None, "not given", so that a caller can lay what was typed over a preset
+    and over the config's defaults (`given_flags`). The text is kept as typed and checked by
+    `checked_values`, as the form's and `--set`'s values are: a bad value is a one-line ConfigError
+    rather than argparse's usage text.
+
+    skip: fields taken another way (a mapping of settings, say); more_names: older spellings that
+    keep working ({"sparsities": ["--sparsity"]}); shortcuts: flags that set a field to one value
+    ({"scope": {"--per-layer": "per_layer"}}).
+    """
+    more_names, shortcuts = more_names or {}, shortcuts or {}
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    strays = sorted((set(skip) | set(more_names) | set(shortcuts)) - set(fields))
+    if strays:
+        raise TypeError(f"{config_cls.__name__} has no field {', '.join(strays)}")
+    for row in describe_fields(config_cls):
+        name = row["name"]
+        if name in skip:
+            continue
+        tp, _ = _unwrap_optional(_field_type(config_cls, fields[name]))
+        names = [flag_name(name), *more_names.get(name, ())]
+        help_text = _flag_help(row).replace("%", "%%")  # argparse formats help with %
+        target = parser.add_mutually_exclusive_group() if name in shortcuts else parser
+        if tp is bool:
+            target.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif tp in (int, float, str) or typing.get_origin(tp) is list:
+            target.add_argument(*names, dest=name, default=None, metavar=_flag_metavar(row, tp), help=help_text)
+        else:
+            raise TypeError(f"{config_cls.__name__}.{name} has no flag form; skip it and take it another way")
+        for shortcut, value in shortcuts.get(name, {}).items():
+            target.add_argument(shortcut, dest=name, action="store_const", const=value,
+                                help=f"same as {names[0]} {value}")
+
+
+def given_flags(args: argparse.Namespace, config_cls) -> dict[str, Any]:
+    """The `add_config_flags` flags that were given, as typed, by field name."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def _flag_help(row: dict) -> str:
+    notes = []
+    default = row["default"]
+    if isinstance(default, bool):
+        notes.append(f"default: {'on' if default else 'off'}")
+    elif default not in (None, "", []):
+        notes.append(f"default: {default}")
+    if "min" in row:
+        notes.append(f"at least {row['min']}")
+    if "max" in row:
+        notes.append(f"at most {row['max']}")
+    return f"{row['help']} ({'; '.join(notes)})" if notes else row["help"]
+
+
+def _flag_metavar(row: dict, tp) -> str:
+    item_type = (typing.get_args(tp) or (str,))[0] if typing.get_origin(tp) is list else tp
+    if "choices" in row:
+        one = "{" + ",".join(map(str, row["choices"])) + "}"
+    else:
+        one = {int: "N", float: "X"}.get(item_type, row["name"].upper())
+    if typing.get_origin(tp) is list:
+        one = f"{one},{one},..." if "choices" not in row else f"{one},..."
+    return f"{one}|none" if row["optional"] else one
