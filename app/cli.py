@@ -93,31 +93,25 @@ def method_preset(method: str, name: str) -> dict:
 
 
 def train_values(args) -> dict:
-    """The run settings `train` asks for: a preset's values first, then the flags and --set given."""
-    preset = method_preset(args.method, args.preset) if args.preset else {"method_config": {}, "run": {}}
-    dataset = args.dataset
+    """Every run setting of `train`: a flag given wins over the preset's value, which wins over
+    RunConfig's default; `--set` lays method settings over the preset's the same way."""
+    from .config import RunConfig
+    from .options import checked_values, given_flags
+
+    given = checked_values(RunConfig, given_flags(args, RunConfig))
+    values = RunConfig().as_dict()
+    method = given.get("method", values["method"])
+    preset = method_preset(method, args.preset) if args.preset else {"method_config": {}, "run": {}}
+    values.update(preset["run"])
+    values.update(given)
+    values["method_config"] = {**preset["method_config"], **parse_sets(args.set)}
     if args.sheet:
         from .data_files import split_sheet, with_sheet
 
+        dataset = values["dataset"]
         if not split_sheet(dataset)[0].lower().endswith(".xlsx"):
             raise LabError(f"--sheet applies to .xlsx files; '{dataset}' is not one")
-        dataset = with_sheet(split_sheet(dataset)[0], args.sheet)
-    values = dict(
-        backbone=args.backbone, dataset=dataset, method=args.method,
-        text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
-        seed=args.seed, device=args.device, name=args.name or "",
-    )
-    values.update(preset["run"])  # explicit flags and --set below win over the preset
-    values["method_config"] = {**preset["method_config"], **parse_sets(args.set)}
-    for key in ("steps", "batch_size", "max_length", "padding", "decoder_pooling", "lr", "eval_every", "patience",
-                "max_train_examples", "max_eval_examples", "memory_every", "warmup_ratio", "weight_decay", "grad_clip"):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    if args.bf16:
-        values["bf16"] = True
-    if args.report_to:
-        values["report_to"] = args.report_to
+        values["dataset"] = with_sheet(split_sheet(dataset)[0], args.sheet)
     return values
 
 
@@ -432,31 +426,13 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _split_list(text: str | None, what: str, convert) -> list:
-    items = [item.strip() for item in (text or "").split(",") if item.strip()]
-    try:
-        return [convert(item) for item in items]
-    except ValueError:
-        raise LabError(f"{what} expects a comma-separated list, e.g. 0.3,0.6; got '{text}'") from None
-
-
 def cmd_compress(args) -> int:
     from tqdm import tqdm
 
-    from .compression import as_plan, compress_run
+    from .compression import CompressionPlan, as_plan, compress_run
+    from .options import given_flags
 
-    values = {
-        "sparsities": _split_list(args.sparsity, "--sparsity", float),
-        "quantize": _split_list(args.quantize, "--quantize", str),
-        "scope": args.scope,
-        "recovery_steps": args.recovery_steps,
-    }
-    for key in ("structured_heads", "structured_heads_total", "structured_ffn", "recovery_lr",
-                "latency_repeats", "latency_warmup", "latency_batch_size"):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    plan = as_plan(values)
+    plan = as_plan(given_flags(args, CompressionPlan))
     store = _store(args)
     store.mark_orphans_interrupted()
     bars = []  # made at the first report, which comes after every input check
@@ -548,58 +524,69 @@ SUBCOMMANDS = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A parser that adds some flags when it is first used: the flags generated from a settings class
+    cost its import (torch, transformers) to the command that takes them, not to every command."""
+
+    def __init__(self, *args, add_flags=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_flags = add_flags
+
+    def _with_all_flags(self) -> None:
+        add_flags, self._add_flags = self._add_flags, None
+        if add_flags is not None:
+            add_flags(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._with_all_flags()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._with_all_flags()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._with_all_flags()
+        return super().format_help()
+
+
+def _add_run_flags(train: argparse.ArgumentParser) -> None:
+    from .config import RunConfig
+    from .options import add_config_flags
+
+    settings = train.add_argument_group(
+        "run settings", "A flag left out takes the --preset's value, else the default shown. The method's own "
+                        "settings (method_config) are given with --set.")
+    add_config_flags(settings, RunConfig, skip=["method_config"])
+
+
+def _add_sweep_flags(compress: argparse.ArgumentParser) -> None:
+    from .compression import CompressionPlan
+    from .options import add_config_flags
+
+    settings = compress.add_argument_group("sweep settings", "A flag left out takes the default shown.")
+    add_config_flags(settings, CompressionPlan, more_names={"sparsities": ["--sparsity"]},
+                     shortcuts={"scope": {"--global": "global", "--per-layer": "per_layer"}})
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import DEFAULT_BACKBONE
     from .lessons import LESSONS, lessons_with_given_role
-    from .batching import PADDING_CHOICES
-    from .data import DEFAULT_DATASET
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", help="runs folder (default: $LAB_RUNS_DIR or ./runs)")
     common.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
 
-    parser = argparse.ArgumentParser(prog="python -m app", description="Ladder & Theseus Lab engine")
+    parser = CommandParser(prog="python -m app", description="Ladder & Theseus Lab engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", parents=[common], help="train one run in the foreground")
-    train.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    train.add_argument("--dataset", default=DEFAULT_DATASET, help="registry name, a CSV/TSV/JSON/JSONL/XLSX/Parquet file (book.xlsx#Sheet for one sheet), "
-                            "a folder written by datasets' save_to_disk, or a hub dataset id")
-    train.add_argument("--method", default="full_ft")
-    train.add_argument("--steps", type=int, help="optimizer steps (default 100, or the preset's)")
+    train = sub.add_parser("train", parents=[common], help="train one run in the foreground", add_flags=_add_run_flags)
     train.add_argument("--preset", help="a method's named preset (e.g. theseus: official); flags given "
                                         "alongside override its values")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--max-length", type=int)
-    train.add_argument("--padding", choices=PADDING_CHOICES,
-                       help="dynamic (default): each batch padded to its own longest example, training batches "
-                            "grouped by length; max: every batch padded to --max-length")
-    train.add_argument("--decoder-pooling", choices=["last", "mean"],
-                       help="how a decoder backbone's classifier reads its token states (default last)")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--warmup-ratio", type=float)
-    train.add_argument("--grad-clip", type=float)
-    train.add_argument("--eval-every", type=int)
-    train.add_argument("--patience", type=int,
-                       help="stop after this many validation passes without a better accuracy and keep the best "
-                            "weights (default 0: take every step)")
-    train.add_argument("--max-train-examples", type=int)
-    train.add_argument("--max-eval-examples", type=int)
-    train.add_argument("--memory-every", type=int)
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--device", default="auto")
-    train.add_argument("--bf16", action="store_true")
-    train.add_argument("--report-to", choices=["none", "mlflow"],
-                       help="also report the run to MLflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME)")
-    train.add_argument("--name")
-    train.add_argument("--text-column", default="text")
-    train.add_argument("--text-pair-column")
-    train.add_argument("--label-column", default="label")
     train.add_argument("--sheet", help="the sheet of an .xlsx --dataset to read (default: the first)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="a method setting (repeatable); with --method theseus, predecessor=new first "
-                            "fine-tunes a predecessor with the same settings")
+                       help="a method setting (repeatable; see `python -m app methods`); with --method theseus, "
+                            "predecessor=new first fine-tunes a predecessor with the same settings")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     execute = sub.add_parser("execute", parents=[common],
@@ -641,28 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_id")
     export.add_argument("--out", required=True)
 
-    compress = sub.add_parser("compress", parents=[common],
+    compress = sub.add_parser("compress", parents=[common], add_flags=_add_sweep_flags,
                               help="prune and quantize a finished run's model; measure accuracy, size, latency")
     compress.add_argument("run_id")
-    compress.add_argument("--sparsity", help="unstructured pruning sparsities, comma-separated, each in [0, 1)")
-    compress.add_argument("--quantize", help="comma-separated: fp16, bf16, int8, 8bit, 4bit, 2bit, 1bit")
-    scope = compress.add_mutually_exclusive_group()
-    scope.add_argument("--global", dest="scope", action="store_const", const="global",
-                       help="rank weights over all encoder matrices together (default)")
-    scope.add_argument("--per-layer", dest="scope", action="store_const", const="per_layer",
-                       help="prune each encoder matrix to the sparsity on its own")
-    compress.set_defaults(scope="global")
-    compress.add_argument("--structured-heads", type=int, metavar="N", help="remove N attention heads per layer")
-    compress.add_argument("--structured-heads-total", type=int, metavar="N",
-                          help="remove N attention heads across the model")
-    compress.add_argument("--structured-ffn", type=float, metavar="FRACTION",
-                          help="remove this fraction of every layer's FFN neurons")
-    compress.add_argument("--recovery-steps", type=int, default=0, metavar="N",
-                          help="fine-tune each pruned model N steps on the run's training data")
-    compress.add_argument("--recovery-lr", type=float, help="learning rate of the recovery (default: the run's)")
-    compress.add_argument("--latency-repeats", type=int, help="timed forward passes per point (median reported)")
-    compress.add_argument("--latency-warmup", type=int, help="untimed forward passes before timing")
-    compress.add_argument("--latency-batch-size", type=int, help="batch size for latency (default 32)")
     compress.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("lessons", parents=[common], help="the one-click lessons and their presets")

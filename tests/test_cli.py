@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,7 +154,7 @@ def test_train_preset_fills_settings_and_given_flags_win():
     assert values["batch_size"] == 8  # the flag, not the preset's 32
     assert RunConfig.from_dict(dict(values, method_config={})).steps == 2400
     plain = train_values(build_parser().parse_args(["train", "--method", "theseus"]))
-    assert "steps" not in plain and "lr" not in plain  # no preset: the run config's own defaults
+    assert plain["steps"] == RunConfig().steps and plain["lr"] is None  # no preset: the run config's defaults
 
 
 def test_unknown_preset_is_refused_with_the_ones_offered(tmp_path):
@@ -161,3 +162,103 @@ def test_unknown_preset_is_refused_with_the_ones_offered(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "no preset 'fast'" in lines[0] and "official" in lines[0], result.stderr
+
+
+def _train_help(capsys, monkeypatch) -> str:
+    from app.cli import main
+
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per flag, so texts compare whole
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_run_setting_is_a_train_flag_with_its_help(capsys, monkeypatch):
+    import dataclasses
+
+    from app.config import RunConfig
+    from app.options import flag_name
+
+    text = _train_help(capsys, monkeypatch)
+    flat = " ".join(text.split())
+    fields = [f for f in dataclasses.fields(RunConfig) if f.name != "method_config"]  # that one is --set
+    for f in fields:
+        assert flag_name(f.name) in text, f.name
+        assert " ".join(f.metadata["help"].split()) in flat, f.name
+    assert "--split-seed N" in text and "(default: 0; at least 0)" in flat
+    first_flags = set(re.findall(r"(?m)^  (--?[\w-]+)", text))
+    assert first_flags - {flag_name(f.name) for f in fields} == {
+        "-h", "--runs-dir", "--json", "--preset", "--sheet", "--set", "--quiet"}
+
+
+def test_a_new_run_setting_is_one_field(capsys, monkeypatch):
+    from dataclasses import dataclass
+
+    import app.config
+    from app.cli import build_parser, train_values
+    from app.errors import ConfigError
+    from app.options import option
+
+    @dataclass
+    class WithLabelSmoothing(app.config.RunConfig):
+        label_smoothing: float = option(0.0, "Share of the target moved off the true class.", min=0.0, max=0.5)
+
+    monkeypatch.setattr(app.config, "RunConfig", WithLabelSmoothing)
+    assert train_values(build_parser().parse_args(["train", "--label-smoothing", "0.1"]))["label_smoothing"] == 0.1
+    assert train_values(build_parser().parse_args(["train"]))["label_smoothing"] == 0.0
+    with pytest.raises(ConfigError, match="'label_smoothing' must be at most 0.5"):
+        train_values(build_parser().parse_args(["train", "--label-smoothing", "0.9"]))
+    help_text = " ".join(_train_help(capsys, monkeypatch).split())
+    assert "--label-smoothing X Share of the target moved off the true class. (default: 0.0;" in help_text
+
+
+def test_config_flags_of_each_field_type():
+    import argparse
+    from dataclasses import dataclass
+
+    from app.errors import ConfigError
+    from app.options import add_config_flags, checked_values, given_flags, option
+
+    @dataclass
+    class Settings:
+        cache: bool = option(True, "Keep results between calls.")
+        ratios: list[float] = option([], "Ratios to try.")
+        mode: str = option("fast", "How hard to try.", choices=["fast", "slow"])
+        limit: int | None = option(10, "At most this many.", min=1)
+        extra: dict = option({}, "Free-form settings.")
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Settings, skip=["extra"], more_names={"ratios": ["--ratio"]},
+                     shortcuts={"mode": {"--slow": "slow"}})
+
+    def given(*argv):
+        return checked_values(Settings, given_flags(parser.parse_args(list(argv)), Settings))
+
+    assert given() == {}
+    assert given("--no-cache", "--ratio", "0.5,0.25", "--slow", "--limit", "none") == {
+        "cache": False, "ratios": [0.5, 0.25], "mode": "slow", "limit": None}
+    assert given("--cache", "--mode", "fast", "--limit", "3") == {"cache": True, "mode": "fast", "limit": 3}
+    for argv, message in ((["--mode", "slowest"], "'mode' must be one of fast, slow"),
+                          (["--limit", "0"], "'limit' must be at least 1"),
+                          (["--ratios", "0.5,abc"], "comma-separated list of float")):
+        with pytest.raises(ConfigError, match=message):
+            given(*argv)
+    with pytest.raises(TypeError, match="extra"):
+        add_config_flags(argparse.ArgumentParser(), Settings)  # a mapping has no flag form
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--warmup-ratio", "0.9"], "'warmup_ratio' must be at most 0.5, got 0.9"),
+    (["train", "--padding", "bogus"], "'padding' must be one of dynamic, max; got 'bogus'"),
+    (["train", "--steps", "many"], "'steps' expects int, got 'many'"),
+    (["compress", "some-run", "--latency-repeats", "0"], "'latency_repeats' must be at least 1, got 0"),
+    (["compress", "some-run", "--scope", "sideways"], "'scope' must be one of global, per_layer"),
+])
+def test_a_flag_out_of_bounds_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    from app.cli import main
+
+    code = main([*args, "--runs-dir", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not list(tmp_path.iterdir())  # refused before any run was stored
