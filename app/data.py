@@ -21,9 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from .backbones import package_file
 from .data_files import (  # noqa: F401 - re-exported: callers name them from here
     TABLE_SUFFIXES as FILE_SUFFIXES,
+)
+from .data_files import (
     ColumnMap,
     RawCorpus,
     is_saved_dataset,
@@ -35,6 +36,7 @@ from .data_files import (  # noqa: F401 - re-exported: callers name them from he
     split_sheet,
 )
 from .errors import DatasetError
+from .locations import hub_reachable, package_file
 
 
 @dataclass
@@ -194,10 +196,8 @@ def read_hub_corpus(dataset_id: str, columns: ColumnMap) -> RawCorpus:
     """Every labelled split of a hub dataset, pooled; the lab then makes its own seeded split."""
     import datasets as hf_datasets
 
-    from .backbones import _hub_reachable
-
     local_folder = Path(dataset_id).expanduser().is_dir()
-    if not local_folder and not _hub_reachable():
+    if not local_folder and not hub_reachable():
         # datasets retries for a long time without a network: answer at once instead.
         raise DatasetError(
             f"dataset '{dataset_id}' is not a registry name ({', '.join(REGISTRY)}) nor an existing file, "

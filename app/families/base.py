@@ -25,8 +25,6 @@ class Family:
     causal: ClassVar[bool] = False
     # Attribute path of the layer list inside the bare model (`AutoModel`).
     layers_path: ClassVar[str]
-    # Methods that cannot work on this family yet, with the reason shown to the user.
-    unsupported_methods: ClassVar[dict[str, str]] = {}
     # peft roles (query, key, value, attention_output, ffn_in, ffn_out) -> module path in a layer.
     roles: ClassVar[dict[str, str]] = {}
     # Modules of a *ForSequenceClassification model (relative names) that make its task head.
@@ -76,7 +74,3 @@ class Family:
     def classify(self, model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Logits of a sequence classifier's head on its last layer's hidden states."""
         raise NotImplementedError
-
-    def check_method(self, method_name: str) -> str | None:
-        """Why `method_name` cannot run on this family, or None."""
-        return self.unsupported_methods.get(method_name)

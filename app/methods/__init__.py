@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from ..errors import ConfigError
-from .adapter import HoulsbyAdapters
 from ..options import describe_fields, parse_config
+from .adapter import HoulsbyAdapters
 from .base import Method
 from .bitfit import BitFit
 from .distill import Distill
@@ -33,7 +33,6 @@ METHODS: dict[str, type[Method]] = {
         LadderSideTuning,
     )
 }
-DEFAULT_METHOD = "full_ft"
 
 
 def method_class(name: str) -> type[Method]:
@@ -47,6 +46,16 @@ def create_method(name: str, values: dict | None = None) -> Method:
     """A method instance with its config parsed and validated from user values."""
     cls = method_class(name)
     return cls(parse_config(cls.Config, values))
+
+
+def supported_methods(backbone) -> tuple[str, ...]:
+    """The methods that can train on `backbone` (an `app.backbones.Backbone`), in registry order."""
+    return tuple(name for name, cls in METHODS.items() if cls.backbone_refusal(backbone) is None)
+
+
+def describe_backbone(backbone) -> dict:
+    """A backbone's facts plus the methods that can train on it (the CLI's and the Launch page's row)."""
+    return {**backbone.info().as_dict(), "methods": list(supported_methods(backbone))}
 
 
 def describe_methods() -> list[dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..families import family_of
 from .base import BuildContext, Method, MethodConfig
 
 
@@ -27,8 +28,6 @@ def is_bias(name: str) -> bool:
 
 
 def head_prefixes(model) -> tuple[str, ...]:
-    from ..families import family_of
-
     return tuple(f"{name}." for name in family_of(model).head_modules)
 
 
@@ -53,7 +52,7 @@ class BitFit(Method):
         if not any(is_bias(name) for name, _ in bare.named_parameters()):
             return (f"backbone '{backbone.name}' ({backbone.config.model_type}) has no bias terms, so BitFit "
                     "would train the classification head alone; choose another method")
-        return super().backbone_refusal(backbone)
+        return None
 
     def build(self, ctx: BuildContext):
         model = ctx.backbone.load_for_classification(ctx.label_names)
