@@ -31,11 +31,16 @@ from pathlib import Path
 
 import torch
 
-from .backbones import Backbone, ConfigBackbone, get_backbone, shapes_only
+from .backbones import Backbone, ConfigBackbone, build_from_config, get_backbone, shapes_only
+from .config import RunConfig
 from .errors import ConfigError
 from .memory import MemoryMeter, unique_storage_bytes
 from .methods import create_method
 from .methods.base import BuildContext, Method, Reference, TrainState
+from .options import check_bounds
+from .pooling import restore_pooling
+from .preparation import check_length_fits
+from .training import select_trainable
 
 GiB = 1024**3
 MiB = 1024**2
@@ -116,9 +121,6 @@ class MemoryEstimate:
 
 
 def _check_shape(batch_size: int, max_length: int) -> None:
-    from .config import RunConfig
-    from .options import check_bounds
-
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -141,8 +143,6 @@ def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[st
     classifier of the backbone's shape (what a run fine-tuned from this backbone is)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from .backbones import build_from_config
-    from .pooling import restore_pooling
 
     def load(value: str) -> Reference:
         config = backbone.config
@@ -206,7 +206,6 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
     """Predicted training memory of one run's worst step; raises `LabError` on bad input."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .training import check_length_fits, select_trainable
 
     started = time.perf_counter()
     _check_shape(batch_size, max_length)

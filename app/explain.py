@@ -15,7 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .checkpoints import load_run_model
+from .data import ColumnMap, join_pairs, load_dataset
 from .errors import LabError
+from .families import BY_MODEL_TYPE, family_of
 
 DEFAULT_IG_STEPS = 32
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE and sentencepiece mark the start of a word
@@ -36,7 +39,6 @@ class Explainer:
     def encode(self, text: str, pair: str | None = None) -> dict:
         if not text or not text.strip():
             raise LabError("type a sentence to explain")
-        from .data import join_pairs
 
         (text,), pairs = join_pairs(self.tokenizer, [text], [pair] if pair else None)
         encoded = self.tokenizer(text, pairs[0] if pairs else None, truncation=True, max_length=self.max_length,
@@ -57,16 +59,14 @@ class Explainer:
 
 
 def load_explainer(store, run_id: str) -> Explainer:
-    from .checkpoints import load_run_model
-
     loaded = load_run_model(store, run_id, "cpu")
     return Explainer(
         run_id=run_id,
         method=loaded.method,
         model=loaded.model,
-        tokenizer=loaded.prepared.backbone.tokenizer,
+        tokenizer=loaded.backbone.tokenizer,
         label_names=loaded.label_names,
-        max_length=loaded.prepared.config.max_length,
+        max_length=loaded.config.max_length,
         record=loaded.record,
     )
 
@@ -217,7 +217,6 @@ def _attention_encoder(model: nn.Module) -> nn.Module:
     """The bare transformer (encoder or decoder without its head) that serves predictions."""
     from transformers import PreTrainedModel
 
-    from .families import BY_MODEL_TYPE
 
     for module in model.modules():
         if (isinstance(module, PreTrainedModel) and getattr(module, "base_model", None) is module
@@ -250,8 +249,6 @@ def attention_maps(explainer: Explainer, text: str, pair: str | None = None) -> 
 
 
 def _causal_note(encoder: nn.Module) -> str:
-    from .families import family_of
-
     if not family_of(encoder).causal:
         return ""
     return ("A decoder attends causally: each token sees itself and the tokens before it, so every map is "
@@ -269,8 +266,6 @@ def _attention_note(method) -> str:
 
 def sample_texts(record: dict, split: str = "test", limit: int = 50) -> list[dict]:
     """Examples of a run's own dataset split (text, optional pair, gold label name)."""
-    from .data import ColumnMap, load_dataset
-
     config = record["config"]
     dataset = load_dataset(
         config["dataset"],

@@ -137,3 +137,14 @@ class MemoryMeter:
             activations=self.activations.total,
             cuda_peak=cuda_peak,
         )
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Parameters of a model, each shared (tied) tensor counted once."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total

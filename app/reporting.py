@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import RunConfig
@@ -56,10 +57,12 @@ MEMORY_PARTS = ("peak", "weights", "gradients", "optimizer", "activations", "cud
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
-def open_reporter(store: RunStore, run_id: str, config: RunConfig) -> "Reporter":
-    """A reporter for this run; starts talking to MLflow in the background and never raises."""
+def open_reporter(store: RunStore, run_id: str, config: RunConfig,
+                  export_model: Callable[[Path], object] | None = None) -> "Reporter":
+    """A reporter for this run; starts talking to MLflow in the background and never raises.
+    `export_model(folder)` writes the finished run's model into a folder, which is uploaded."""
     try:
-        return Reporter(store, run_id, config)
+        return Reporter(store, run_id, config, export_model=export_model)
     except Exception as exc:  # a broken reporter must not cost the run
         return Reporter.disabled(store, run_id, f"reporting could not start: {type(exc).__name__}: {exc}")
 
@@ -174,10 +177,12 @@ class Reporter:
     close_timeout_s = CLOSE_TIMEOUT_S
     flush_every_s = FLUSH_EVERY_S
 
-    def __init__(self, store: RunStore, run_id: str, config: RunConfig, *, start: bool = True):
+    def __init__(self, store: RunStore, run_id: str, config: RunConfig, *, start: bool = True,
+                 export_model: Callable[[Path], object] | None = None):
         self.real_store = store
         self.run_id = run_id
         self.config = config
+        self.export_model = export_model
         self.store = MirroredStore(store, self)
         self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or None  # the worker fills in MLflow's default
         self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
@@ -511,12 +516,10 @@ class Reporter:
             (folder / ARTIFACT_RECORD).write_text(to_json(full))
         except Exception as exc:
             return f"the run's record was not uploaded: {type(exc).__name__}: {exc}"
-        if lab_status != "finished":
+        if lab_status != "finished" or self.export_model is None:
             return None
         try:
-            from .export import export_run
-
-            export_run(store, self.run_id, folder / ARTIFACT_MODEL)
+            self.export_model(folder / ARTIFACT_MODEL)
         except Exception as exc:
             shutil.rmtree(folder / ARTIFACT_MODEL, ignore_errors=True)
             return f"the model was not uploaded: it could not be exported ({type(exc).__name__}: {exc})"

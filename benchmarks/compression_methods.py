@@ -36,9 +36,11 @@ from app.checkpoints import load_run_model  # noqa: E402
 from app.cli import parse_sets  # noqa: E402
 from app.data import load_dataset, tokenize_split  # noqa: E402
 from app.methods.base import model_inputs  # noqa: E402
-from app.methods.layer_surgery import count_parameters, parameter_bytes  # noqa: E402
+from app.memory import count_parameters  # noqa: E402
+from app.methods.layer_surgery import parameter_bytes  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import execute_run, prepare_run  # noqa: E402
+from app.preparation import prepare_run  # noqa: E402
+from app.runner import execute_run  # noqa: E402
 from recorded import recorded_settings  # noqa: E402
 
 # name -> (method, extra method settings); "layers" and the predecessor/teacher are added per run
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if record["method"] == "theseus":
             rows[name]["theseus"] = record["summary"].get("method_summary")
-    tokenizer = loaded.prepared.backbone.tokenizer
+    tokenizer = loaded.backbone.tokenizer
     test = tokenize_split(tokenizer, data, "test", args.max_length)
     batch = {k: v[:32] for k, v in test.items()}
     timings = time_inference(models, batch, args.repeats)

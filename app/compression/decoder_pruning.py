@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from ..errors import LabError
-from .pruning import _keep_columns, _keep_rows
+from ..layer_stack import layer_list
+from .slicing import keep_columns, keep_rows
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    from ..layer_stack import layer_list
-
     layers = layer_list(model)
     if not all(hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in layers):
         raise LabError(f"structured pruning of {model.config.model_type} decoder layers is not available; "
@@ -117,8 +116,8 @@ def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: i
         kept = [h for h in range(heads) if h not in set(removed)]
         size = attention.head_dim
         rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in kept]).to(attention.q_proj.weight.device)
-        attention.q_proj = _keep_rows(attention.q_proj, rows)
-        attention.o_proj = _keep_columns(attention.o_proj, rows)
+        attention.q_proj = keep_rows(attention.q_proj, rows)
+        attention.o_proj = keep_columns(attention.o_proj, rows)
         attention.num_key_value_groups = len(kept) // kv_heads
         plan[index] = removed
     return plan
@@ -136,8 +135,8 @@ def prune_decoder_ffn(model: nn.Module, fraction: float) -> list[int]:
             score = (mlp.gate_proj.weight.abs().sum(1) + mlp.up_proj.weight.abs().sum(1)
                      + mlp.down_proj.weight.abs().sum(0)).float()
         keep = torch.sort(torch.argsort(score, descending=True)[:keep_count]).values.to(mlp.up_proj.weight.device)
-        mlp.gate_proj = _keep_rows(mlp.gate_proj, keep)
-        mlp.up_proj = _keep_rows(mlp.up_proj, keep)
-        mlp.down_proj = _keep_columns(mlp.down_proj, keep)
+        mlp.gate_proj = keep_rows(mlp.gate_proj, keep)
+        mlp.up_proj = keep_rows(mlp.up_proj, keep)
+        mlp.down_proj = keep_columns(mlp.down_proj, keep)
         kept.append(int(keep_count))
     return kept

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from transformers import PreTrainedModel
 
 from ..errors import LabError
+from ..families import BY_MODEL_TYPE
+from . import decoder_pruning
+from .slicing import keep_columns, keep_rows
 
 # Names under which a module is a task head or an embedding, never a pruning/quantization target.
 _EXCLUDED_PARTS = ("embed", "classifier", "pooler", "score", "lm_head")
@@ -100,8 +104,6 @@ class FeedForwardParts:
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    from transformers import PreTrainedModel
-
     if not isinstance(model, PreTrainedModel):
         raise LabError(
             f"structured pruning needs a plain transformers model, but this run's inference model is a "
@@ -134,9 +136,7 @@ def attention_parts(model: nn.Module) -> list[AttentionParts]:
 def check_ffn_prunable(model: nn.Module) -> None:
     """Raise a clear LabError when this model's feed-forward blocks cannot be pruned."""
     if _is_decoder(model):
-        from .decoder_pruning import decoder_layers
-
-        decoder_layers(model)
+        decoder_pruning.decoder_layers(model)
     else:
         feed_forward_parts(model)
 
@@ -154,17 +154,13 @@ def feed_forward_parts(model: nn.Module) -> list[FeedForwardParts]:
 
 
 def _is_decoder(model: nn.Module) -> bool:
-    from ..families import BY_MODEL_TYPE
-
     family = BY_MODEL_TYPE.get(getattr(getattr(model, "config", None), "model_type", None))
     return family is not None and family.causal
 
 
 def heads_per_layer(model: nn.Module) -> list[int]:
     if _is_decoder(model):
-        from .decoder_pruning import heads_per_layer as decoder_heads
-
-        return decoder_heads(model)
+        return decoder_pruning.heads_per_layer(model)
     return [p.attention.query.out_features // p.attention.attention_head_size for p in attention_parts(model)]
 
 
@@ -180,32 +176,6 @@ def head_importance(parts: AttentionParts) -> torch.Tensor:
 def neuron_importance(parts: FeedForwardParts) -> torch.Tensor:
     with torch.no_grad():
         return (parts.up.weight.abs().sum(1) + parts.down.weight.abs().sum(0)).float()
-
-
-def _keep_rows(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
-    new = nn.Linear(linear.in_features, len(index), bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(linear.weight[index])
-        if linear.bias is not None:
-            new.bias.copy_(linear.bias[index])
-    new.weight.requires_grad_(linear.weight.requires_grad)
-    if new.bias is not None:
-        new.bias.requires_grad_(linear.bias.requires_grad)
-    return new
-
-
-def _keep_columns(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
-    new = nn.Linear(len(index), linear.out_features, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(linear.weight[:, index])
-        if linear.bias is not None:
-            new.bias.copy_(linear.bias)
-    new.weight.requires_grad_(linear.weight.requires_grad)
-    if new.bias is not None:
-        new.bias.requires_grad_(linear.bias.requires_grad)
-    return new
 
 
 def _set_child(parent: nn.Module, child: nn.Module, new: nn.Module) -> None:
@@ -227,8 +197,8 @@ def remove_heads(parts: AttentionParts, heads: list[int], owner: nn.Module) -> N
         raise LabError("cannot remove every head of a layer; keep at least one")
     index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep_heads]).to(attention.query.weight.device)
     for name in ("query", "key", "value"):
-        setattr(attention, name, _keep_rows(getattr(attention, name), index))
-    new_output = _keep_columns(parts.output, index)
+        setattr(attention, name, keep_rows(getattr(attention, name), index))
+    new_output = keep_columns(parts.output, index)
     _set_child(owner, parts.output, new_output)
     parts.output = new_output
     attention.num_attention_heads = len(keep_heads)
@@ -240,9 +210,7 @@ def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | 
     model (importance normalised within each layer so layers compare; every layer keeps a head).
     Returns {layer index: [removed head indices]}."""
     if _is_decoder(model):
-        from .decoder_pruning import prune_decoder_heads
-
-        return prune_decoder_heads(model, per_layer=per_layer, total=total)
+        return decoder_pruning.prune_decoder_heads(model, per_layer=per_layer, total=total)
     parts = attention_parts(model)
     counts = heads_per_layer(model)
     scores = [head_importance(p) for p in parts]
@@ -284,16 +252,14 @@ def prune_ffn(model: nn.Module, fraction: float) -> list[int]:
     if not 0.0 <= fraction < 1.0:
         raise LabError(f"FFN pruning fraction must be in [0, 1), got {fraction}")
     if _is_decoder(model):
-        from .decoder_pruning import prune_decoder_ffn
-
-        return prune_decoder_ffn(model, fraction)
+        return decoder_pruning.prune_decoder_ffn(model, fraction)
     kept = []
     for parts in feed_forward_parts(model):
         width = parts.up.out_features
         keep_count = max(1, width - int(round(fraction * width)))
         keep = torch.sort(torch.argsort(neuron_importance(parts), descending=True)[:keep_count]).values
         keep = keep.to(parts.up.weight.device)
-        _set_child(parts.layer.intermediate, parts.up, _keep_rows(parts.up, keep))
-        _set_child(parts.layer.output, parts.down, _keep_columns(parts.down, keep))
+        _set_child(parts.layer.intermediate, parts.up, keep_rows(parts.up, keep))
+        _set_child(parts.layer.output, parts.down, keep_columns(parts.down, keep))
         kept.append(int(keep_count))
     return kept

@@ -30,11 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import Batcher
+from ..checkpoints import load_run_model
+from ..data import tokenize_split
 from ..errors import ConfigError, LabError, RunCancelled
 from ..families import BY_MODEL_TYPE
 from ..methods.base import MethodConfig, logits_of, model_inputs
 from ..options import option, parse_config
+from ..preparation import prepare_run
+from ..training import adamw
 from . import measure
+from .decoder_pruning import check_heads_request
 from .pruning import (
     check_ffn_prunable,
     heads_per_layer,
@@ -156,10 +161,6 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     sweep with `RunCancelled` (points measured so far stay stored). Raises `LabError` for bad
     input before any point is measured.
     """
-    from ..checkpoints import load_run_model
-    from ..data import tokenize_split
-    from ..training import prepare_run
-
     plan = as_plan(plan)
     record = store.get_run(run_id)
     if record["status"] != "finished":
@@ -189,8 +190,6 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
 
     decoder = getattr(base.config, "model_type", None) in DECODER_TYPES
     if decoder and (plan.structured_heads is not None or plan.structured_heads_total is not None):
-        from .decoder_pruning import check_heads_request
-
         check_heads_request(base, per_layer=plan.structured_heads, total=plan.structured_heads_total)
     if plan.structured_heads is not None:
         counts = heads_per_layer(base)
@@ -325,7 +324,6 @@ def _recover(session: _Session, model: nn.Module) -> dict:
     pruning stay attached, so pruned weights stay zero."""
     before = measure.test_logits(model, session.test, check_cancel=session.check_cancel, batcher=session.batcher).argmax(-1)
     accuracy_before = float((before == session.test["labels"]).float().mean())
-    from ..training import adamw
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(parameters, lr=session.lr, weight_decay=session.weight_decay)

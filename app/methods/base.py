@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .export_writers import export_plain_or_state
 
 
 @dataclass
@@ -153,10 +154,7 @@ class Method:
     @classmethod
     def backbone_refusal(cls, backbone) -> str | None:
         """Why this method cannot train on this backbone whatever its settings, or None."""
-        from ..families import family_for
-
-        reason = family_for(backbone.config.model_type).check_method(cls.name)
-        return f"{reason} (backbone '{backbone.name}' is a {backbone.config.model_type} model)" if reason else None
+        return None
 
     def check_backbone(self, backbone, label_names: list[str]) -> None:
         """Refuse a backbone this method cannot train on, then run the method's own checks."""
@@ -218,6 +216,4 @@ class Method:
     def export(self, model: nn.Module, out_dir: Path, ctx: BuildContext) -> dict:
         """Write the trained model. Default: a plain transformers folder when the model is one,
         else the full state as safetensors with a loading note."""
-        from ..export import export_plain_or_state
-
         return export_plain_or_state(self, self.inference_model(model), out_dir, ctx)

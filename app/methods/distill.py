@@ -33,20 +33,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import get_backbone
 from ..errors import ConfigError
+from ..families import family_of
+from ..memory import count_parameters
 from ..options import option
 from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs
 from .layer_surgery import (
     check_reference_labels,
     check_same_vocabulary,
-    count_parameters,
     layer_list,
     require_plain_classifier,
     shallow_copy_with_layers,
     uniform_layer_map,
 )
 from .truncate import kept_layers
-
 
 ATTENTION_LOSSES = ("probability_kl", "probability_mse", "score_mse")
 ATTENTION_LOSS_ALIASES = {"kl": "probability_kl", "mse": "probability_mse"}
@@ -175,8 +176,6 @@ class AttentionScoreRecorder:
     layer's query and key projections (the attention kernel itself never exposes its scores)."""
 
     def __init__(self, model: nn.Module, layer_numbers: list[int]):
-        from ..families import family_of
-
         config = model.config
         self.heads = config.num_attention_heads
         self.head_size = config.hidden_size // self.heads
@@ -248,8 +247,6 @@ class Distill(Method):
                 "dataset) or a model folder"
             )
         if self.config.student_backbone:
-            from ..backbones import get_backbone
-
             student_backbone = get_backbone(self.config.student_backbone)
             if student_backbone.tokenizer.get_vocab() != backbone.tokenizer.get_vocab():
                 raise ConfigError(
@@ -330,8 +327,6 @@ class Distill(Method):
             student = shallow_copy_with_layers(teacher_plain, layers, share_rest=False)
             return student, f"teacher layers {chosen}"
         if config.student_backbone:
-            from ..backbones import get_backbone
-
             backbone = get_backbone(config.student_backbone)
             m = kept_layers(backbone.num_layers, config.layers if config.layers is not None else backbone.num_layers)
         else:

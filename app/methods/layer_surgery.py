@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import re
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -18,15 +17,6 @@ from ..layer_stack import classify_hidden, layer_list, layer_name_fragment, set_
 __all__ = ["classify_hidden", "layer_list"]  # re-exported: the methods built on surgery use them
 
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
-
-
-def count_parameters(model: nn.Module) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
 
 
 def parameter_bytes(model: nn.Module) -> int:

@@ -30,10 +30,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack
+from ..options import option
 from ..pooling import FIRST, LAST, MEAN, pool_tokens
 from . import lst_init
-from ..options import option
 from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, model_inputs
+from .export_writers import save_lab_state
 
 LAYER_DROPPING = ("all", "every_other", "list")
 INIT_CHOICES = ("magnitude", "fisher", "random")
@@ -469,8 +470,6 @@ class LadderSideTuning(Method):
     def export(self, model: nn.Module, out_dir: Path, ctx: BuildContext) -> dict:
         """The side network, ladders, gates and head as safetensors; the frozen backbone is only
         named (its weights reload from that backbone), which keeps the export a few MB."""
-        from ..export import save_lab_state
-
         state = {n: t for n, t in model.state_dict().items() if not n.startswith("backbone.")}
         return save_lab_state(
             self, state, out_dir, ctx,

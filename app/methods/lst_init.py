@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import feed_forward_size
 from ..errors import ConfigError
 from ..families.base import Family
 from ..families.parts import weight_parameter
 from ..layer_stack import LayerStack
 from ..pooling import pool_tokens
-
 
 # --- the shrunken configuration --------------------------------------------------------------
 
@@ -57,8 +57,6 @@ def head_size_of(config) -> int:
 
 def side_dimensions(config, reduction_factor: int) -> dict:
     """Side widths for a backbone config, or a ConfigError that says which width does not divide."""
-    from ..backbones import feed_forward_size
-
     d, heads, d_ff = config.hidden_size, config.num_attention_heads, feed_forward_size(config)
     r = reduction_factor
     if getattr(config, "num_key_value_heads", None):  # a rotary decoder: head dims go in pairs

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import BackboneError, ConfigError
+from ..families import family_for, family_of
+from ..pooling import MEAN, pretrained_pooling, relink_pooling
 
 # Roles every family maps to its own module paths (`app.families`).
 LAYER_ROLES = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
@@ -28,9 +30,6 @@ LAYER_LIST_NAMES = ("layer", "layers", "h")  # BERT-style, LLaMA-style, GPT-2
 
 def layer_roles(model_type: str) -> dict[str, tuple[str, ...]]:
     """Role -> module paths within one layer for this architecture."""
-    from ..errors import BackboneError
-    from ..families import family_for
-
     try:
         roles = family_for(model_type).roles
     except BackboneError as exc:
@@ -68,8 +67,6 @@ def head_module_names(classifier: nn.Module) -> list[str]:
     `classifier`; BERT splits the same two layers into the encoder's `pooler` and `classifier`,
     so BERT's pooler counts as head too: every architecture then trains a comparable head.
     """
-    from ..families import family_of
-
     names = list(family_of(classifier).head_modules)
     base_prefix = getattr(classifier, "base_model_prefix", "")
     base = getattr(classifier, base_prefix, None) if base_prefix else None
@@ -103,7 +100,6 @@ def wrap_with_peft(classifier: nn.Module, peft_config):
     """`get_peft_model`, with the deprecation chatter of the pinned versions kept out of the logs."""
     from peft import get_peft_model
 
-    from ..pooling import relink_pooling
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -118,8 +114,6 @@ def save_peft_adapter(model, out_dir: Path) -> Path:
 
 
 def peft_adapter_note(folder: Path, backbone) -> str:
-    from ..pooling import MEAN, pretrained_pooling
-
     if backbone.family.causal:
         pooling_lines = ("    from app.pooling import relink_pooling, use_token_pooling  # the last real token, "
                          "found from the mask\n    base = use_token_pooling(base)\n")

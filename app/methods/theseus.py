@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack, layer_name_fragment
+from ..memory import count_parameters
 from ..options import option
 from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs
 from .layer_surgery import (
@@ -30,7 +31,6 @@ from .layer_surgery import (
     check_same_layer_shape,
     check_same_vocabulary,
     classify_hidden,
-    count_parameters,
     layer_list,
     require_plain_classifier,
     shallow_copy_with_layers,
