@@ -8,23 +8,28 @@ Nothing here unpickles: tensors are safetensors, the rest JSON.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification
 
+from .backbones import Backbone, get_backbone
+from .config import RunConfig
 from .errors import ConfigError, LabError, RunNotFound
-from .methods.base import Method, Reference
-from .pooling import set_decoder_pooling
+from .methods import create_method
+from .methods.base import BuildContext, Method, Reference
+from .methods.layer_surgery import GENERIC_LABEL
+from .pooling import restore_pooling, set_decoder_pooling
 from .store import RUN_ID_PATTERN, RunStore
 
 WEIGHTS_FILE = "trainable.safetensors"
 RUN_FILE = "run.json"
 
 
-def save_checkpoint(store: RunStore, run_id: str, method: Method, model: torch.nn.Module, prepared) -> Path:
+def save_checkpoint(store: RunStore, run_id: str, method: Method, model: torch.nn.Module, config: RunConfig,
+                    label_names: list[str]) -> Path:
     folder = store.run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -38,9 +43,9 @@ def save_checkpoint(store: RunStore, run_id: str, method: Method, model: torch.n
         json.dumps(
             {
                 "run_id": run_id,
-                "config": prepared.config.as_dict(),
+                "config": config.as_dict(),
                 "method_config": method.config.as_dict(),
-                "label_names": prepared.dataset.label_names,
+                "label_names": list(label_names),
             },
             indent=2,
         )
@@ -54,17 +59,16 @@ class LoadedRun:
     method: Method
     model: torch.nn.Module
     label_names: list[str]
-    prepared: object  # PreparedRun without the dataset examples being needed
-    context: object  # BuildContext used to rebuild
+    config: RunConfig
+    context: BuildContext  # what the model was rebuilt with
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.context.backbone
 
 
 def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "cpu") -> LoadedRun:
     """Rebuild a finished run's model with its trained weights, in eval mode."""
-    from .backbones import get_backbone
-    from .config import RunConfig
-    from .methods import create_method
-    from .training import LoopHooks, PreparedRun, build_context
-
     record = store.get_run(run_id)
     if record["status"] != "finished":
         raise LabError(f"run '{run_id}' is {record['status']}, not finished: it has no trained model")
@@ -77,9 +81,9 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
         label_names = json.loads((store.run_dir(run_id) / RUN_FILE).read_text())["label_names"]
     method = create_method(config.method, record["summary"].get("method_config", config.method_config))
     device = torch.device(device)
-    prepared = PreparedRun(config=config, backbone=get_backbone(config.backbone), dataset=None, method=method,
-                           device=device)
-    ctx = build_context(prepared, store, LoopHooks(), restoring=True, label_names=label_names)
+    ctx = BuildContext(backbone=get_backbone(config.backbone), label_names=list(label_names), device=device,
+                       seed=config.seed, restoring=True, load_reference=lambda ref: load_reference(store, ref, device),
+                       max_length=config.max_length, decoder_pooling=config.decoder_pooling)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = set_decoder_pooling(method.build(ctx), ctx.decoder_pooling)
@@ -90,7 +94,7 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
     model.load_state_dict(state, strict=False)
     model.to(device)
     model.eval()
-    return LoadedRun(record, method, model, list(label_names), prepared, ctx)
+    return LoadedRun(record, method, model, list(label_names), config, ctx)
 
 
 def _is_folder_reference(value: str) -> bool:
@@ -114,7 +118,7 @@ def check_reference(store: RunStore | None, value: str, label_names: list[str], 
                 f"{field_name} '{value}' predicts {len(names)} classes; this dataset has {len(label_names)}"
             )
         # Folders saved without class names carry placeholders (LABEL_0, ...): only the count compares.
-        if names and not all(re.match(r"^LABEL_\d+$", str(n)) for n in names) and names != list(label_names):
+        if names and not all(GENERIC_LABEL.match(str(n)) for n in names) and names != list(label_names):
             raise ConfigError(
                 f"{field_name} '{value}' was trained on classes {names}; this dataset has {list(label_names)}"
             )
@@ -138,16 +142,12 @@ def check_reference(store: RunStore | None, value: str, label_names: list[str], 
 def load_reference(store: RunStore | None, value: str, device: torch.device) -> Reference:
     """The model of a finished run, or of a model folder, ready to predict."""
     if _is_folder_reference(value):
-        from transformers import AutoModelForSequenceClassification
-
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(Path(value).expanduser()), trust_remote_code=False
             )
         except Exception as exc:
             raise LabError(f"cannot load model folder '{value}': {exc}") from exc
-        from .pooling import restore_pooling
-
         restore_pooling(model).to(device).eval()
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return Reference(model=model, label_names=names, source=str(value), plain_model=model)

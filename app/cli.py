@@ -118,10 +118,11 @@ def train_values(args) -> dict:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .config import RunConfig
-    from .distributed import DataParallel, launched_world_size, prepare_on_every_rank, train_on_this_rank
+    from .distributed import DataParallel, launched_world_size
+    from .preparation import prepare_run
+    from .runner import execute_run, prepare_on_every_rank, train_on_this_rank
     from .store import RunStore
-    from .training import LoopHooks, execute_run, prepare_run
+    from .training import LoopHooks
 
     values = train_values(args)
     new_predecessor = asks_for_new_run(values["method_config"].get("predecessor"))
@@ -137,11 +138,11 @@ def cmd_train(args) -> int:
     main = world is None or world.is_main
     finished = False
     try:
-        config = RunConfig.from_dict(values)
         store = RunStore(_runs_dir(args))
         if main:
             store.mark_orphans_interrupted()
-        prepared = prepare_on_every_rank(world, config, store) if world else prepare_run(config, store)
+        prepared = prepare_on_every_rank(world, values, store) if world else prepare_run(values, store)
+        config = prepared.config
         run_id = store.create_run(config.as_dict()) if main else None
         if world:
             run_id = world.broadcast(run_id)
@@ -194,24 +195,22 @@ def _report_run(args, store, record: dict) -> int:
 def cmd_execute(args) -> int:
     """Train a queued run stored in the runs folder: how the app starts a data-parallel run
     (`torchrun --nproc_per_node N -m app execute RUN_ID`), followed through the store."""
-    from .config import RunConfig
-    from .distributed import DataParallel, cancel_request_path, launched_world_size, prepare_on_every_rank, \
-        train_on_this_rank
-    from .training import LoopHooks, execute_run, failure_message
+    from .distributed import DataParallel, cancel_request_path, launched_world_size
+    from .runner import execute_run, failure_message, prepare_on_every_rank, train_on_this_rank
+    from .training import LoopHooks
 
     store = _store(args)
     record = store.get_run(args.run_id)
     if record["status"] != "queued":
         raise LabError(f"run '{args.run_id}' is {record['status']}; only a queued run can be started")
-    config = RunConfig.from_dict(record["config"])
     hooks = LoopHooks(cancel_file=cancel_request_path(store, args.run_id))
     if launched_world_size() == 1:
         return _report_run(args, store, execute_run(store, args.run_id, hooks))
-    world = DataParallel.start(config.device)
+    world = DataParallel.start(record["config"].get("device", "auto"))
     finished = False
     try:
         try:
-            prepared = prepare_on_every_rank(world, config, store)
+            prepared = prepare_on_every_rank(world, record["config"], store)
         except Exception as exc:
             if world.is_main:
                 store.set_status(args.run_id, "failed", error=failure_message(exc))
@@ -383,11 +382,15 @@ def cmd_methods(args) -> int:
 
 def cmd_backbones(args) -> int:
     from .backbones import get_backbone, list_backbones
+    from .methods import supported_methods
 
     for name in args.prepare or ():
         info = get_backbone(name).info()
         print(f"{name}: ready in {info.source}", file=sys.stderr)
     rows = list_backbones()
+    for row in rows:
+        if row["available"]:
+            row["methods"] = list(supported_methods(get_backbone(row["name"])))
     if args.json:
         _print_json({"backbones": rows})
     else:

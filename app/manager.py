@@ -14,7 +14,6 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -22,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig
-from .errors import ConfigError, LabError, RunNotFound
 from .distributed import CANCEL_REQUEST, launch_command, launch_environment
+from .errors import ConfigError, LabError
+from .preparation import PreparedRun, prepare_run
+from .runner import execute_run
 from .store import ACTIVE_STATUSES, RunStore, new_run_id
-from .training import LoopHooks, execute_run, prepare_run
+from .training import LoopHooks
 
 CHAIN_REF = re.compile(r"^@chain:(\d+)$")
 DEFAULT_RUNS_DIR = "runs"
@@ -49,6 +50,7 @@ class RunManager:
         self.interrupted_at_start = store.mark_orphans_interrupted()
         self._queue: queue.Queue[_QueueItem | None] = queue.Queue()
         self._cancel: dict[str, threading.Event] = {}
+        self._prepared: dict[str, PreparedRun] = {}
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._stopping = threading.Event()
@@ -68,7 +70,7 @@ class RunManager:
         if not configs:
             raise ConfigError("nothing to run")
         ids = [new_run_id() for _ in configs]
-        resolved = []
+        prepared_runs = []
         for position, config in enumerate(configs):
             values = config.as_dict() if isinstance(config, RunConfig) else dict(config)
             method_config = dict(values.get("method_config") or {})
@@ -80,13 +82,13 @@ class RunManager:
                         raise ConfigError(f"run {position} of the chain refers to run {index}, which is not before it")
                     method_config[key] = ids[index]
             values["method_config"] = method_config
-            prepared = prepare_run(values, self.store, pending_ids=set(ids[:position]))  # raises before storing
-            resolved.append(prepared.config.as_dict())
+            prepared_runs.append(prepare_run(values, self.store, pending_ids=set(ids[:position])))  # raises before storing
         chain_id = ids[0] if len(ids) > 1 else None
-        for run_id, values in zip(ids, resolved):
-            self.store.create_run(values, run_id=run_id, chain_id=chain_id)
+        for run_id, prepared in zip(ids, prepared_runs):
+            self.store.create_run(prepared.config.as_dict(), run_id=run_id, chain_id=chain_id)
             with self._lock:
                 self._cancel[run_id] = threading.Event()
+                self._prepared[run_id] = prepared  # the worker trains it as checked here: no second preparation
         self._queue.put(_QueueItem(ids))
         return ids
 
@@ -166,6 +168,7 @@ class RunManager:
                 finally:
                     with self._lock:
                         self._cancel.pop(run_id, None)
+                        self._prepared.pop(run_id, None)
                         self._running.discard(run_id)
 
     def _record_crash(self, run_id: str, exc: Exception) -> None:
@@ -179,6 +182,7 @@ class RunManager:
     def _run_one(self, run_id: str, failed_in_chain: dict[str, str]) -> None:
         with self._lock:
             event = self._cancel.get(run_id)
+            prepared = self._prepared.get(run_id)
         if event is None:
             return
         self.store.flush_deferred()
@@ -201,7 +205,7 @@ class RunManager:
         if int(record["config"].get("processes") or 1) > 1:
             final = self._run_in_processes(run_id, int(record["config"]["processes"]), event)
         else:
-            final = execute_run(self.store, run_id, LoopHooks(cancel=event, shutdown=self._stopping))
+            final = execute_run(self.store, run_id, LoopHooks(cancel=event, shutdown=self._stopping), prepared)
         if final.get("status") != "finished":
             failed_in_chain[run_id] = final.get("status", "failed")
 

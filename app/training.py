@@ -1,74 +1,35 @@
-"""Preparing and running one training run: checks first, then the loop that records everything.
-
-`prepare_run` resolves the backbone, dataset and method and rejects bad input before a run is
-stored. `execute_run` trains a stored run and always leaves it in a final state: `finished`,
-`failed` (with its reason and traceback), or `cancelled`.
-"""
+"""The training loop: one stored, prepared run (`app.preparation`) trained step by step, with
+everything recorded in the run store as it happens (loss, throughput, measured memory, the
+method's telemetry, validation passes) and the final metrics and checkpoint at the end.
+`app.runner.execute_run` wraps it with the run's status."""
 
 from __future__ import annotations
 
-import math
+import contextlib
 import random
-import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone, get_backbone
-from .config import RunConfig
 from .batching import Batcher, batch_tokens
-from .data import ColumnMap, TextDataset, load_dataset, tokenize_split
+from .checkpoints import load_reference, save_checkpoint
+from .config import RunConfig
+from .data import tokenize_split
+from .distributed import DataParallel
 from .errors import ConfigError, LabError, RunCancelled
-from .memory import MemoryMeter
-from .methods import create_method
+from .memory import MemoryMeter, count_parameters
 from .methods.base import BuildContext, Method, StepOutput, TrainState
 from .pooling import set_decoder_pooling
+from .preparation import PreparedRun, batcher_for
 from .store import RunStore
 
-if TYPE_CHECKING:
-    from .distributed import DataParallel
-
 EVAL_TELEMETRY_SAMPLE = 256
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device '{name}' asked for, but CUDA is not available on this machine")
-        index = int(name.split(":", 1)[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' asked for, but MPS is not available on this machine")
-    return torch.device(name)
-
-
-def check_length_fits(backbone: Backbone, method: Method, max_length: int) -> None:
-    """Every input (max_length tokens plus the method's virtual tokens) must fit the backbone's positions."""
-    if max_length > backbone.max_length:
-        raise ConfigError(
-            f"max_length {max_length} is above what backbone '{backbone.name}' accepts ({backbone.max_length})"
-        )
-    extra_tokens = method.extra_input_tokens()
-    if max_length + extra_tokens > backbone.max_length:
-        raise ConfigError(
-            f"max_length {max_length} plus the {extra_tokens} virtual tokens of method '{method.name}' is above "
-            f"what backbone '{backbone.name}' accepts ({backbone.max_length}); lower max_length to at most "
-            f"{backbone.max_length - extra_tokens} or use fewer virtual tokens"
-        )
 
 
 def select_trainable(method: Method, model) -> list:
@@ -83,20 +44,6 @@ def select_trainable(method: Method, model) -> list:
     return named_trainable
 
 
-@dataclass
-class PreparedRun:
-    config: RunConfig
-    backbone: Backbone
-    dataset: TextDataset
-    method: Method
-    device: torch.device
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def lr(self) -> float:
-        return self.config.lr if self.config.lr is not None else self.method.default_lr
-
-
 def adamw(parameters: list, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only, fused into one kernel where torch can: on MiniLM-L6's
     22.7M parameters the per-tensor update loop costs several times the fused kernel on a CPU
@@ -109,73 +56,7 @@ def adamw(parameters: list, *, lr: float, weight_decay: float) -> torch.optim.Ad
         return torch.optim.AdamW(groups, lr=lr)
 
 
-def check_processes(config: RunConfig, device: torch.device) -> None:
-    """A data-parallel run needs a batch to share and, on CUDA, one GPU per process."""
-    if config.processes == 1:
-        return
-    if config.batch_size < config.processes:
-        raise ConfigError(f"batch_size {config.batch_size} cannot be shared by {config.processes} processes: "
-                          f"use a batch of at least {config.processes}")
-    if device.type == "cuda" and torch.cuda.device_count() < config.processes:
-        raise ConfigError(f"{config.processes} processes need {config.processes} GPUs; this machine has "
-                          f"{torch.cuda.device_count()}")
-    if device.type not in ("cuda", "cpu"):
-        raise ConfigError(f"data-parallel runs use cuda or cpu, not {device.type}")
-
-
-def load_run_dataset(config: RunConfig) -> TextDataset:
-    return load_dataset(
-        config.dataset,
-        columns=ColumnMap(config.text_column, config.label_column, config.text_pair_column or None),
-        split_seed=config.split_seed,
-        max_train_examples=config.max_train_examples,
-        max_eval_examples=config.max_eval_examples,
-    )
-
-
-def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pending_ids: set[str] = frozenset()) -> PreparedRun:
-    """Every check that can be made before training; raises a `LabError` with a clear message."""
-    if isinstance(config, dict):
-        config = RunConfig.from_dict(config)
-    else:
-        config.check()
-    method = create_method(config.method, config.method_config)
-    device = resolve_device(config.device)
-    backbone = get_backbone(config.backbone)
-    refusal = method.backbone_refusal(backbone)
-    if refusal:
-        raise ConfigError(refusal)
-    check_length_fits(backbone, method, config.max_length)
-    dataset = load_run_dataset(config)
-    if config.batch_size > len(dataset.train):
-        raise ConfigError(
-            f"batch_size {config.batch_size} is larger than the training set ({len(dataset.train)} examples)"
-        )
-    check_processes(config, device)
-    if config.decoder_pooling != "last" and not backbone.family.causal:
-        raise ConfigError(f"decoder_pooling applies to decoder backbones; '{backbone.name}' is an encoder, whose "
-                          "classifier pools the way it was pretrained")
-    if config.patience and method.stops_early_itself:
-        raise ConfigError(f"{method.title} stops early on its own (its 'patience' setting); leave the run's "
-                          "patience at 0")
-    notes = list(dataset.notes)
-    if config.bf16 and device.type != "cuda":
-        notes.append("bf16 autocast asked for but ignored: it runs on CUDA only")
-    for field_name in method.reference_fields:
-        value = getattr(method.config, field_name, None)
-        if value:
-            from .checkpoints import check_reference
-
-            check_reference(store, value, dataset.label_names, field_name, pending_ids=pending_ids)
-    method.check_backbone(backbone, dataset.label_names)
-    return PreparedRun(config, backbone, dataset, method, device, notes)
-
-
 # --- evaluation --------------------------------------------------------------------------
-
-
-def batcher_for(prepared: "PreparedRun") -> Batcher:
-    return Batcher.for_tokenizer(prepared.config.padding, prepared.backbone.tokenizer, prepared.device)
 
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
@@ -192,7 +73,7 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> fl
 
 @torch.no_grad()
 def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: torch.device, num_labels: int,
-             autocast=None, check_cancel: Callable[[], None] = lambda: None, batcher: Batcher = Batcher()) -> dict:
+             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext, check_cancel: Callable[[], None] = lambda: None, batcher: Batcher = Batcher()) -> dict:
     was_training = model.training
     model.eval()
     losses = []
@@ -200,7 +81,7 @@ def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: t
     try:
         for batch in batcher.in_order(tensors, batch_size, device):
             check_cancel()
-            with autocast() if autocast else _null():
+            with autocast():
                 logits = method.predict(model, batch).float()
             losses.append(F.cross_entropy(logits, batch["labels"], reduction="sum").item())
             predicted_by_index[batch["index"]] = logits.argmax(-1).cpu()
@@ -214,14 +95,6 @@ def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: t
         "loss": float(sum(losses) / len(labels)),
         "examples": int(len(labels)),
     }
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -238,18 +111,6 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def count_params(model) -> tuple[int, int]:
-    seen, total, trainable = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return trainable, total
 
 
 class EarlyStopping:
@@ -311,17 +172,13 @@ class LoopHooks:
             raise RunCancelled()
 
 
-def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHooks, *, restoring: bool = False,
-                  label_names: list[str] | None = None) -> BuildContext:
-    from .checkpoints import load_reference
-
+def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHooks) -> BuildContext:
+    """What the method may use while it builds the model of a run about to train."""
     config = prepared.config
     device = prepared.device
     batcher = batcher_for(prepared)
 
     def train_batches():
-        if prepared.dataset is None:
-            raise RuntimeError("training batches are not available while restoring a finished run")
         tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "train", config.max_length)
         generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(tensors["labels"]), generator=generator)
@@ -329,8 +186,6 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
             yield batcher.batch(tensors, order[start : start + config.batch_size], device)
 
     def validation_batches():
-        if prepared.dataset is None:
-            raise RuntimeError("validation batches are not available while restoring a finished run")
         tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "validation", config.max_length)
         yield from batcher.in_order(tensors, max(config.batch_size, 32), device)
 
@@ -341,12 +196,11 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
 
     return BuildContext(
         backbone=prepared.backbone,
-        label_names=list(label_names) if label_names is not None else prepared.dataset.label_names,
+        label_names=prepared.dataset.label_names,
         device=device,
         seed=config.seed,
-        restoring=restoring,
-        train_batches=None if restoring else train_batches,
-        validation_batches=None if restoring else validation_batches,
+        train_batches=train_batches,
+        validation_batches=validation_batches,
         load_reference=lambda ref: load_reference(store, ref, device),
         progress=progress,
         max_length=config.max_length,
@@ -354,198 +208,264 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
     )
 
 
+def build_model(prepared: PreparedRun, ctx: BuildContext):
+    """The method's model on the run's device, in training mode; new layers draw from the run's seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(prepared.config.seed)
+        model = set_decoder_pooling(prepared.method.build(ctx), ctx.decoder_pooling)
+    return model.to(prepared.device).train()
+
+
+def bf16_autocast(config: RunConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast where it was asked for and runs (CUDA), else a context that does nothing."""
+    if config.bf16 and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class TrainingBatches:
+    """The training batches in the Batcher's epoch order, epoch after epoch; in a data-parallel run
+    each process takes its share of every batch (batches too small to share are skipped)."""
+
+    def __init__(self, batcher: Batcher, tensors: dict, batch_size: int, seed: int, world: DataParallel | None):
+        self.batcher, self.tensors, self.batch_size, self.world = batcher, tensors, batch_size, world
+        self.generator = torch.Generator().manual_seed(seed)
+        self._left: list[torch.Tensor] = []
+
+    def next(self, device: torch.device) -> tuple[dict, int, float]:
+        """(this process's batch, examples in the whole batch, the factor this process's loss takes)."""
+        if not self._left:
+            self._left = self.batcher.epoch(self.tensors, self.batch_size, self.generator)[::-1]
+            if self.world:
+                self._left = [b for b in self._left if self.world.usable(b)]
+        indices = self._left.pop()
+        global_examples = len(indices)
+        indices, loss_scale = self.world.share(indices) if self.world else (indices, 1.0)
+        return self.batcher.batch(self.tensors, indices, device), global_examples, loss_scale
+
+
+@dataclass
+class Tally:
+    """Running totals over the training steps (evaluation passes excluded) and the peak memory sample."""
+
+    real_tokens: int = 0
+    padded_positions: int = 0
+    examples: int = 0
+    step_seconds: float = 0.0
+    peak_sample: dict | None = None
+
+    def add(self, tokens: int, positions: int, examples: int, seconds: float, memory: dict | None, step: int):
+        self.real_tokens += tokens
+        self.padded_positions += positions
+        self.examples += examples
+        self.step_seconds += seconds
+        if memory and (self.peak_sample is None or memory["peak"] > self.peak_sample["peak"]):
+            self.peak_sample = dict(memory, step=step)
+
+    def throughput(self) -> dict:
+        seconds = self.step_seconds
+        return {
+            "examples_per_second": self.examples / seconds if seconds > 0 else None,
+            "tokens_per_second": self.real_tokens / seconds if seconds > 0 else None,
+            "padding_fraction": 1 - self.real_tokens / self.padded_positions if self.padded_positions else None,
+        }
+
+
+def check_finite(loss: torch.Tensor, step: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise LabError(f"the loss became {loss.item()} at step {step}; try a lower learning rate (now {lr:g})")
+
+
 def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks | None = None,
-          world: "DataParallel | None" = None) -> dict:
+          world: DataParallel | None = None) -> dict:
     """Train a stored run and record everything; returns the final metrics.
 
-    With `world` (a data-parallel run) every process calls this and trains on its share of every
-    batch; only the main process (rank 0) writes the store, evaluates and saves."""
+    Each step: schedule → forward/backward → clip → optimizer step → record, then evaluate every
+    `eval_every` steps (and at the last). With `world` (a data-parallel run) every process calls
+    this and trains on its share of every batch; only the main process (rank 0) writes the store,
+    evaluates and saves."""
     hooks = hooks or LoopHooks()
     config, method, device = prepared.config, prepared.method, prepared.device
     main = world is None or world.is_main
-    processes = world.world_size if world else 1
-    if config.processes != processes:
-        raise ConfigError(f"this run is set for {config.processes} processes but runs in {processes}; start it "
-                          f"with torchrun --nproc_per_node {config.processes} -m app train ...")
+    check_world_size(config, world)
     check_cancel = (lambda: world.check_cancel(hooks.check_cancel)) if world else hooks.check_cancel
     seed_everything(config.seed)
-    tokenizer = prepared.backbone.tokenizer
     check_cancel()
-    train_tensors = tokenize_split(tokenizer, prepared.dataset, "train", config.max_length)
-    val_tensors = tokenize_split(tokenizer, prepared.dataset, "validation", config.max_length)
-    test_tensors = tokenize_split(tokenizer, prepared.dataset, "test", config.max_length)
+    splits = {split: tokenize_split(prepared.backbone.tokenizer, prepared.dataset, split, config.max_length)
+              for split in ("train", "validation", "test")}
 
-    ctx = build_context(prepared, store, hooks)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = set_decoder_pooling(method.build(ctx), ctx.decoder_pooling)
-    model.to(device)
-    model.train()
+    model = build_model(prepared, build_context(prepared, store, hooks))
     named_trainable = select_trainable(method, model)
-    optimizer = adamw([p for _, p in named_trainable], lr=prepared.lr, weight_decay=config.weight_decay)
+    trainable = [p for _, p in named_trainable]
+    optimizer = adamw(trainable, lr=prepared.lr, weight_decay=config.weight_decay)
     warmup = int(round(config.steps * config.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, config.steps, warmup))
-    trainable, total = count_params(model)
     meter = MemoryMeter(model, optimizer, device)
-    use_bf16 = config.bf16 and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else None
-
-    generator = torch.Generator().manual_seed(config.seed)
-    draw_generator = torch.Generator().manual_seed(config.seed + 1)
-    state = TrainState(step=0, total_steps=config.steps, device=device, generator=draw_generator)
+    autocast = bf16_autocast(config, device)
+    state = TrainState(step=0, total_steps=config.steps, device=device,
+                       generator=torch.Generator().manual_seed(config.seed + 1))
     step_model = world.wrap_step(method, model, state) if world else None
     ranks = world.gather(world.describe()) if world else None
-
     if main:
-        store.merge_summary(
-            run_id,
-            trainable_params=trainable,
-            total_params=total,
-            lr=prepared.lr,
-            device=str(device),
-            bf16=use_bf16,
-            backbone=prepared.backbone.info(num_params=None).as_dict(),
-            dataset=prepared.dataset.summary(),
-            method_config=method.config.as_dict(),
-            memory_sampling={
-                "every": config.memory_every,
-                "note": "measured every step" if config.memory_every == 1
-                else f"measured every {config.memory_every} steps (and on the first and last)",
-                "method": "saved-tensor hooks + parameter, gradient and optimizer storages"
-                + (" + torch.cuda.max_memory_allocated" if device.type == "cuda" else "")
-                + ("; per process, the figures shown are rank 0's" if world else ""),
-            },
-            notes=prepared.notes,
-        )
-        if world:
-            store.merge_summary(run_id, data_parallel={"world_size": world.world_size, "backend": world.backend,
-                                                       "ranks": ranks})
+        record_setup(store, run_id, prepared, model, world, ranks)
 
     batcher = batcher_for(prepared)
-    telemetry_sample = batcher.batch(val_tensors, torch.arange(min(EVAL_TELEMETRY_SAMPLE, len(val_tensors["labels"]))),
-                                     device)
-
-    def run_eval(split_tensors, split):
-        return evaluate(method, model, split_tensors, batch_size=max(config.batch_size, 32), device=device,
-                        num_labels=prepared.dataset.num_labels, autocast=autocast, check_cancel=hooks.check_cancel,
-                        batcher=batcher)
-
-    def validation_pass():
-        metrics = run_eval(val_tensors, "validation")
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            telemetry = method.eval_telemetry(model, telemetry_sample, state)
-            model.train(was_training)
-        store.log_eval(run_id, state.step, "validation", metrics, telemetry)
-        method.after_eval(model, state, metrics)
-        if early_stop is not None:
-            early_stop.observe(model, state, metrics)
-        return metrics
-
-    early_stop = EarlyStopping(config.patience, named_trainable) if config.patience and main else None
-    method.on_train_start(model, state)
-    peak_sample: dict | None = None
-    real_tokens = padded_positions = examples_seen = 0
-    step_seconds_total = 0.0
-    started = time.perf_counter()
-    epoch_batches: list[torch.Tensor] = []
+    batches = TrainingBatches(batcher, splits["train"], config.batch_size, config.seed, world)
+    validation = Validation(prepared, model, splits["validation"], batcher, autocast, hooks.check_cancel,
+                            EarlyStopping(config.patience, named_trainable) if config.patience and main else None)
+    tally = Tally()
     last_val: dict | None = None
+    method.on_train_start(model, state)
+    started = time.perf_counter()
     for step in range(1, config.steps + 1):
         check_cancel()
-        if not epoch_batches:
-            epoch_batches = batcher.epoch(train_tensors, config.batch_size, generator)[::-1]
-            if world:
-                epoch_batches = [b for b in epoch_batches if world.usable(b)]
-        indices = epoch_batches.pop()
-        global_examples = len(indices)
-        indices, loss_scale = world.share(indices) if world else (indices, 1.0)
-        batch = batcher.batch(train_tensors, indices, device)
-        shape = list(batch["input_ids"].shape)
-        tokens, positions = batch_tokens(batch)
+        batch, global_examples, loss_scale = batches.next(device)
         state.step = step
         measure = config.memory_every == 1 or step == 1 or step == config.steps or step % config.memory_every == 0
 
         step_start = time.perf_counter()
         method.on_step_start(model, state)
-        with meter.forward(measure), (autocast() if autocast else _null()):
+        with meter.forward(measure), autocast():
             if step_model is not None:  # DDP averages the gradients while backward runs
                 scaled_loss, out = step_model(batch, loss_scale)
             else:
                 out: StepOutput = method.training_step(model, batch, state)
                 scaled_loss = out.loss
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise LabError(
-                f"the loss became {loss.item()} at step {step}; try a lower learning rate (now {prepared.lr:g})"
-            )
+        check_finite(out.loss, step, prepared.lr)
         scaled_loss.backward()
         gradient_bytes = meter.gradients_bytes() if measure else 0
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for _, p in named_trainable], config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        loss_value = float(loss.detach())
+
+        loss_value = float(out.loss.detach())
+        tokens, positions = batch_tokens(batch)
         if world:  # the global batch's mean loss and its token counts
-            loss_sum, tokens, positions = world.total([loss_value * len(indices), tokens, positions])
+            loss_sum, tokens, positions = world.total([loss_value * len(batch["labels"]), tokens, positions])
             loss_value, tokens, positions = loss_sum / global_examples, int(tokens), int(positions)
         step_seconds = time.perf_counter() - step_start
-        step_seconds_total += step_seconds
-        real_tokens += tokens
-        padded_positions += positions
-        examples_seen += global_examples
-
+        shape = list(batch["input_ids"].shape)
         memory = dict(meter.sample(gradient_bytes).as_dict(), batch_shape=shape) if measure else None
-        if memory and (peak_sample is None or memory["peak"] > peak_sample["peak"]):
-            peak_sample = dict(memory, step=step)
+        tally.add(tokens, positions, global_examples, step_seconds, memory, step)
         telemetry = method.step_telemetry(model, state)
-        data = {"step_seconds": step_seconds, "batch_shape": shape, "tokens": tokens,
-                "tokens_per_second": tokens / step_seconds if step_seconds > 0 else None}
-        if out.terms:
-            data["terms"] = out.terms
         if main:
-            store.log_step(
-                run_id, step,
-                elapsed=time.perf_counter() - started,
-                loss=loss_value,
-                lr=scheduler.get_last_lr()[0],
-                examples_per_second=global_examples / step_seconds if step_seconds > 0 else None,
-                memory=memory,
-                data=data,
-                telemetry=telemetry,
-                phase=state.phase,
-            )
+            data = {"step_seconds": step_seconds, "batch_shape": shape, "tokens": tokens,
+                    "tokens_per_second": tokens / step_seconds if step_seconds > 0 else None}
+            if out.terms:
+                data["terms"] = out.terms
+            store.log_step(run_id, step, elapsed=time.perf_counter() - started, loss=loss_value,
+                           lr=scheduler.get_last_lr()[0],
+                           examples_per_second=global_examples / step_seconds if step_seconds > 0 else None,
+                           memory=memory, data=data, telemetry=telemetry, phase=state.phase)
             if hooks.on_step:
                 hooks.on_step(step, config.steps, loss_value)
+
         if step % config.eval_every == 0 or step == config.steps:
             if main:
-                last_val = validation_pass()
+                last_val = validation.run(store, run_id, state)
             if world:  # rank 0 alone evaluated, so it alone may have asked to stop
                 state.stop_requested = world.any(state.stop_requested)
         if state.stop_requested:
             break
 
     method.on_train_end(model, state)
-    if early_stop is not None:
-        early_stop.restore_best(state)
+    if validation.early_stop is not None:
+        validation.early_stop.restore_best(state)
     train_seconds = time.perf_counter() - started
-    rank_peaks = world.gather(peak_summary(peak_sample)) if world else None
+    rank_peaks = world.gather(peak_summary(tally.peak_sample)) if world else None
     if not main:
         return {}
     if last_val is None or state.extra.get("restored_best"):
-        last_val = run_eval(val_tensors, "validation")
-    test = run_eval(test_tensors, "test")
+        last_val = validation.metrics()
+    test = validation.evaluate(splits["test"])
     store.log_eval(run_id, state.step, "test", test)
-    from .checkpoints import save_checkpoint
+    save_checkpoint(store, run_id, method, model, config, prepared.dataset.label_names)
+    metrics = final_metrics(config, state, last_val, test, train_seconds, tally)
+    record_end(store, run_id, method, model, state, metrics, validation.early_stop, world, ranks, rank_peaks)
+    return metrics
 
-    save_checkpoint(store, run_id, method, model, prepared)
+
+def check_world_size(config: RunConfig, world: DataParallel | None) -> None:
+    processes = world.world_size if world else 1
+    if config.processes != processes:
+        raise ConfigError(f"this run is set for {config.processes} processes but runs in {processes}; start it "
+                          f"with torchrun --nproc_per_node {config.processes} -m app train ...")
+
+
+class Validation:
+    """The validation pass: metrics, the method's telemetry on a fixed sample, the method's own
+    reaction (Theseus' phase 2) and early stopping."""
+
+    def __init__(self, prepared: PreparedRun, model, tensors: dict, batcher: Batcher, autocast,
+                 check_cancel: Callable[[], None], early_stop: EarlyStopping | None):
+        self.prepared, self.model, self.tensors, self.batcher = prepared, model, tensors, batcher
+        self.autocast, self.check_cancel, self.early_stop = autocast, check_cancel, early_stop
+        sample = torch.arange(min(EVAL_TELEMETRY_SAMPLE, len(tensors["labels"])))
+        self.telemetry_sample = batcher.batch(tensors, sample, prepared.device)
+
+    def evaluate(self, tensors: dict) -> dict:
+        config = self.prepared.config
+        return evaluate(self.prepared.method, self.model, tensors, batch_size=max(config.batch_size, 32),
+                        device=self.prepared.device, num_labels=self.prepared.dataset.num_labels,
+                        autocast=self.autocast, check_cancel=self.check_cancel, batcher=self.batcher)
+
+    def metrics(self) -> dict:
+        return self.evaluate(self.tensors)
+
+    def run(self, store: RunStore, run_id: str, state: TrainState) -> dict:
+        method, model = self.prepared.method, self.model
+        metrics = self.metrics()
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            telemetry = method.eval_telemetry(model, self.telemetry_sample, state)
+            model.train(was_training)
+        store.log_eval(run_id, state.step, "validation", metrics, telemetry)
+        method.after_eval(model, state, metrics)
+        if self.early_stop is not None:
+            self.early_stop.observe(model, state, metrics)
+        return metrics
+
+
+def record_setup(store: RunStore, run_id: str, prepared: PreparedRun, model, world: DataParallel | None,
+                 ranks: list | None) -> None:
+    """What the run trains, on what, and how its memory is measured: stored before the first step."""
+    config, device = prepared.config, prepared.device
+    store.merge_summary(
+        run_id,
+        trainable_params=count_parameters(model, trainable_only=True),
+        total_params=count_parameters(model),
+        lr=prepared.lr,
+        device=str(device),
+        bf16=config.bf16 and device.type == "cuda",
+        backbone=prepared.backbone.info().as_dict(),
+        dataset=prepared.dataset.summary(),
+        method_config=prepared.method.config.as_dict(),
+        memory_sampling={
+            "every": config.memory_every,
+            "note": "measured every step" if config.memory_every == 1
+            else f"measured every {config.memory_every} steps (and on the first and last)",
+            "method": "saved-tensor hooks + parameter, gradient and optimizer storages"
+            + (" + torch.cuda.max_memory_allocated" if device.type == "cuda" else "")
+            + ("; per process, the figures shown are rank 0's" if world else ""),
+        },
+        notes=prepared.notes,
+    )
+    if world:
+        store.merge_summary(run_id, data_parallel={"world_size": world.world_size, "backend": world.backend,
+                                                   "ranks": ranks})
+
+
+def final_metrics(config: RunConfig, state: TrainState, validation: dict, test: dict, train_seconds: float,
+                  tally: Tally) -> dict:
     metrics = {
-        "val_accuracy": last_val["accuracy"],
-        "val_macro_f1": last_val["macro_f1"],
-        "val_loss": last_val["loss"],
+        "val_accuracy": validation["accuracy"],
+        "val_macro_f1": validation["macro_f1"],
+        "val_loss": validation["loss"],
         "test_accuracy": test["accuracy"],
         "test_macro_f1": test["macro_f1"],
         "test_loss": test["loss"],
@@ -553,17 +473,22 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         "train_seconds": train_seconds,
         "steps_per_second": state.step / train_seconds if train_seconds > 0 else None,
         "padding": config.padding,
-        # Throughput over the training steps themselves (evaluation passes excluded).
-        "examples_per_second": examples_seen / step_seconds_total if step_seconds_total > 0 else None,
-        "tokens_per_second": real_tokens / step_seconds_total if step_seconds_total > 0 else None,
-        "padding_fraction": 1 - real_tokens / padded_positions if padded_positions else None,
+        **tally.throughput(),
         # throughput on a CPU depends on torch's intra-op threads (one per physical core by default)
         "torch_threads": torch.get_num_threads(),
-        **peak_summary(peak_sample),
+        **peak_summary(tally.peak_sample),
     }
-    if peak_sample:
-        metrics["peak_memory_shape"] = peak_sample["batch_shape"]
-        metrics["peak_memory_step"] = peak_sample["step"]
+    if tally.peak_sample:
+        metrics["peak_memory_shape"] = tally.peak_sample["batch_shape"]
+        metrics["peak_memory_step"] = tally.peak_sample["step"]
+    return metrics
+
+
+def record_end(store: RunStore, run_id: str, method: Method, model, state: TrainState, metrics: dict,
+               early_stop: EarlyStopping | None, world: DataParallel | None, ranks: list | None,
+               rank_peaks: list | None) -> None:
+    """The final metrics and what the run learnt about itself (every process's peak, early stopping,
+    the method's own summary)."""
     if world:
         metrics["processes"] = world.world_size
         metrics["rank_peak_memory_bytes"] = [peak["peak_memory_bytes"] for peak in rank_peaks]
@@ -576,7 +501,6 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     if extra_summary:
         store.merge_summary(run_id, method_summary=extra_summary)
     store.update_run(run_id, metrics=metrics)
-    return metrics
 
 
 def peak_summary(peak_sample: dict | None) -> dict:
@@ -587,62 +511,3 @@ def peak_summary(peak_sample: dict | None) -> dict:
             "memory_breakdown": {k: peak_sample[k] for k in ("weights", "gradients", "optimizer", "activations")},
             **({"cuda_max_allocated_bytes": peak_sample["cuda_max_allocated"]}
                if "cuda_max_allocated" in peak_sample else {})}
-
-
-OOM_ADVICE = "out of memory: try a smaller batch size or max length, or a method that stores fewer activations (lst)"
-
-
-def failure_message(exc: BaseException) -> str:
-    if isinstance(exc, LabError):
-        return str(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in str(exc).lower() or isinstance(exc, MemoryError)
-    )):
-        return f"{OOM_ADVICE} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, prepared: PreparedRun | None = None,
-                world: "DataParallel | None" = None) -> dict:
-    """Run a stored run to its end; never raises for a failed run, returns its final record.
-    In a data-parallel run, the main process calls this and the others `train` alone."""
-    hooks = hooks or LoopHooks()
-    reporter = None
-    try:
-        record = store.get_run(run_id)
-        if hooks.cancel.is_set():
-            store.set_status(run_id, "cancelled", error="cancelled before it started")
-            return store.get_run(run_id)
-        store.set_status(run_id, "running")
-        if prepared is None:
-            prepared = prepare_run(record["config"], store)
-        if prepared.config.report_to != "none":
-            from .reporting import open_reporter
-
-            reporter = open_reporter(store, run_id, prepared.config)
-        train(prepared, reporter.store if reporter else store, run_id, hooks, world)
-        store.set_status(run_id, "finished")
-    except RunCancelled as stop:
-        _final_status(store, run_id, stop.status, stop.reason, None)
-    except BaseException as exc:  # a run's failure must never take the process down
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            _final_status(store, run_id, "cancelled", "interrupted from the keyboard", None)
-            raise
-        reason = world.explain(exc) if world is not None else exc
-        _final_status(store, run_id, "failed", failure_message(reason), traceback.format_exc())
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    if reporter is not None:
-        reporter.close()  # final status, metrics and artifacts; bounded in time, never raises
-    try:
-        return store.get_run(run_id)
-    except Exception:  # the store itself may be what failed
-        return {"id": run_id, "status": "failed"}
-
-
-def _final_status(store: RunStore, run_id: str, status: str, error: str, tb: str | None) -> None:
-    try:
-        store.set_status(run_id, status, error=error, traceback=tb)
-    except Exception as exc:  # the store is unusable (disk full?): say so where someone can see it
-        print(f"[lab] could not record run {run_id} as {status}: {exc}; reason: {error}", file=sys.stderr)

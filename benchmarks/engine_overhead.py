@@ -28,7 +28,9 @@ import torch.nn.functional as F  # noqa: E402
 from app.config import RunConfig  # noqa: E402
 from app.data import tokenize_split  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import adamw, execute_run, linear_schedule, prepare_run, seed_everything  # noqa: E402
+from app.preparation import prepare_run  # noqa: E402
+from app.runner import execute_run  # noqa: E402
+from app.training import adamw, linear_schedule, seed_everything  # noqa: E402
 
 
 def engine_step_seconds(config: RunConfig, store: RunStore) -> float:

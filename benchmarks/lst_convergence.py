@@ -36,7 +36,9 @@ import torch  # noqa: E402
 
 from app.config import RunConfig  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import LoopHooks, execute_run, load_run_dataset, prepare_run  # noqa: E402
+from app.preparation import load_run_dataset, prepare_run  # noqa: E402
+from app.runner import execute_run  # noqa: E402
+from app.training import LoopHooks  # noqa: E402
 from recorded import recorded_settings  # noqa: E402
 
 FULL_FT = "full_ft"

@@ -25,7 +25,9 @@ import torch  # noqa: E402
 
 from app.cli import parse_sets  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import LoopHooks, execute_run, prepare_run  # noqa: E402
+from app.preparation import prepare_run  # noqa: E402
+from app.runner import execute_run  # noqa: E402
+from app.training import LoopHooks  # noqa: E402
 
 
 def summary(values: list[float]) -> dict:

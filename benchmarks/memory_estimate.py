@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from app.estimate import GiB, bert_config, estimate_memory  # noqa: E402
 from app.methods import METHODS  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import execute_run, prepare_run  # noqa: E402
+from app.preparation import prepare_run  # noqa: E402
+from app.runner import execute_run  # noqa: E402
 
 DEFAULT_SHAPES = "4x16,16x64,32x128"
 MiB = 1024**2

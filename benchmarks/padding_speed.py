@@ -37,7 +37,9 @@ import torch  # noqa: E402
 
 from app.config import RunConfig  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import execute_run, prepare_run, seed_everything  # noqa: E402
+from app.preparation import prepare_run  # noqa: E402
+from app.runner import execute_run  # noqa: E402
+from app.training import seed_everything  # noqa: E402
 from recorded import recorded_settings  # noqa: E402
 
 
@@ -90,7 +92,7 @@ def trainer_run(config: RunConfig, lab_order: bool = False) -> dict:
         trainer_class = Trainer
         if lab_order:  # exactly the lab's batches, in the lab's order: equal work at any step count
             from app.data import tokenize_split
-            from app.training import batcher_for
+            from app.preparation import batcher_for
 
             tensors = tokenize_split(tokenizer, prepared.dataset, "train", config.max_length)
             order = [int(i) for batch in batcher_for(prepared).epoch(
@@ -133,7 +135,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.epoch:
-        from app.training import load_run_dataset
+        from app.preparation import load_run_dataset
 
         train_size = len(load_run_dataset(RunConfig.from_dict(dict(
             backbone=args.backbone, dataset=args.dataset, seed=args.seed))).train)

@@ -49,7 +49,9 @@ import torch  # noqa: E402
 
 from app.methods import METHODS  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import LoopHooks, execute_run, prepare_run  # noqa: E402
+from app.preparation import prepare_run  # noqa: E402
+from app.runner import execute_run  # noqa: E402
+from app.training import LoopHooks  # noqa: E402
 from recorded import recorded_settings  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "peft_methods.json"
@@ -107,12 +109,12 @@ def inference_speedups(store: RunStore, results: dict, args) -> None:
     from app.checkpoints import load_run_model
     from app.compression.measure import latency_batch, paired_latency_ms
     from app.data import tokenize_split
-    from app.training import load_run_dataset
+    from app.preparation import load_run_dataset
 
     if "run_id" not in results.get(REFERENCE, {}):
         return
     reference = load_run_model(store, results[REFERENCE]["run_id"])
-    tensors = tokenize_split(reference.prepared.backbone.tokenizer, load_run_dataset(reference.prepared.config),
+    tensors = tokenize_split(reference.backbone.tokenizer, load_run_dataset(reference.config),
                              "test", args.max_length)
     batch = latency_batch(tensors, args.batch_size, Batcher("max"))
     reference_model = reference.method.inference_model(reference.model)

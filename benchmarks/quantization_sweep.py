@@ -38,7 +38,9 @@ INT8_ACCURACY_LOSS_TARGET = 0.015
 
 
 def train_predecessor(store: RunStore, args) -> str:
-    from app.training import LoopHooks, execute_run, prepare_run
+    from app.preparation import prepare_run
+    from app.runner import execute_run
+    from app.training import LoopHooks
 
     config = dict(backbone="minilm-l6", dataset="rotten-tomatoes", method="full_ft", steps=args.steps,
                   batch_size=32, max_length=64, eval_every=max(1, args.steps // 2), memory_every=50,
@@ -138,7 +140,7 @@ def main() -> int:
     # Paired latency: fp32, int8, bf16 (and fp16 when it is not far slower) take turns.
     from app.checkpoints import load_run_model
     from app.data import tokenize_split
-    from app.training import prepare_run
+    from app.preparation import prepare_run
 
     loaded = load_run_model(store, run_id, "cpu")
     fp32 = loaded.method.inference_model(loaded.model).eval()

@@ -39,7 +39,7 @@ from app.data import tokenize_split  # noqa: E402
 from app.manager import RunManager  # noqa: E402
 from app.pipelines import queue_recipe, theseus_recipe  # noqa: E402
 from app.store import RunStore  # noqa: E402
-from app.training import load_run_dataset  # noqa: E402
+from app.preparation import load_run_dataset  # noqa: E402
 from recorded import recorded_settings  # noqa: E402
 
 ROLES = ("predecessor", "theseus linear", "theseus constant", "truncate", "distill")
@@ -60,8 +60,8 @@ def seed_recipe(args, seed: int, steps: int, eval_every: int) -> dict[str, dict]
 
 def inference_speedups(store: RunStore, ids: dict[str, str], args, repeats: int = 15) -> dict[str, float]:
     predecessor = load_run_model(store, ids["predecessor"])
-    dataset = load_run_dataset(predecessor.prepared.config)
-    tensors = tokenize_split(predecessor.prepared.backbone.tokenizer, dataset, "test", args.max_length)
+    dataset = load_run_dataset(predecessor.config)
+    tensors = tokenize_split(predecessor.backbone.tokenizer, dataset, "test", args.max_length)
     batch = latency_batch(tensors, 32, Batcher("max"))
     reference = predecessor.method.inference_model(predecessor.model)
     speedups = {}

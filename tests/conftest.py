@@ -49,7 +49,8 @@ def tiny_config(**overrides) -> dict:
 
 def train_now(store, **overrides) -> dict:
     """Store a tiny run and train it in this thread; returns its final record."""
-    from app.training import execute_run, prepare_run
+    from app.preparation import prepare_run
+    from app.runner import execute_run
 
     config = tiny_config(**overrides)
     prepared = prepare_run(config, store)

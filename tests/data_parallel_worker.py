@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 def train_each(runs_dir: str, configs_path: str) -> int:
     from app.config import RunConfig
-    from app.distributed import DataParallel, prepare_on_every_rank, train_on_this_rank
+    from app.distributed import DataParallel
+    from app.runner import prepare_on_every_rank, train_on_this_rank
     from app.store import RunStore
     from app.training import LoopHooks
 

@@ -117,7 +117,7 @@ def test_a_trained_model_predicts_the_same_with_either_padding(tmp_path):
     record = train_now(store, method="full_ft", steps=8, max_length=48)
     loaded = load_run_model(store, record["id"])
     data = load_dataset("sms-spam", max_train_examples=256, max_eval_examples=64)
-    tensors = tokenize_split(loaded.prepared.backbone.tokenizer, data, "test", 48)
+    tensors = tokenize_split(loaded.backbone.tokenizer, data, "test", 48)
     scores = {}
     logits = {}
     for padding in ("max", "dynamic"):

@@ -135,7 +135,7 @@ def test_decoder_pooling_mean_is_a_run_setting_kept_through_checkpoint_and_expor
     from app.errors import ConfigError
     from app.export import export_run, load_exported
     from app.pooling import load_classifier
-    from app.training import prepare_run
+    from app.preparation import prepare_run
     from conftest import tiny_config
 
     record = train_now(decoder_store, backbone="tiny-random-llama", decoder_pooling="mean", steps=3)

@@ -193,7 +193,7 @@ def test_wider_student_with_other_head_count_gets_a_projection(session_store, fi
 
 def test_teacher_with_other_classes_is_refused(session_store, finished_full_ft, tmp_path):
     from app.export import export_run
-    from app.training import prepare_run
+    from app.preparation import prepare_run
 
     with pytest.raises(ConfigError, match="trained on classes"):
         prepare_run(tiny_config(method="distill", dataset="trec-6",
@@ -214,7 +214,7 @@ def test_teacher_with_other_classes_is_refused(session_store, finished_full_ft, 
 
 
 def test_settings_that_cannot_work_are_refused(session_store, finished_full_ft):
-    from app.training import prepare_run
+    from app.preparation import prepare_run
 
     with pytest.raises(ConfigError, match="distill needs a teacher"):
         prepare_run(tiny_config(method="distill"), session_store)

@@ -254,7 +254,7 @@ def test_checkpoint_reloads_to_the_same_predictions(store):
     record = train_now(store)
     loaded = load_run_model(store, record["id"])
     data = load_dataset("sms-spam", max_train_examples=256, max_eval_examples=64)
-    tensors = tokenize_split(loaded.prepared.backbone.tokenizer, data, "test", 32)
+    tensors = tokenize_split(loaded.backbone.tokenizer, data, "test", 32)
     metrics = evaluate(loaded.method, loaded.model, tensors, batch_size=32, device=torch.device("cpu"), num_labels=2)
     assert metrics["accuracy"] == pytest.approx(record["metrics"]["test_accuracy"])
     assert metrics["loss"] == pytest.approx(record["metrics"]["test_loss"], rel=1e-5)
@@ -404,7 +404,7 @@ def test_patience_stops_early_and_keeps_the_best_validation_weights(store):
 
 def test_patience_is_refused_for_a_method_that_stops_early_itself(store):
     from app.errors import ConfigError
-    from app.training import prepare_run
+    from app.preparation import prepare_run
 
     with pytest.raises(ConfigError, match="stops early on its own"):
         prepare_run(tiny_config(method="theseus", patience=2, method_config={"predecessor": "new"}), store)

@@ -212,7 +212,7 @@ def test_side_network_widths_follow_the_reduction_factor():
 
 
 def test_reduction_factor_that_does_not_divide_is_refused(store):
-    from app.training import prepare_run
+    from app.preparation import prepare_run
     from conftest import tiny_config
 
     with pytest.raises(ConfigError, match="reduction_factor 3 does not divide"):
@@ -311,7 +311,7 @@ def test_bad_layer_settings_are_refused(settings, message):
 
 
 def test_layer_index_beyond_the_backbone_is_refused_before_the_run(store):
-    from app.training import prepare_run
+    from app.preparation import prepare_run
     from conftest import tiny_config
 
     config = tiny_config(method="lst", method_config={"layer_dropping": "list", "layer_indices": [1, 4]})

@@ -231,7 +231,7 @@ def test_lora_update_telemetry_is_the_frobenius_norm_of_the_scaled_update():
 
 @pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning"])
 def test_virtual_tokens_must_fit_the_backbone_positions(name):
-    from app.training import prepare_run
+    from app.preparation import prepare_run
     from conftest import tiny_config
 
     limit = _backbone().max_length  # 128 for the tiny backbone

@@ -83,7 +83,8 @@ def test_full_disk_while_writing_fails_the_run_cleanly(store, monkeypatch):
         return conn
 
     monkeypatch.setattr(RunStore, "_conn", limited_conn)
-    from app.training import execute_run, prepare_run
+    from app.preparation import prepare_run
+    from app.runner import execute_run
 
     prepared = prepare_run(tiny_config(steps=400, eval_every=400), store)
     run_id = store.create_run(prepared.config.as_dict())
@@ -103,7 +104,8 @@ def test_full_disk_while_writing_fails_the_run_cleanly(store, monkeypatch):
 
 def test_busy_store_fails_the_run_cleanly(runs_dir):
     from app.store import RunStore
-    from app.training import execute_run, prepare_run
+    from app.preparation import prepare_run
+    from app.runner import execute_run
 
     store = RunStore(runs_dir, busy_timeout=0.5)
     earlier = train_now(store)

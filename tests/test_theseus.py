@@ -256,7 +256,7 @@ def test_checkpoint_restores_the_successor_exactly(session_store, theseus_run):
 
     loaded = load_run_model(session_store, theseus_run["id"])
     data = load_dataset("sms-spam", max_train_examples=256, max_eval_examples=64)
-    tensors = tokenize_split(loaded.prepared.backbone.tokenizer, data, "validation", 32)
+    tensors = tokenize_split(loaded.backbone.tokenizer, data, "validation", 32)
     metrics = evaluate(loaded.method, loaded.model, tensors, batch_size=32, device=torch.device("cpu"),
                        num_labels=2)
     assert metrics["accuracy"] == theseus_run["metrics"]["val_accuracy"]
@@ -297,7 +297,7 @@ def test_a_model_folder_works_as_predecessor(session_store, finished_full_ft, tm
 
 def test_layer_count_that_does_not_divide_is_refused(session_store, finished_full_ft, tmp_path):
     from app.export import export_run
-    from app.training import prepare_run
+    from app.preparation import prepare_run
 
     with pytest.raises(ConfigError, match=r"backbone 'tiny-random' has 4 layers, which do not split into 3 "
                                           r"equal modules; choose layers from \[1, 2, 4\]"):
@@ -310,7 +310,7 @@ def test_layer_count_that_does_not_divide_is_refused(session_store, finished_ful
 
 
 def test_missing_predecessor_is_refused(session_store):
-    from app.training import prepare_run
+    from app.preparation import prepare_run
 
     with pytest.raises(ConfigError, match="theseus needs a predecessor"):
         prepare_run(tiny_config(method="theseus"), session_store)
@@ -318,7 +318,7 @@ def test_missing_predecessor_is_refused(session_store):
 
 def test_predecessor_with_other_classes_is_refused(session_store, finished_full_ft, tmp_path):
     from app.export import export_run
-    from app.training import prepare_run
+    from app.preparation import prepare_run
 
     with pytest.raises(ConfigError, match="trained on classes"):
         prepare_run(tiny_config(method="theseus", dataset="trec-6",

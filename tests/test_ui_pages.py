@@ -496,7 +496,8 @@ def test_run_page_draws_the_runs_recorded_curves(ui_runs, monkeypatch):
 
 def test_run_page_shows_a_failed_runs_reason_and_traceback(tmp_path, monkeypatch):
     from app.store import RunStore
-    from app.training import execute_run, prepare_run
+    from app.preparation import prepare_run
+    from app.runner import execute_run
 
     store = RunStore(tmp_path / "runs")
     data = tmp_path / "reviews.csv"

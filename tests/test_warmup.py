@@ -5,7 +5,7 @@ from __future__ import annotations
 from app import data, warmup
 from app.backbones import get_backbone
 from app.config import RunConfig
-from app.training import load_run_dataset
+from app.preparation import load_run_dataset
 from conftest import tiny_config
 
 
