@@ -8,6 +8,7 @@ run:
 # Install everything (test tools and chromium included), then run the whole test suite
 test:
 	scripts/setup.sh --test
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest
 
 setup:
