@@ -79,19 +79,20 @@ def lesson_launcher() -> LessonChoice:
     return choice
 
 
-def lesson_for_page(name: str, run_ids: list[str]) -> dict | None:
-    """The lesson `name` named in the link (`?lesson=ID`), else the newest such lesson one of these
-    runs belongs to."""
+def lesson_for_page(page_name: str, run_ids: list[str]) -> dict | None:
+    """The lesson named in the link (`?lesson=ID`) when this page shows it, else the newest lesson
+    shown on this page that one of these runs belongs to."""
     store = get_store()
+    shown_here = [name for name, lesson in LESSONS.items() if lesson.page == page_name]
     wanted = st.query_params.get("lesson")
     if wanted:
         record = lesson_record(store, wanted)
-        if record is not None and record["lesson"] == name:
+        if record is not None and record["lesson"] in shown_here:
             return record
     for run_id in run_ids:
-        record = lesson_of_run(store, run_id, name)
-        if record is not None:
-            return record
+        records = [r for name in shown_here if (r := lesson_of_run(store, run_id, name)) is not None]
+        if records:
+            return max(records, key=lambda r: r["created_at"])
     return None
 
 

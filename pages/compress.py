@@ -15,7 +15,7 @@ from components.pickers import pick_run
 st.title("Compress")
 st.caption("Shrink a finished run's model directly — pruning and quantization — and see what it costs in accuracy.")
 runs = list_runs(status="finished")
-lesson = lesson_for_page("shrink", [])
+lesson = lesson_for_page("compress", [])
 if lesson and lesson["runs"]["model"] not in {r["id"] for r in runs}:
     runs = [get_store().get_run(lesson["runs"]["model"]), *runs]  # the lesson's model, still training
 if not runs:
@@ -24,7 +24,7 @@ if not runs:
     st.stop()
 
 record = pick_run(runs, label="Finished run", preferred=featured_runs(get_store(), "shrink") or featured_runs(get_store()))
-show_lesson(lesson if lesson and lesson["runs"]["model"] == record["id"] else lesson_for_page("shrink", [record["id"]]))
+show_lesson(lesson if lesson and lesson["runs"]["model"] == record["id"] else lesson_for_page("compress", [record["id"]]))
 board = get_job_board()
 live(render_sweep, record["id"], active=any(j.active for j in board.jobs(run_id=record["id"], kind=JOB_KIND)))
 

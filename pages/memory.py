@@ -19,7 +19,7 @@ if not runs:
     st.stop()
 
 chosen = pick_runs(runs, label="Runs to compare", default=latest_per_method(runs))
-show_lesson(lesson_for_page("lst-memory", [r["id"] for r in chosen]))
+show_lesson(lesson_for_page("memory", [r["id"] for r in chosen]))
 if not chosen:
     st.info("Pick one or more runs above.")
     st.stop()
