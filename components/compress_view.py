@@ -26,15 +26,12 @@ def start_sweep(store, board, run_id: str, plan: dict):
     )
 
 
-def start_lesson_sweep(store, board, run_id: str, preset: str):
-    """The shrink lesson's sweep: waits for its model run when that is still training, then sweeps."""
+def start_lesson_sweep(store, board, run_id: str, plan: dict, lesson_name: str):
+    """A lesson's sweep: waits for its run when that is still training, then sweeps."""
     import time
 
     from app.compression import compress_run
-    from app.lessons import shrink_plan
     from app.store import ACTIVE_STATUSES
-
-    plan = shrink_plan(preset)
 
     def work(job):
         while (record := store.get_run(run_id))["status"] in ACTIVE_STATUSES:
@@ -45,7 +42,7 @@ def start_lesson_sweep(store, board, run_id: str, preset: str):
             raise LabError(f"run '{run_id}' ended {record['status']}: nothing to compress")
         return compress_run(store, run_id, plan, progress=job.report, cancel=job.cancel_event)
 
-    return board.start(JOB_KIND, run_id, f"shrink lesson: compression sweep of {run_id}", work)
+    return board.start(JOB_KIND, run_id, f"{lesson_name} lesson: compression sweep of {run_id}", work)
 
 
 def render_sweep(run_id: str) -> bool:

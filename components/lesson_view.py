@@ -153,12 +153,13 @@ def again_button(record: dict, key: str) -> None:
 def start_lesson(manager, name: str, *, seed: int, preset: str | None, given: dict | None = None):
     """Queue a lesson; a lesson with a sweep also starts it (after its run when that still trains)."""
     launch = submit_lesson(manager, name, seed=seed, preset=preset, given=given)
-    sweep_role = get_lesson(name).sweep_role
-    if sweep_role:
+    lesson = get_lesson(name)
+    if lesson.sweep_role:
         from components.common import get_job_board
         from components.compress_view import start_lesson_sweep
 
-        start_lesson_sweep(manager.store, get_job_board(), launch.runs[sweep_role], launch.preset)
+        start_lesson_sweep(manager.store, get_job_board(), launch.runs[lesson.sweep_role],
+                           lesson.sweep_plan(launch.preset), name)
     return launch
 
 

@@ -116,6 +116,10 @@ class Lesson:
             raise ConfigError(f"lesson '{self.name}' has no preset '{chosen}'; its presets: {', '.join(self.presets)}")
         return chosen, self.presets[chosen]
 
+    def sweep_plan(self, preset: str | None) -> dict:
+        """The compression plan the sweep runs on this preset (the machine's by default)."""
+        return dict(self.preset(preset)[1].plan)
+
     def page_query(self, lesson_id: str, runs: dict) -> dict:
         """The query parameters that open this lesson's page on a launch's runs (role -> run id)."""
         roles = self.page_roles or tuple(runs)

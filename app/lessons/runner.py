@@ -206,7 +206,7 @@ def run_lesson(manager, name: str, *, seed: int = 0, preset: str | None = None, 
     if lesson.sweep_role and states[lesson.sweep_role]["status"] == "finished":
         from ..compression import compress_run  # loads torch: only when a sweep runs
 
-        compress_run(manager.store, launch.runs[lesson.sweep_role], dict(lesson.preset(launch.preset)[1].plan),
+        compress_run(manager.store, launch.runs[lesson.sweep_role], lesson.sweep_plan(launch.preset),
                      progress=(lambda done, total, message: on_progress(f"sweep {done}/{total}: {message}"))
                      if on_progress else None)
     findings = lesson_findings(manager.store, record)

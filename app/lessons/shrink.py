@@ -97,4 +97,4 @@ LESSON = Lesson(
 
 def shrink_plan(preset: str | None = None) -> dict:
     """The compression plan of a preset (the machine's by default): what the lesson's sweep runs."""
-    return dict(LESSON.preset(preset)[1].plan)
+    return LESSON.sweep_plan(preset)
