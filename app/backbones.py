@@ -23,6 +23,7 @@ from . import mpnet_package, smollm2_package
 from .errors import BackboneError
 from .families import family_for
 from .locations import HUB_HOST, cache_dir, hub_reachable, package_file
+from .memory import count_parameters
 from .pooling import LAST, MEAN, pretrained_pooling, use_mean_pooling, use_token_pooling
 
 # transformers imports its modules lazily, and two threads importing the same part of it at once can
@@ -451,19 +452,18 @@ class ConfigBackbone(Backbone):
         return build_from_config(auto_class, self.config, **kwargs)
 
 
-def count_parameters(config) -> int:
-    """Parameter count of the bare encoder, without allocating its weights."""
+def count_config_parameters(config) -> int:
+    """Parameter count of the bare model a config describes, without allocating its weights."""
     import torch
     from transformers import AutoModel
 
     with torch.device("meta"):
-        model = AutoModel.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+        return count_parameters(AutoModel.from_config(config))
 
 
 @functools.lru_cache(maxsize=32)
 def _cached_parameter_count(source: str) -> int:
-    return count_parameters(_load_config(source))
+    return count_config_parameters(_load_config(source))
 
 
 @functools.lru_cache(maxsize=32)

@@ -574,6 +574,7 @@ def _add_sweep_flags(compress: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import DEFAULT_BACKBONE
+    from .config import RunConfig
     from .lessons import LESSONS, lessons_with_given_role
 
     common = argparse.ArgumentParser(add_help=False)
@@ -600,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="predict a run's training memory before launching it (no step is computed)")
     estimate.add_argument("--backbone", default=DEFAULT_BACKBONE,
                           help="registry name, model folder, hub id, or a config .json (no weights needed)")
-    estimate.add_argument("--method", default="full_ft")
+    estimate.add_argument("--method", default=RunConfig.method, help=f"training method (default {RunConfig.method})")
     estimate.add_argument("--batch-size", type=int, required=True)
     estimate.add_argument("--max-length", type=int, required=True,
                           help="the estimate is for a full batch of this length (the worst case of dynamic padding)")

@@ -312,9 +312,3 @@ def available_memory(device: str | torch.device = "cpu") -> tuple[int | None, st
     except OSError:
         pass
     return None, "unknown"
-
-
-def required_on(device: str | torch.device, estimate: MemoryEstimate) -> int:
-    """What the run needs on that device: the CUDA allowance on a GPU, the tensors alone on a CPU."""
-    device = torch.device(device) if not isinstance(device, torch.device) else device
-    return estimate.cuda_requirement_bytes if device.type == "cuda" else estimate.predicted_peak_bytes

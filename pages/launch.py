@@ -1,5 +1,6 @@
 import streamlit as st
 
+from app.config import RunConfig
 from app.errors import LabError
 from app.methods import describe_methods
 from app.store import ACTIVE_STATUSES
@@ -57,7 +58,7 @@ with st.container(border=True):
 with st.container(border=True):
     st.subheader("Method")
     if st.session_state.get("launch.method") not in methods:
-        st.session_state["launch.method"] = "full_ft" if "full_ft" in methods else next(iter(methods))
+        st.session_state["launch.method"] = RunConfig.method if RunConfig.method in methods else next(iter(methods))
     supported = set(info["methods"]) if info else set(methods)
     method_name = st.selectbox(
         "Method", list(methods), key="launch.method",
