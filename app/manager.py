@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import os
 import queue
-import re
 import signal
 import subprocess
 import threading
@@ -24,11 +23,11 @@ from .config import RunConfig
 from .distributed import CANCEL_REQUEST, launch_command, launch_environment
 from .errors import ConfigError, LabError
 from .preparation import PreparedRun, prepare_run
+from .run_refs import resolve_role_refs
 from .runner import execute_run
 from .store import ACTIVE_STATUSES, RunStore, new_run_id
 from .training import LoopHooks
 
-CHAIN_REF = re.compile(r"^@chain:(\d+)$")
 DEFAULT_RUNS_DIR = "runs"
 # How long processes asked to stop get to record it before they are ended by signal.
 STOP_GRACE_S = 30.0
@@ -63,33 +62,30 @@ class RunManager:
     # -- submitting ---------------------------------------------------------------------------
     def submit(self, config: RunConfig | dict) -> str:
         """Check a run's configuration, store it as queued and enqueue it; returns its id."""
-        return self.submit_chain([config])[0]
+        return self.submit_chain({"run": config})["run"]
 
-    def submit_chain(self, configs: list[RunConfig | dict]) -> list[str]:
-        """Queue runs that execute in order; a method setting '@chain:N' names run N of the chain."""
-        if not configs:
+    def submit_chain(self, recipe: dict[str, RunConfig | dict]) -> dict[str, str]:
+        """Queue runs by role that execute in order; a method setting "@role:NAME" names the run of
+        an earlier role of the chain. Every run is checked before any is stored; returns the ids by role."""
+        if not recipe:
             raise ConfigError("nothing to run")
-        ids = [new_run_id() for _ in configs]
+        ids = {role: new_run_id() for role in recipe}
+        roles = list(recipe)
         prepared_runs = []
-        for position, config in enumerate(configs):
+        for position, (role, config) in enumerate(recipe.items()):
             values = config.as_dict() if isinstance(config, RunConfig) else dict(config)
-            method_config = dict(values.get("method_config") or {})
-            for key, value in method_config.items():
-                match = CHAIN_REF.match(str(value))
-                if match:
-                    index = int(match.group(1))
-                    if index >= position:
-                        raise ConfigError(f"run {position} of the chain refers to run {index}, which is not before it")
-                    method_config[key] = ids[index]
-            values["method_config"] = method_config
-            prepared_runs.append(prepare_run(values, self.store, pending_ids=set(ids[:position])))  # raises before storing
-        chain_id = ids[0] if len(ids) > 1 else None
-        for run_id, prepared in zip(ids, prepared_runs):
+            earlier = {r: ids[r] for r in roles[:position]}
+            values["method_config"], _ = resolve_role_refs(dict(values.get("method_config") or {}), earlier, [],
+                                                           whose=f"run '{role}' of the chain")
+            prepared_runs.append(prepare_run(values, self.store, pending_ids=set(earlier.values())))  # raises before storing
+        chain_id = ids[roles[0]] if len(roles) > 1 else None
+        for role, prepared in zip(roles, prepared_runs):
+            run_id = ids[role]
             self.store.create_run(prepared.config.as_dict(), run_id=run_id, chain_id=chain_id)
             with self._lock:
                 self._cancel[run_id] = threading.Event()
                 self._prepared[run_id] = prepared  # the worker trains it as checked here: no second preparation
-        self._queue.put(_QueueItem(ids))
+        self._queue.put(_QueueItem([ids[role] for role in roles]))
         return ids
 
     # -- control ------------------------------------------------------------------------------
@@ -120,8 +116,6 @@ class RunManager:
 
     def wait(self, run_id: str, timeout: float | None = None) -> dict:
         """Block until a run reaches a final state (for tests and scripts)."""
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             record = self.store.get_run(run_id)

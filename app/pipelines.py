@@ -15,56 +15,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from .errors import ConfigError
+from .run_refs import resolve_role_refs, role_ref
 
 if TYPE_CHECKING:  # the recipes are plain data: importing them (lessons, the CLI's listing) loads no torch
     from .config import RunConfig
 
-ROLE_REF = "@role:"
 # What a user types for a reference setting to have that run made first (the command line's shorthand).
 NEW_RUN = "new"
 RUN_ONLY_FIELDS = ("method", "method_config")
 
 
-def role_ref(role: str) -> str:
-    """The setting value that names the run `role` of the same recipe."""
-    return ROLE_REF + role
-
-
-def referenced_role(value) -> str | None:
-    """The role a setting value names ("@role:NAME"), or None for any other value."""
-    if isinstance(value, str) and value.startswith(ROLE_REF):
-        return value[len(ROLE_REF):]
-    return None
-
-
 def asks_for_new_run(value) -> bool:
     return str(value or "").strip().lower() == NEW_RUN
-
-
-def _chain_position(index: int) -> str:
-    # How RunManager.submit_chain lets a run name an earlier run of the chain it is given, whose
-    # id does not exist yet; recipes never write this, they name roles.
-    return f"@chain:{index}"
-
-
-def resolve_role_refs(settings: dict, run_ids: dict[str, str], queued: list[str], *,
-                      whose: str) -> tuple[dict, bool]:
-    """`settings` with every "@role:NAME" replaced: by NAME's run id when that run exists (given
-    or reused), else by NAME's place in the chain being queued when it is queued before this run.
-    Also returns whether any setting names a run still to be queued."""
-    resolved, pending = dict(settings), False
-    for key, value in settings.items():
-        role = referenced_role(value)
-        if role is None:
-            continue
-        if role in run_ids:
-            resolved[key] = run_ids[role]
-        elif role in queued:
-            resolved[key] = _chain_position(queued.index(role))
-            pending = True
-        else:
-            raise ConfigError(f"{whose} names '{role}', which is not before it")
-    return resolved, pending
 
 
 @dataclass
@@ -80,11 +42,10 @@ def queue_recipe(manager, recipe: dict[str, dict], *, given: dict[str, str] | No
     one (asked only of a run whose references all name existing runs). Every check runs before
     anything is queued."""
     run_ids = dict(given or {})
-    chain: list[dict] = []
-    chain_roles: list[str] = []
+    chain: dict[str, dict] = {}
     reused: list[str] = []
     for role, config in recipe.items():
-        settings, pending = resolve_role_refs(config.get("method_config") or {}, run_ids, chain_roles,
+        settings, pending = resolve_role_refs(config.get("method_config") or {}, run_ids, list(chain),
                                               whose=f"{name}: role '{role}'")
         config = dict(config, method_config=settings)
         existing = None if pending or reuse is None else reuse(config)
@@ -92,10 +53,9 @@ def queue_recipe(manager, recipe: dict[str, dict], *, given: dict[str, str] | No
             run_ids[role] = existing
             reused.append(role)
         else:
-            chain.append(config)
-            chain_roles.append(role)
+            chain[role] = config
     if chain:
-        run_ids.update(zip(chain_roles, manager.submit_chain(chain)))
+        run_ids.update(manager.submit_chain(chain))
     return QueuedRecipe(run_ids, reused)
 
 

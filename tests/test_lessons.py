@@ -17,7 +17,7 @@ from app.lessons import (
     LESSONS, Check, LessonRuns, check_lst_memory, check_shrink, check_theseus, get_lesson, lesson_findings,
     role_configs, submit_lesson,
 )
-from app.pipelines import referenced_role, resolve_role_refs, role_ref
+from app.run_refs import referenced_role, resolve_role_refs, role_ref
 
 CONTRACT = {"lesson", "preset", "seed", "runs", "wall_seconds", "findings", "demonstrated", "reason"}
 
@@ -234,7 +234,7 @@ def test_role_references_resolve_to_known_runs_or_earlier_places_in_the_chain():
     resolved, pending = resolve_role_refs(settings, {"predecessor": "20260101-000000-abcdef"}, [], whose="x")
     assert resolved == {"predecessor": "20260101-000000-abcdef", "layers": 2} and not pending
     resolved, pending = resolve_role_refs(settings, {}, ["other", "predecessor"], whose="x")
-    assert pending and resolved["predecessor"] == "@chain:1"
+    assert pending and resolved["predecessor"] == role_ref("predecessor")  # the manager fills in the id
     with pytest.raises(ConfigError, match="lesson 'y': role 'theseus' names 'predecessor', which is not before it"):
         resolve_role_refs(settings, {}, [], whose="lesson 'y': role 'theseus'")
     assert referenced_role("20260101-000000-abcdef") is None and referenced_role(7) is None

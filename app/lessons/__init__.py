@@ -10,13 +10,24 @@ the lesson panels and the CLI (`lessons`, `lesson NAME`) loop over it. `runner` 
 nothing twice) and reads it back, saying plainly when a run came out against the paper.
 """
 
-from ..pipelines import ROLE_REF
+from ..run_refs import ROLE_REF
 from .base import Check, Findings, Lesson, LessonRuns, Preset, Role, default_preset_name
 from .lst_memory import check_lst_memory
 from .registry import LESSONS, describe_lessons, get_lesson, lessons_with_given_role
 from .runner import (
-    RECORD_KIND, LessonLaunch, featured_runs, find_identical_run, latest_lesson, lesson_findings, lesson_of_run,
-    lesson_record, role_configs, run_lesson, submit_lesson, sweep_points, wall_seconds,
+    RECORD_KIND,
+    LessonLaunch,
+    featured_runs,
+    find_identical_run,
+    latest_lesson,
+    lesson_findings,
+    lesson_of_run,
+    lesson_record,
+    role_configs,
+    run_lesson,
+    submit_lesson,
+    sweep_points,
+    wall_seconds,
 )
 from .shrink import check_shrink, shrink_plan
 from .theseus import check_theseus

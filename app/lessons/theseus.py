@@ -3,7 +3,7 @@ layers, and the truncation baseline with the same layers, steps and data; shown 
 
 from __future__ import annotations
 
-from ..pipelines import role_ref
+from ..run_refs import role_ref
 from .base import TINY_HELP, TINY_RUN, Check, Findings, Lesson, LessonRuns, Preset, Role, percent_text, points_text
 
 
