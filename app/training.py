@@ -280,8 +280,8 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
           world: DataParallel | None = None) -> dict:
     """Train a stored run and record everything; returns the final metrics.
 
-    Each step: schedule → forward/backward → clip → optimizer step → record, then evaluate every
-    `eval_every` steps (and at the last). With `world` (a data-parallel run) every process calls
+    Each step: next batch → forward/backward → clip → optimizer and learning-rate step → record,
+    then a validation pass every `eval_every` steps (and at the last). With `world` (a data-parallel run) every process calls
     this and trains on its share of every batch; only the main process (rank 0) writes the store,
     evaluates and saves."""
     hooks = hooks or LoopHooks()
