@@ -3,18 +3,25 @@
 The run manager and the job board are `st.cache_resource` singletons keyed by the runs folder:
 runs and compression sweeps belong to them (and to the store), never to a browser session, so
 they keep going across page switches, reloads and second tabs.
+
+Importing this module stays light (no torch, no transformers): the entry script and Home import
+it, and a fresh server must draw Home before anything heavy runs. The run manager and the
+warm-up start in the background once the first page has drawn (`start_after_first_draw`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import os
+import threading
 from pathlib import Path
 
 import streamlit as st
 
-from app.manager import default_runs_dir, get_manager
-from app.warmup import start_warm_up
-from app.store import ACTIVE_STATUSES
+from app.store import ACTIVE_STATUSES, RunStore
+
+log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MIB = 1024 * 1024
@@ -29,16 +36,54 @@ STATUS_ICONS = {
     "interrupted": ":material/warning:",
 }
 
+# Runs folders whose manager exists, and those whose background start has begun.
+_managers: dict[str, object] = {}
+_started: set[str] = set()
+_start_lock = threading.Lock()
+
 
 def runs_dir() -> str:
-    return str(default_runs_dir().expanduser().resolve())
+    # app.manager.default_runs_dir says the same (a test holds them together); importing it here
+    # would import torch and transformers with app.manager, 3.4 s on two cores, before any page draws
+    return str(Path(os.environ.get("LAB_RUNS_DIR") or "runs").expanduser().resolve())
+
+
+def _build_manager(path: str):
+    # imported here: app.manager imports torch and transformers, 3.4 s on two cores, and a fresh
+    # server's first page must draw first
+    from app.manager import get_manager
+    from app.warmup import start_warm_up
+
+    # the app's first run would otherwise pay the imports and tokenization before its first step
+    start_warm_up()
+    manager = get_manager(path)
+    _managers[path] = manager
+    return manager
 
 
 @st.cache_resource(show_spinner=False)
 def _manager(path: str):
-    # the app's first run would otherwise pay the imports and tokenization before its first step
-    start_warm_up()
-    return get_manager(path)
+    return _build_manager(path)
+
+
+def start_after_first_draw() -> None:
+    """Build the run manager (which marks runs a stopped process left behind) and start the warm-up
+    in a background thread, once per runs folder. The entry script calls this after the page has
+    drawn, so nothing heavy delays a fresh server's first page; a page that needs the manager
+    sooner builds it itself (`get_manager_for_app`), and both get the same one."""
+    path = runs_dir()
+    with _start_lock:
+        if path in _started:
+            return
+        _started.add(path)
+
+    def work() -> None:
+        try:
+            _build_manager(path)
+        except Exception as exc:  # noqa: BLE001 - the page that needs the manager reports it
+            log.warning("run manager for %s not started in the background: %s", path, exc)
+
+    threading.Thread(target=work, name="lab-start-up", daemon=True).start()
 
 
 @st.cache_resource(show_spinner=False)
@@ -56,6 +101,20 @@ def get_store():
     return get_manager_for_app().store
 
 
+@st.cache_resource(show_spinner=False)
+def _plain_store(path: str) -> RunStore:
+    return RunStore(path)
+
+
+def read_runs() -> list[dict]:
+    """Every run, newest first, read without waiting for the run manager: through its store once
+    it exists, otherwise straight from the runs folder (Home on a fresh server). Until the manager
+    has started, runs a stopped process left queued or running still carry that status."""
+    path = runs_dir()
+    manager = _managers.get(path)
+    return (manager.store if manager is not None else _plain_store(path)).list_runs()
+
+
 def get_job_board():
     """Background jobs (compression sweeps) of this process for the current runs folder."""
     return _job_board(runs_dir())
@@ -68,12 +127,17 @@ def keep_launch_form() -> None:
     """Streamlit forgets a widget's value once a script run does not draw it, so a visit to
     another page would reset the Launch form to its defaults. Assigning the values back before
     any widget is drawn makes them plain session state, which survives page switches."""
-    from dataclasses import fields
+    keys = list(st.session_state.keys())
+    settings: set[str] = set()
+    if any(key.startswith("run.") for key in keys):  # never on a first visit
+        from dataclasses import fields
 
-    from app.config import RunConfig
+        # imported here: app.config imports torch (through app.batching), 1 to 1.5 s on two cores,
+        # and a first visit must draw before anything imports it
+        from app.config import RunConfig
 
-    settings = {f"run.{f.name}" for f in fields(RunConfig)}
-    for key in list(st.session_state.keys()):
+        settings = {f"run.{f.name}" for f in fields(RunConfig)}
+    for key in keys:
         if key in settings or key in LAUNCH_FORM_KEYS or key.startswith("method."):
             st.session_state[key] = st.session_state[key]
 

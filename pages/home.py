@@ -1,6 +1,6 @@
 import streamlit as st
 
-from components.common import list_runs
+from components.common import read_runs
 from components.home_view import lesson_cards, run_counts
 
 st.title("Ladder & Theseus Lab")
@@ -13,4 +13,4 @@ st.markdown(
     "distillation) shrinks a finished model."
 )
 lesson_cards()
-run_counts(list_runs())
+run_counts(read_runs())
