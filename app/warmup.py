@@ -26,7 +26,7 @@ def warm_up(config: RunConfig) -> float:
     """Load what a run of `config` needs before its first step; returns the seconds it took."""
     from app.backbones import TRANSFORMERS_IMPORTS, get_backbone
     from app.data import tokenize_split
-    from app.training import load_run_dataset
+    from app.preparation import load_run_dataset
 
     start = time.perf_counter()
     backbone = get_backbone(config.backbone)
