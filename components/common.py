@@ -19,7 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.store import ACTIVE_STATUSES, RunStore
+from app.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,6 @@ def list_runs(**filters) -> list[dict]:
     return get_store().list_runs(**filters)
 
 
-def active_runs() -> list[dict]:
-    return [r for r in list_runs() if r["status"] in ACTIVE_STATUSES]
-
-
 def finished_runs(method: str | None = None) -> list[dict]:
     return list_runs(status="finished", method=method)
 
@@ -176,17 +172,7 @@ def method_title(name: str) -> str:
     return method_titles().get(name, name)
 
 
-def method_registered(name: str) -> bool:
-    from app.methods import METHODS
-
-    return name in METHODS
-
-
 # --- formatting -------------------------------------------------------------------------------
-
-
-def mib(value) -> float | None:
-    return None if value is None else value / MIB
 
 
 def fmt_mib(value) -> str:

@@ -111,8 +111,3 @@ def settings_form(fields: list[dict], key_prefix: str, *, columns: int = 2, over
     if advanced:
         draw(advanced, st.expander("Advanced settings"))
     return values
-
-
-def clear_keys(prefix: str) -> None:
-    for key in [k for k in st.session_state.keys() if str(k).startswith(prefix + ".")]:
-        del st.session_state[key]

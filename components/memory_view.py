@@ -55,10 +55,6 @@ def memory_row(store, record: dict) -> dict:
     return row
 
 
-def _mib(value) -> str:
-    return fmt_mib(value)
-
-
 def memory_reading(rows: list[dict]) -> list[str]:
     """Sentences that read the chart for these runs, with their own numbers."""
     rows = [r for r in rows if r.get("peak")]
@@ -74,7 +70,7 @@ def memory_reading(rows: list[dict]) -> list[str]:
     for r in sorted(others, key=lambda r: r["peak"]):
         lines.append(
             f"**{method_title(r['method'])}** used **{r['peak'] / reference['peak']:.2f}×** the memory of {ref_name} "
-            f"here ({_mib(r['peak'])} against {_mib(reference['peak'])})."
+            f"here ({fmt_mib(r['peak'])} against {fmt_mib(reference['peak'])})."
         )
     ref_acts = reference.get("activations") or 0
     ref_state = (reference.get("gradients") or 0) + (reference.get("optimizer") or 0)
@@ -82,12 +78,12 @@ def memory_reading(rows: list[dict]) -> list[str]:
                and r.get("activations") is not None]
     if through and ref_acts:
         names = ", ".join(method_title(r["method"]) for r in through)
-        acts = ", ".join(f"{_mib(r['activations'])} ({r['activations'] / ref_acts:.0%})" for r in through)
-        states = ", ".join(_mib((r.get("gradients") or 0) + (r.get("optimizer") or 0)) for r in through)
+        acts = ", ".join(f"{fmt_mib(r['activations'])} ({r['activations'] / ref_acts:.0%})" for r in through)
+        states = ", ".join(fmt_mib((r.get("gradients") or 0) + (r.get("optimizer") or 0)) for r in through)
         lines.append(
             f"{names} train few parameters, so their gradients and optimizer state shrink ({states} against "
-            f"{_mib(ref_state)} for {ref_name}). Their activations do not: {acts} of {ref_name}'s "
-            f"{_mib(ref_acts)}. Backprop must cross the whole backbone to reach the trainable parts "
+            f"{fmt_mib(ref_state)} for {ref_name}). Their activations do not: {acts} of {ref_name}'s "
+            f"{fmt_mib(ref_acts)}. Backprop must cross the whole backbone to reach the trainable parts "
             "(adapters in every layer, virtual tokens at the input), so every layer keeps what it saved for backward."
         )
     for r in others:
@@ -95,7 +91,7 @@ def memory_reading(rows: list[dict]) -> list[str]:
             lines.append(
                 f"**{method_title(r['method'])}** runs its backbone without autograd, so only its thin side network "
                 f"keeps activations: "
-                f"{_mib(r['activations'])}, {r['activations'] / ref_acts:.0%} of {ref_name}'s. "
+                f"{fmt_mib(r['activations'])}, {r['activations'] / ref_acts:.0%} of {ref_name}'s. "
                 f"Its gradients and optimizer state cover only the side network ({fmt_count(r.get('trainable'))} "
                 "parameters)."
             )

@@ -1,7 +1,7 @@
 import streamlit as st
 
 from app.store import ACTIVE_STATUSES
-from components.common import list_runs, method_registered
+from components.common import list_runs
 from components.ladder_view import render_ladder
 from components.live import live
 from components.navigation import page
@@ -10,9 +10,6 @@ from components.pickers import pick_run
 st.title("Ladder Side-Tuning")
 st.caption("A thin side network reads the frozen backbone's layer outputs through gated ladders: "
            "h_side ← μᵢ·h_side + (1 − μᵢ)·downᵢ(h_backbone). Only the side network, ladders, gates and head train.")
-if not method_registered("lst"):
-    st.info("The LST method is not installed in this version of the lab.")
-    st.stop()
 runs = list_runs(method="lst")
 if not runs:
     st.info("No LST runs yet — launch one (method: Ladder Side-Tuning).")

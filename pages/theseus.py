@@ -1,6 +1,6 @@
 import streamlit as st
 
-from components.common import get_store, list_runs, method_registered
+from components.common import get_store, list_runs
 from components.lesson_view import lesson_for_page, show_lesson
 from components.live import live
 from components.navigation import page
@@ -10,9 +10,6 @@ from components.theseus_view import render_theseus, theseus_page_active
 st.title("BERT-of-Theseus")
 st.caption("Predecessor modules are replaced at random by successor layers (probability pₜ) while only the "
            "successor trains; in phase 2 the successor runs alone until validation stops improving.")
-if not method_registered("theseus"):
-    st.info("The Theseus method is not installed in this version of the lab.")
-    st.stop()
 runs = list_runs(method="theseus")
 if not runs:
     st.info("No Theseus runs yet — launch one: the “Theseus: halve the layers” lesson on the Launch page "

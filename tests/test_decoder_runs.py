@@ -133,7 +133,7 @@ def test_decoder_pooling_mean_is_a_run_setting_kept_through_checkpoint_and_expor
     from app.backbones import get_backbone
     from app.checkpoints import load_run_model
     from app.errors import ConfigError
-    from app.export import export_run, load_exported
+    from app.export import export_run
     from app.pooling import load_classifier
     from app.preparation import prepare_run
     from conftest import tiny_config

@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 
-import pytest
 import torch
 
 from conftest import tiny_config, train_now
