@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification
 
 from .backbones import Backbone, get_backbone
 from .config import RunConfig
@@ -142,6 +141,10 @@ def check_reference(store: RunStore | None, value: str, label_names: list[str], 
 def load_reference(store: RunStore | None, value: str, device: torch.device) -> Reference:
     """The model of a finished run, or of a model folder, ready to predict."""
     if _is_folder_reference(value):
+        # Not at module level: importing transformers from two threads at once (the app's warm-up)
+        # can fail; see app.backbones.TRANSFORMERS_IMPORTS.
+        from transformers import AutoModelForSequenceClassification
+
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(Path(value).expanduser()), trust_remote_code=False

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils import prune
-from transformers import PreTrainedModel
 
 from ..errors import LabError
 from ..families import BY_MODEL_TYPE
@@ -104,6 +103,10 @@ class FeedForwardParts:
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    # Not at module level: importing transformers from two threads at once (the app's warm-up)
+    # can fail; see app.backbones.TRANSFORMERS_IMPORTS.
+    from transformers import PreTrainedModel
+
     if not isinstance(model, PreTrainedModel):
         raise LabError(
             f"structured pruning needs a plain transformers model, but this run's inference model is a "

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import PreTrainedModel
 
 from ..pooling import MEAN, pooling_of
 
 
 def _is_plain_transformer(model) -> bool:
+    # Not at module level: importing transformers from two threads at once (the app's warm-up)
+    # can fail; see app.backbones.TRANSFORMERS_IMPORTS.
+    from transformers import PreTrainedModel
+
     return isinstance(model, PreTrainedModel) and type(model).__name__.endswith("ForSequenceClassification")
 
 
