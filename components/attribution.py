@@ -13,6 +13,7 @@ from components.common import get_store, runs_dir
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _explainer(path: str, run_id: str):
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.explain import load_explainer
 
     return load_explainer(get_store(), run_id)
@@ -24,6 +25,7 @@ def explainer(run_id: str):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def attributions(path: str, run_id: str, text: str, pair: str | None, n_steps: int, merge: bool) -> dict:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.explain import attribute
 
     return attribute(explainer(run_id), text, pair, n_steps=n_steps, merge_words=merge)
@@ -38,6 +40,7 @@ def prediction(path: str, run_id: str, text: str, pair: str | None) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def attention(path: str, run_id: str, text: str, pair: str | None) -> dict:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.explain import attention_maps
 
     return attention_maps(explainer(run_id), text, pair)
@@ -45,6 +48,7 @@ def attention(path: str, run_id: str, text: str, pair: str | None) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def examples(path: str, run_id: str) -> list[dict]:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.explain import sample_texts
 
     return sample_texts(get_store().get_run(run_id))

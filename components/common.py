@@ -20,6 +20,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.store import RunStore
+from components.jobs import JobBoard
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ def start_after_first_draw() -> None:
 
 @st.cache_resource(show_spinner=False)
 def _job_board(path: str):
-    from components.jobs import JobBoard
-
     return JobBoard()
 
 
@@ -163,6 +162,7 @@ def finished_runs(method: str | None = None) -> list[dict]:
 
 @st.cache_data(show_spinner=False, ttl=600)
 def method_titles() -> dict[str, str]:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.methods import describe_methods
 
     return {m["name"]: m["title"] for m in describe_methods()}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from app.errors import LabError
+from app.store import ACTIVE_STATUSES
 from components import figures
 from components.common import fmt_mib, fmt_pct, get_job_board, get_store
 
@@ -14,6 +17,7 @@ RECORD_KIND = "compress"
 
 def start_sweep(store, board, run_id: str, plan: dict):
     """Check the plan and the run now (errors reach the page), then sweep in a board-owned thread."""
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.compression import as_plan, compress_run
 
     checked = as_plan(dict(plan))
@@ -28,10 +32,8 @@ def start_sweep(store, board, run_id: str, plan: dict):
 
 def start_lesson_sweep(store, board, run_id: str, plan: dict, lesson_name: str):
     """A lesson's sweep: waits for its run when that is still training, then sweeps."""
-    import time
-
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.compression import compress_run
-    from app.store import ACTIVE_STATUSES
 
     def work(job):
         while (record := store.get_run(run_id))["status"] in ACTIVE_STATUSES:

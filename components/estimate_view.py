@@ -6,6 +6,7 @@ import json
 
 import streamlit as st
 
+from app.errors import LabError
 from components import figures
 from components.common import fmt_mib
 
@@ -23,7 +24,7 @@ CUDA_GAP_NOTE = (
 def cached_estimate(backbone: str, method: str, batch_size: int, max_length: int, method_config_json: str,
                     bf16: bool, num_labels: int, device: str) -> dict:
     """The engine's estimate as plain data, or {"error": message}; cached so the form stays responsive."""
-    from app.errors import LabError
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.estimate import estimate_memory
 
     try:
@@ -59,6 +60,7 @@ def estimate_for(config: dict, *, num_labels: int = 2, shape: list[int] | None =
 
 def render_estimate(config: dict) -> dict | None:
     """The launch form's estimate: breakdown, devices it fits, and a warning when it will not fit here."""
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, available_memory
 
     with st.container(border=True):

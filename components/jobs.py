@@ -15,6 +15,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
+from app.errors import LabError, RunCancelled
+
 
 @dataclass
 class Job:
@@ -41,8 +43,6 @@ class Job:
         """Progress callback accepting `(message)`, `(done, total)`, `(done, total, message)`
         or keyword forms, so an engine function can report in whichever shape it uses."""
         if self.cancel_event.is_set():
-            from app.errors import RunCancelled
-
             raise RunCancelled()
         numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
         texts = [a for a in args if isinstance(a, str)]
@@ -84,8 +84,6 @@ class JobBoard:
             self._jobs[job.id] = job
 
         def work():
-            from app.errors import LabError, RunCancelled
-
             try:
                 job.result = target(job)
                 job.status = "finished"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.data_files import TABLE_SUFFIXES, max_file_bytes
+from app.data_files import TABLE_SUFFIXES, label_counts, max_file_bytes, read_table, sheet_names, with_sheet
 from app.errors import LabError
 from components.common import fmt_count, runs_dir
 from components.forms import settings_form
@@ -30,6 +30,7 @@ REPORT_TO_MLFLOW = {
 
 @st.cache_data(show_spinner=False, ttl=300)
 def backbone_info(name: str) -> dict:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.backbones import get_backbone
     from app.methods import describe_backbone
 
@@ -38,6 +39,7 @@ def backbone_info(name: str) -> dict:
 
 @st.cache_data(show_spinner=False)
 def backbone_registry() -> dict[str, str]:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.backbones import REGISTRY
 
     return {name: entry.description for name, entry in REGISTRY.items()}
@@ -130,15 +132,11 @@ def save_upload(uploaded) -> Path:
 def read_upload(path: str, size: int, sheet: str | None):
     """A saved upload as a table (`size` keys the cache to the content), read by the engine's own
     reader so that the preview refuses a file with the engine's message."""
-    from app.data_files import read_table
-
     return read_table(Path(path), sheet)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def workbook_sheets(path: str, size: int) -> list[str]:
-    from app.data_files import sheet_names
-
     return sheet_names(Path(path))
 
 
@@ -154,8 +152,6 @@ def _pick(columns: list[str], wanted: str, fallback: int) -> int:
 
 def class_balance(table, label_column: str) -> None:
     """Examples per class of the chosen label column, as the engine will count them."""
-    from app.data_files import label_counts
-
     counts = label_counts(table, label_column)
     total = sum(counts.values()) or 1
     st.caption(f"Class balance of `{label_column}`: {len(counts)} classes")
@@ -199,7 +195,6 @@ def upload_picker() -> dict:
     label = cols[2].selectbox("Label column", columns, index=_pick(columns, "label", len(columns) - 1),
                               key=f"launch.label_col.{path.name}")
     class_balance(table, label)
-    from app.data_files import with_sheet
 
     return {"dataset": with_sheet(str(path), sheet), "text_column": text, "label_column": label,
             "text_pair_column": None if pair == "(none)" else pair}
@@ -223,6 +218,7 @@ def dataset_picker() -> dict:
 
 
 def general_settings(max_length_limit: int | None, default_lr: float) -> dict:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.config import describe_fields_cache
 
     fields = describe_fields_cache()
@@ -258,6 +254,7 @@ def _widget_value(field: dict | None, value):
 
 
 def apply_method_preset(method_name: str, preset: dict, method_fields: list[dict]) -> None:
+    # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.config import describe_fields_cache
 
     by_name = {f["name"]: f for f in method_fields}

@@ -13,8 +13,10 @@ from app.errors import LabError
 from app.lessons import (
     LESSONS, Lesson, default_preset_name, get_lesson, lesson_findings, lesson_of_run, lesson_record, submit_lesson,
 )
-from components.common import finished_runs, get_store, run_label, run_link
+from components.common import finished_runs, get_job_board, get_manager_for_app, get_store, run_label, run_link
+from components.compress_view import start_lesson_sweep
 from components.live import live
+from components.navigation import page
 
 NEW_RUN = "new"  # a picker's choice of training the run instead of taking a finished one
 
@@ -136,9 +138,6 @@ def render_lesson(record: dict) -> bool:
 
 def again_button(record: dict, key: str) -> None:
     """Queue the same lesson, same preset, with the next seed, and follow it."""
-    from components.common import get_manager_for_app
-    from components.navigation import page
-
     if st.button(f"Run again with another seed (seed {record['seed'] + 1})", key=key,
                  icon=":material/replay:"):
         try:
@@ -155,9 +154,6 @@ def start_lesson(manager, name: str, *, seed: int, preset: str | None, given: di
     launch = submit_lesson(manager, name, seed=seed, preset=preset, given=given)
     lesson = get_lesson(name)
     if lesson.sweep_role:
-        from components.common import get_job_board
-        from components.compress_view import start_lesson_sweep
-
         start_lesson_sweep(manager.store, get_job_board(), launch.runs[lesson.sweep_role],
                            lesson.sweep_plan(launch.preset), name)
     return launch

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.errors import LabError
 from app.store import ACTIVE_STATUSES
 from components import figures
 from components.common import STATUS_ICONS, fmt_mib, fmt_pct, fmt_seconds, get_manager_for_app, method_title
@@ -152,7 +153,7 @@ def render_details(record: dict) -> None:
         return
     exports = st.session_state.setdefault("run.exports", {})
     if cols[2].button("Export the model", key="run.export.model", icon=":material/save:"):
-        from app.errors import LabError
+        # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
         from app.export import export_run
 
         folder = Path(store.runs_dir) / "exports" / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
