@@ -10,24 +10,39 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from .backbones import DEFAULT_BACKBONE, get_backbone, list_backbones
+from .compression import CompressionPlan, as_plan, compress_run
+from .config import RunConfig
+from .data import list_datasets
+from .data_files import split_sheet, with_sheet
+from .distributed import DataParallel, cancel_request_path, launched_world_size
 from .errors import ConfigError, LabError
-from .pipelines import asks_for_new_run
+from .estimate import GiB, estimate_memory
+from .export import export_run
+from .lessons import LESSONS, describe_lessons, get_lesson, lessons_with_given_role, run_lesson
+from .manager import RunManager, default_runs_dir
+from .methods import describe_methods, method_class, supported_methods
+from .options import add_config_flags, checked_values, given_flags
+from .pipelines import asks_for_new_run, queue_recipe, theseus_recipe
+from .preparation import prepare_run
+from .runner import execute_run, failure_message, prepare_on_every_rank, train_on_this_rank
+from .store import ACTIVE_STATUSES, RunStore
+from .training import LoopHooks
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 
 
 def _runs_dir(args) -> Path:
-    from .manager import default_runs_dir
-
     return Path(args.runs_dir) if args.runs_dir else default_runs_dir()
 
 
 def _store(args):
-    from .store import RunStore
-
     return RunStore(_runs_dir(args))
 
 
@@ -83,8 +98,6 @@ def run_summary(record: dict) -> dict:
 
 def method_preset(method: str, name: str) -> dict:
     """A method's named preset, or a ConfigError that lists the ones it has."""
-    from .methods import method_class
-
     presets = method_class(method).presets
     if name not in presets:
         offered = ", ".join(presets) or "none"
@@ -95,9 +108,6 @@ def method_preset(method: str, name: str) -> dict:
 def train_values(args) -> dict:
     """Every run setting of `train`: a flag given wins over the preset's value, which wins over
     RunConfig's default; `--set` lays method settings over the preset's the same way."""
-    from .config import RunConfig
-    from .options import checked_values, given_flags
-
     given = checked_values(RunConfig, given_flags(args, RunConfig))
     values = RunConfig().as_dict()
     method = given.get("method", values["method"])
@@ -106,8 +116,6 @@ def train_values(args) -> dict:
     values.update(given)
     values["method_config"] = {**preset["method_config"], **parse_sets(args.set)}
     if args.sheet:
-        from .data_files import split_sheet, with_sheet
-
         dataset = values["dataset"]
         if not split_sheet(dataset)[0].lower().endswith(".xlsx"):
             raise LabError(f"--sheet applies to .xlsx files; '{dataset}' is not one")
@@ -116,13 +124,6 @@ def train_values(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from tqdm import tqdm
-
-    from .distributed import DataParallel, launched_world_size
-    from .preparation import prepare_run
-    from .runner import execute_run, prepare_on_every_rank, train_on_this_rank
-    from .store import RunStore
-    from .training import LoopHooks
 
     values = train_values(args)
     new_predecessor = asks_for_new_run(values["method_config"].get("predecessor"))
@@ -195,10 +196,6 @@ def _report_run(args, store, record: dict) -> int:
 def cmd_execute(args) -> int:
     """Train a queued run stored in the runs folder: how the app starts a data-parallel run
     (`torchrun --nproc_per_node N -m app execute RUN_ID`), followed through the store."""
-    from .distributed import DataParallel, cancel_request_path, launched_world_size
-    from .runner import execute_run, failure_message, prepare_on_every_rank, train_on_this_rank
-    from .training import LoopHooks
-
     store = _store(args)
     record = store.get_run(args.run_id)
     if record["status"] != "queued":
@@ -223,8 +220,6 @@ def cmd_execute(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from .estimate import GiB, estimate_memory
-
     backbone = args.backbone
     if backbone.endswith(".json"):
         backbone = _config_file(backbone)
@@ -262,13 +257,7 @@ def _train_predecessor_then_theseus(args, values: dict) -> int:
     """`train --method theseus --set predecessor=new`: fine-tune a predecessor (full_ft, same run
     settings), then Theseus it, as one chain; prints both runs (with --json, the last line is the
     Theseus run with its predecessor under "predecessor_run")."""
-    import time
 
-    from tqdm import tqdm
-
-    from .manager import RunManager
-    from .pipelines import queue_recipe, theseus_recipe
-    from .store import ACTIVE_STATUSES
 
     settings = dict(values["method_config"])
     settings.pop("predecessor")
@@ -367,8 +356,6 @@ def cmd_runs(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods import describe_methods
-
     methods = describe_methods()
     if args.json:
         _print_json({"methods": methods})
@@ -381,9 +368,6 @@ def cmd_methods(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from .backbones import get_backbone, list_backbones
-    from .methods import supported_methods
-
     for name in args.prepare or ():
         info = get_backbone(name).info()
         print(f"{name}: ready in {info.source}", file=sys.stderr)
@@ -405,8 +389,6 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from .data import list_datasets
-
     rows = list_datasets()
     if args.json:
         _print_json({"datasets": rows})
@@ -419,8 +401,6 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
-
     result = export_run(_store(args), args.run_id, args.out)
     if args.json:
         _print_json(result)
@@ -430,10 +410,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from tqdm import tqdm
-
-    from .compression import CompressionPlan, as_plan, compress_run
-    from .options import given_flags
 
     plan = as_plan(given_flags(args, CompressionPlan))
     store = _store(args)
@@ -468,8 +444,6 @@ def cmd_compress(args) -> int:
 
 
 def cmd_lessons(args) -> int:
-    from .lessons import describe_lessons
-
     lessons = describe_lessons()
     if args.json:
         _print_json({"lessons": lessons})
@@ -483,9 +457,6 @@ def cmd_lessons(args) -> int:
 
 
 def cmd_lesson(args) -> int:
-    from .lessons import get_lesson, lessons_with_given_role, run_lesson
-    from .manager import RunManager
-
     given_role = get_lesson(args.name).given_role
     if args.run and not given_role:
         raise LabError(f"--run applies to the {' and '.join(lessons_with_given_role())} lesson only")
@@ -527,36 +498,7 @@ SUBCOMMANDS = {
 }
 
 
-class CommandParser(argparse.ArgumentParser):
-    """A parser that adds some flags when it is first used: the flags generated from a settings class
-    cost its import (torch, transformers) to the command that takes them, not to every command."""
-
-    def __init__(self, *args, add_flags=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._add_flags = add_flags
-
-    def _with_all_flags(self) -> None:
-        add_flags, self._add_flags = self._add_flags, None
-        if add_flags is not None:
-            add_flags(self)
-
-    def parse_known_args(self, args=None, namespace=None):
-        self._with_all_flags()
-        return super().parse_known_args(args, namespace)
-
-    def format_usage(self) -> str:
-        self._with_all_flags()
-        return super().format_usage()
-
-    def format_help(self) -> str:
-        self._with_all_flags()
-        return super().format_help()
-
-
 def _add_run_flags(train: argparse.ArgumentParser) -> None:
-    from .config import RunConfig
-    from .options import add_config_flags
-
     settings = train.add_argument_group(
         "run settings", "A flag left out takes the --preset's value, else the default shown. The method's own "
                         "settings (method_config) are given with --set.")
@@ -564,27 +506,21 @@ def _add_run_flags(train: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep_flags(compress: argparse.ArgumentParser) -> None:
-    from .compression import CompressionPlan
-    from .options import add_config_flags
-
     settings = compress.add_argument_group("sweep settings", "A flag left out takes the default shown.")
     add_config_flags(settings, CompressionPlan, more_names={"sparsities": ["--sparsity"]},
                      shortcuts={"scope": {"--global": "global", "--per-layer": "per_layer"}})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backbones import DEFAULT_BACKBONE
-    from .config import RunConfig
-    from .lessons import LESSONS, lessons_with_given_role
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", help="runs folder (default: $LAB_RUNS_DIR or ./runs)")
     common.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
 
-    parser = CommandParser(prog="python -m app", description="Ladder & Theseus Lab engine")
+    parser = argparse.ArgumentParser(prog="python -m app", description="Ladder & Theseus Lab engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", parents=[common], help="train one run in the foreground", add_flags=_add_run_flags)
+    train = sub.add_parser("train", parents=[common], help="train one run in the foreground")
+    _add_run_flags(train)
     train.add_argument("--preset", help="a method's named preset (e.g. theseus: official); flags given "
                                         "alongside override its values")
     train.add_argument("--sheet", help="the sheet of an .xlsx --dataset to read (default: the first)")
@@ -632,10 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_id")
     export.add_argument("--out", required=True)
 
-    compress = sub.add_parser("compress", parents=[common], add_flags=_add_sweep_flags,
+    compress = sub.add_parser("compress", parents=[common],
                               help="prune and quantize a finished run's model; measure accuracy, size, latency")
     compress.add_argument("run_id")
     compress.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sweep_flags(compress)
 
     sub.add_parser("lessons", parents=[common], help="the one-click lessons and their presets")
     lesson = sub.add_parser("lesson", parents=[common],

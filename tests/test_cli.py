@@ -195,6 +195,7 @@ def test_every_run_setting_is_a_train_flag_with_its_help(capsys, monkeypatch):
 def test_a_new_run_setting_is_one_field(capsys, monkeypatch):
     from dataclasses import dataclass
 
+    import app.cli
     import app.config
     from app.cli import build_parser, train_values
     from app.errors import ConfigError
@@ -205,6 +206,7 @@ def test_a_new_run_setting_is_one_field(capsys, monkeypatch):
         label_smoothing: float = option(0.0, "Share of the target moved off the true class.", min=0.0, max=0.5)
 
     monkeypatch.setattr(app.config, "RunConfig", WithLabelSmoothing)
+    monkeypatch.setattr(app.cli, "RunConfig", WithLabelSmoothing)
     assert train_values(build_parser().parse_args(["train", "--label-smoothing", "0.1"]))["label_smoothing"] == 0.1
     assert train_values(build_parser().parse_args(["train"]))["label_smoothing"] == 0.0
     with pytest.raises(ConfigError, match="'label_smoothing' must be at most 0.5"):
