@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from ..pooling import pool_tokens, pooling_of
 from .base import Family
 from .parts import DecoderLayerParts, LayerParts, conv1d_views
+
 
 def _positions(hidden: torch.Tensor) -> torch.Tensor:
     return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
@@ -26,7 +28,8 @@ def _needed_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | 
     attention takes its causal kernel, which keeps no attention matrix for backward (less memory,
     less time); pad positions then attend to each other, and nothing reads their states (pooling and
     losses look at real tokens only)."""
-    if attention_mask is None:
+    if attention_mask is None or is_fake(attention_mask):
+        # The memory estimate's batch (fake tensors, no values to read) is a full one: no padding at all.
         return None
     mask = attention_mask.bool()
     if bool((mask[:, 1:] <= mask[:, :-1]).all()):
