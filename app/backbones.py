@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import mpnet_package, smollm2_package
+from .config_models import is_config_name, load_config
 from .errors import BackboneError
 from .families import family_for
 from .locations import HUB_HOST, cache_dir, hub_reachable, package_file
@@ -468,6 +469,9 @@ def _cached_parameter_count(source: str) -> int:
 
 @functools.lru_cache(maxsize=32)
 def get_backbone(name: str) -> Backbone:
+    """A registry name, model folder or hub id; or `config:NAME`, a model known by its config alone."""
+    if is_config_name(name):
+        return ConfigBackbone(load_config(name), name=name)
     return Backbone(name)
 
 

@@ -18,6 +18,8 @@ from tqdm import tqdm
 from .backbones import DEFAULT_BACKBONE, get_backbone, list_backbones
 from .compression import CompressionPlan, as_plan, compress_run
 from .config import RunConfig
+from .config_models import PREFIX as CONFIG_PREFIX
+from .config_models import describe_config_models, is_config_name
 from .data import list_datasets
 from .data_files import split_sheet, with_sheet
 from .distributed import DataParallel, cancel_request_path, launched_world_size
@@ -219,38 +221,62 @@ def cmd_execute(args) -> int:
     return 0 if record is None else _report_run(args, store, record)
 
 
+SWEEPABLE = ("batch_size", "max_length")
+
+
+def parse_sweep(pairs: list[str] | None, args) -> list[dict]:
+    """The points of `--sweep NAME=V1,V2 ...` (a grid over every name given), each with both shapes."""
+    axes = {"batch_size": [args.batch_size], "max_length": [args.max_length]}
+    for pair in pairs or []:
+        name, sep, values = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in SWEEPABLE:
+            raise LabError(f"--sweep expects batch_size=... or max_length=... with comma-separated whole numbers, "
+                           f"got '{pair}'")
+        try:
+            axes[name] = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise LabError(f"--sweep {name} takes whole numbers, got '{values}'") from None
+        if not axes[name]:
+            raise LabError(f"--sweep {name} names no value")
+    missing = [name for name, values in axes.items() if values == [None]]
+    if missing:
+        raise LabError(f"give --{missing[0].replace('_', '-')} or sweep it with --sweep {missing[0]}=...")
+    return [{"batch_size": b, "max_length": m} for b in axes["batch_size"] for m in axes["max_length"]]
+
+
 def cmd_estimate(args) -> int:
     backbone = args.backbone
-    if backbone.endswith(".json"):
-        backbone = _config_file(backbone)
+    if backbone.endswith(".json") and not is_config_name(backbone):
+        backbone = CONFIG_PREFIX + backbone
     labels = [f"class_{i}" for i in range(args.num_labels)]
-    estimate = estimate_memory(backbone, args.method, args.batch_size, args.max_length, parse_sets(args.set),
-                               bf16=args.bf16, label_names=labels, device=args.device)
-    result = estimate.as_dict()
+    points = parse_sweep(args.sweep, args)
+    rows = []
+    for point in points:
+        estimate = estimate_memory(backbone, args.method, point["batch_size"], point["max_length"],
+                                   parse_sets(args.set), bf16=args.bf16, label_names=labels, device=args.device)
+        rows.append(estimate.as_dict())
     if args.json:
-        _print_json(result)
+        _print_json(rows[0] if not args.sweep else {"backbone": backbone, "method": args.method, "rows": rows})
         return 0
-    print(f"{estimate.method} on {estimate.backbone}, batch {estimate.batch_size} x {estimate.input_length} tokens: "
-          f"{estimate.predicted_peak_bytes / GiB:.2f} GiB predicted peak ({estimate.seconds:.2f} s)")
-    for part, value in estimate.breakdown.items():
+    if args.sweep:
+        print(f"{args.method} on {backbone}: predicted peak per point (GiB), the estimate's own time per point")
+        print(f"  {'batch':>6} {'length':>7} {'peak':>9} {'on CUDA':>9} {'seconds':>8}")
+        for row in rows:
+            print(f"  {row['batch_size']:>6} {row['max_length']:>7} {row['predicted_peak_bytes'] / GiB:>9.3f} "
+                  f"{row['cuda_requirement_bytes'] / GiB:>9.3f} {row['seconds']:>8.2f}")
+        return 0
+    result = rows[0]
+    print(f"{result['method']} on {result['backbone']}, batch {result['batch_size']} x {result['input_length']} "
+          f"tokens: {result['predicted_peak_bytes'] / GiB:.2f} GiB predicted peak ({result['seconds']:.2f} s)")
+    for part, value in result["breakdown"].items():
         print(f"  {part:<12} {value / GiB:8.3f} GiB")
-    print(f"  trainable parameters {estimate.trainable_params:,} of {estimate.total_params:,}")
-    print(f"  on CUDA with the documented overhead: {estimate.cuda_requirement_bytes / GiB:.2f} GiB; fits "
-          + ", ".join(f"{size}: {'yes' if ok else 'no'}" for size, ok in estimate.fits.items()))
-    for note in estimate.notes:
+    print(f"  trainable parameters {result['trainable_params']:,} of {result['total_params']:,}")
+    print(f"  on CUDA with the documented overhead: {result['cuda_requirement_bytes'] / GiB:.2f} GiB; fits "
+          + ", ".join(f"{size}: {'yes' if ok else 'no'}" for size, ok in result["fits"].items()))
+    for note in result["notes"]:
         print(f"  note: {note}")
     return 0
-
-
-def _config_file(path: str):
-    from transformers import AutoConfig
-
-    if not Path(path).is_file():
-        raise LabError(f"config file '{path}' does not exist")
-    try:
-        return AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise LabError(f"'{path}' is not a transformers config: {exc}") from exc
 
 
 def _train_predecessor_then_theseus(args, values: dict) -> int:
@@ -375,8 +401,9 @@ def cmd_backbones(args) -> int:
     for row in rows:
         if row["available"]:
             row["methods"] = list(supported_methods(get_backbone(row["name"])))
+    config_only = describe_config_models()
     if args.json:
-        _print_json({"backbones": rows})
+        _print_json({"backbones": rows, "config_only": config_only})
     else:
         for row in rows:
             if row["available"]:
@@ -385,6 +412,8 @@ def cmd_backbones(args) -> int:
                       f"{row['description']}; methods: {', '.join(row['methods'])}")
             else:
                 print(f"{row['name']:<12} not installed; install with: {row['install']}")
+        for row in config_only:
+            print(f"{row['name']:<20} {row['title']}, {row['published_params']} parameters ({row['note']})")
     return 0
 
 
@@ -538,10 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--backbone", default=DEFAULT_BACKBONE,
                           help="registry name, model folder, hub id, or a config .json (no weights needed)")
     estimate.add_argument("--method", default=RunConfig.method, help=f"training method (default {RunConfig.method})")
-    estimate.add_argument("--batch-size", type=int, required=True)
-    estimate.add_argument("--max-length", type=int, required=True,
+    estimate.add_argument("--batch-size", type=int)
+    estimate.add_argument("--max-length", type=int,
                           help="the estimate is for a full batch of this length (the worst case of dynamic padding)")
     estimate.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
+    estimate.add_argument("--sweep", action="append", metavar="NAME=V1,V2",
+                          help="estimate every point of a grid: batch_size=1,8 and/or max_length=128,512,2048 "
+                               "(repeatable); prints one row per point, with --json {\"rows\": [...]}")
     estimate.add_argument("--bf16", action="store_true", help="bf16 autocast (approximate off CUDA)")
     estimate.add_argument("--num-labels", type=int, default=2, help="classes of the head (default 2)")
     estimate.add_argument("--device", default="cpu",

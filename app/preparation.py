@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backbones import Backbone, get_backbone
+from .backbones import Backbone, ConfigBackbone, get_backbone
 from .batching import Batcher
 from .checkpoints import check_reference
 from .config import RunConfig
+from .config_models import CONFIG_ONLY_NOTE
 from .data import ColumnMap, TextDataset, load_dataset
 from .errors import ConfigError
 from .methods import create_method
@@ -95,6 +96,9 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
     method = create_method(config.method, config.method_config)
     device = resolve_device(config.device)
     backbone = get_backbone(config.backbone)
+    if isinstance(backbone, ConfigBackbone):
+        raise ConfigError(f"backbone '{config.backbone}' is {CONFIG_ONLY_NOTE}: it has no weights here; estimate "
+                          f"it with python -m app estimate --backbone {config.backbone}")
     refusal = method.backbone_refusal(backbone)
     if refusal:
         raise ConfigError(refusal)
