@@ -70,16 +70,15 @@ def test_estimate_matches_the_measured_step_within_two_percent(method, batch, le
 
 DECODER_CASES = [(backbone, method, batch, length) for backbone in ("tiny-random-llama", "tiny-random-gpt2")
                  for method, batch, length in (("full_ft", 6, 40), ("lst", 12, 72), ("lora", 5, 100))]
-# LST on a decoder: the estimate runs and its parameter-bound parts are exact, but its activations
-# count the backbone states the ladders save once more than a measured run does (an open gap).
-STATE_BOUND_PARTS = ("weights", "gradients", "optimizer")
+
 
 
 @pytest.mark.parametrize("backbone,method,batch,length", DECODER_CASES,
                          ids=[f"{bb}-{m}-b{b}-L{L}" for bb, m, b, L in DECODER_CASES])
 def test_estimate_matches_the_measured_step_on_decoders(backbone, method, batch, length, session_store):
-    """Decoder layer stacks read the padding mask to decide whether they need it; the estimate's
-    fake batch has no values to read, so this path must work on shapes alone."""
+    """Decoder layer stacks (LST's backbone and side network) decide from the padding mask whether
+    attention needs a mask; the estimate's fake batch has no values to read, and transformers takes
+    fake tensors for a traced graph and would build a mask a real run does not have."""
     from app.estimate import estimate_memory
 
     record = train_now(session_store, backbone=backbone, method=method, batch_size=batch, max_length=length,
@@ -87,9 +86,6 @@ def test_estimate_matches_the_measured_step_on_decoders(backbone, method, batch,
     assert record["status"] == "finished", record.get("error")
     measured = record["metrics"]["memory_breakdown"]
     predicted = estimate_memory(backbone, method, batch, length).breakdown
-    if method == "lst":
-        assert {p: predicted[p] for p in STATE_BOUND_PARTS} == {p: measured[p] for p in STATE_BOUND_PARTS}
-        return
     total_measured, total_predicted = sum(measured.values()), sum(predicted.values())
     assert abs(total_predicted - total_measured) <= TOLERANCE * total_measured, (predicted, measured)
 

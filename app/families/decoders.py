@@ -9,9 +9,11 @@ right or left padding and prepended virtual tokens all pool the right state.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 
 from ..pooling import pool_tokens, pooling_of
 from .base import Family
@@ -37,6 +39,23 @@ def _needed_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | 
     return attention_mask
 
 
+def _mask_as_a_real_run_builds_it(build: Callable, **kwargs):
+    """`build(**kwargs)` (one of transformers' mask builders), answered as it would be for real
+    tensors. transformers takes fake tensors (the memory estimate) for a traced graph and always
+    materialises the causal mask, where a real run without padding gets None and takes the causal
+    kernel, which keeps no mask for backward: so the question is first asked on meta tensors of
+    the same shapes."""
+    hidden = kwargs["inputs_embeds"]
+    if kwargs["attention_mask"] is None and is_fake(hidden):
+        with unset_fake_temporarily():
+            # No position ids: they are 0..L-1 here, and reading them for packed sequences needs values.
+            probe = dict(kwargs, inputs_embeds=torch.empty(hidden.shape, dtype=hidden.dtype, device="meta"),
+                         position_ids=None)
+            if build(**probe) is None:
+                return None
+    return build(**kwargs)
+
+
 class DecoderFamily(Family):
     causal = True
     head_modules = ("score",)
@@ -44,9 +63,9 @@ class DecoderFamily(Family):
     def layer_mask(self, bare, attention_mask, hidden):
         from transformers.masking_utils import create_causal_mask
 
-        return create_causal_mask(config=bare.config, inputs_embeds=hidden,
-                                  attention_mask=_needed_padding_mask(attention_mask), cache=None,
-                                  position_ids=_positions(hidden))
+        return _mask_as_a_real_run_builds_it(create_causal_mask, config=bare.config, inputs_embeds=hidden,
+                                             attention_mask=_needed_padding_mask(attention_mask), cache=None,
+                                             position_ids=_positions(hidden))
 
     def run_layer(self, layer, hidden, mask, context):
         out = layer(hidden, attention_mask=mask, **context)
@@ -85,11 +104,11 @@ class LlamaFamily(DecoderFamily):
                       cache=None, position_ids=_positions(hidden))
         config = bare.config
         if config.model_type == "mistral" and getattr(config, "sliding_window", None):
-            return create_sliding_window_causal_mask(**kwargs)
+            return _mask_as_a_real_run_builds_it(create_sliding_window_causal_mask, **kwargs)
         if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-            return {"full_attention": create_causal_mask(**kwargs),
-                    "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
-        return create_causal_mask(**kwargs)
+            return {"full_attention": _mask_as_a_real_run_builds_it(create_causal_mask, **kwargs),
+                    "sliding_attention": _mask_as_a_real_run_builds_it(create_sliding_window_causal_mask, **kwargs)}
+        return _mask_as_a_real_run_builds_it(create_causal_mask, **kwargs)
 
     def layer_context(self, bare, hidden):
         positions = _positions(hidden)
