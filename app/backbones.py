@@ -45,6 +45,8 @@ def shapes_only():
         yield
     finally:
         _shapes_only.reset(token)
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str

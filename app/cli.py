@@ -284,7 +284,6 @@ def _train_predecessor_then_theseus(args, values: dict) -> int:
     settings), then Theseus it, as one chain; prints both runs (with --json, the last line is the
     Theseus run with its predecessor under "predecessor_run")."""
 
-
     settings = dict(values["method_config"])
     settings.pop("predecessor")
     recipe = theseus_recipe(values, include_truncate=False, theseus_settings=settings)

@@ -143,7 +143,6 @@ def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[st
     classifier of the backbone's shape (what a run fine-tuned from this backbone is)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-
     def load(value: str) -> Reference:
         config = backbone.config
         folder = Path(str(value)).expanduser()
@@ -205,7 +204,6 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
                     seed: int = 0) -> MemoryEstimate:
     """Predicted training memory of one run's worst step; raises `LabError` on bad input."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-
 
     started = time.perf_counter()
     _check_shape(batch_size, max_length)

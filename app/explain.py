@@ -217,7 +217,6 @@ def _attention_encoder(model: nn.Module) -> nn.Module:
     """The bare transformer (encoder or decoder without its head) that serves predictions."""
     from transformers import PreTrainedModel
 
-
     for module in model.modules():
         if (isinstance(module, PreTrainedModel) and getattr(module, "base_model", None) is module
                 and module.config.model_type in BY_MODEL_TYPE):

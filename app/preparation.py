@@ -38,6 +38,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("device 'mps' asked for, but MPS is not available on this machine")
     return torch.device(name)
 
+
 def check_length_fits(backbone: Backbone, method: Method, max_length: int) -> None:
     """Every input (max_length tokens plus the method's virtual tokens) must fit the backbone's positions."""
     if max_length > backbone.max_length:
@@ -52,6 +53,7 @@ def check_length_fits(backbone: Backbone, method: Method, max_length: int) -> No
             f"{backbone.max_length - extra_tokens} or use fewer virtual tokens"
         )
 
+
 @dataclass
 class PreparedRun:
     config: RunConfig
@@ -64,6 +66,7 @@ class PreparedRun:
     @property
     def lr(self) -> float:
         return self.config.lr if self.config.lr is not None else self.method.default_lr
+
 
 def check_processes(config: RunConfig, device: torch.device) -> None:
     """A data-parallel run needs a batch to share and, on CUDA, one GPU per process."""
@@ -78,6 +81,7 @@ def check_processes(config: RunConfig, device: torch.device) -> None:
     if device.type not in ("cuda", "cpu"):
         raise ConfigError(f"data-parallel runs use cuda or cpu, not {device.type}")
 
+
 def load_run_dataset(config: RunConfig) -> TextDataset:
     return load_dataset(
         config.dataset,
@@ -86,6 +90,7 @@ def load_run_dataset(config: RunConfig) -> TextDataset:
         max_train_examples=config.max_train_examples,
         max_eval_examples=config.max_eval_examples,
     )
+
 
 def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pending_ids: set[str] = frozenset()) -> PreparedRun:
     """Every check that can be made before training; raises a `LabError` with a clear message."""
@@ -124,6 +129,7 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
             check_reference(store, value, dataset.label_names, field_name, pending_ids=pending_ids)
     method.check_compatible(backbone, dataset.label_names)
     return PreparedRun(config, backbone, dataset, method, device, notes)
+
 
 def batcher_for(prepared: PreparedRun) -> Batcher:
     return Batcher.for_tokenizer(prepared.config.padding, prepared.backbone.tokenizer, prepared.device)

@@ -19,6 +19,7 @@ from .training import LoopHooks, train
 
 OOM_ADVICE = "out of memory: try a smaller batch size or max length, or a method that stores fewer activations (lst)"
 
+
 def failure_message(exc: BaseException) -> str:
     if isinstance(exc, LabError):
         return str(exc)
@@ -27,6 +28,7 @@ def failure_message(exc: BaseException) -> str:
     )):
         return f"{OOM_ADVICE} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     return f"{type(exc).__name__}: {exc}"
+
 
 def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, prepared: PreparedRun | None = None,
                 world: DataParallel | None = None) -> dict:
@@ -64,6 +66,7 @@ def execute_run(store: RunStore, run_id: str, hooks: LoopHooks | None = None, pr
         return store.get_run(run_id)
     except Exception:  # the store itself may be what failed
         return {"id": run_id, "status": "failed"}
+
 
 def _final_status(store: RunStore, run_id: str, status: str, error: str, tb: str | None) -> None:
     try:

@@ -29,7 +29,6 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
-
 # --- what a method sees while it builds and trains --------------------------------------------
 
 

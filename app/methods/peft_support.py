@@ -100,7 +100,6 @@ def wrap_with_peft(classifier: nn.Module, peft_config):
     """`get_peft_model`, with the deprecation chatter of the pinned versions kept out of the logs."""
     from peft import get_peft_model
 
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return relink_pooling(get_peft_model(classifier, peft_config))
