@@ -7,6 +7,7 @@ line of stdout is one JSON object. Bad input exits with status 2 and a one-line 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .backbones import DEFAULT_BACKBONE, get_backbone, list_backbones
+from .backbones import get_backbone, list_backbones
 from .compression import CompressionPlan, as_plan, compress_run
 from .config import RunConfig
 from .config_models import PREFIX as CONFIG_PREFIX
@@ -222,11 +223,13 @@ def cmd_execute(args) -> int:
 
 
 SWEEPABLE = ("batch_size", "max_length")
+# The run settings the memory estimate takes, as `train` names them.
+ESTIMATED_SETTINGS = ("backbone", "method", "batch_size", "max_length", "padding", "bf16", "processes")
 
 
-def parse_sweep(pairs: list[str] | None, args) -> list[dict]:
+def parse_sweep(pairs: list[str] | None, values: dict) -> list[dict]:
     """The points of `--sweep NAME=V1,V2 ...` (a grid over every name given), each with both shapes."""
-    axes = {"batch_size": [args.batch_size], "max_length": [args.max_length]}
+    axes = {"batch_size": [values["batch_size"]], "max_length": [values["max_length"]]}
     for pair in pairs or []:
         name, sep, values = pair.partition("=")
         name = name.strip().replace("-", "_")
@@ -239,28 +242,29 @@ def parse_sweep(pairs: list[str] | None, args) -> list[dict]:
             raise LabError(f"--sweep {name} takes whole numbers, got '{values}'") from None
         if not axes[name]:
             raise LabError(f"--sweep {name} names no value")
-    missing = [name for name, values in axes.items() if values == [None]]
-    if missing:
-        raise LabError(f"give --{missing[0].replace('_', '-')} or sweep it with --sweep {missing[0]}=...")
     return [{"batch_size": b, "max_length": m} for b in axes["batch_size"] for m in axes["max_length"]]
 
 
 def cmd_estimate(args) -> int:
-    backbone = args.backbone
+    defaults = RunConfig()
+    values = {name: getattr(defaults, name) for name in ESTIMATED_SETTINGS}
+    values.update(checked_values(RunConfig, given_flags(args, RunConfig)))
+    backbone, method = values["backbone"], values["method"]
     if backbone.endswith(".json") and not is_config_name(backbone):
         backbone = CONFIG_PREFIX + backbone
     labels = [f"class_{i}" for i in range(args.num_labels)]
-    points = parse_sweep(args.sweep, args)
+    points = parse_sweep(args.sweep, values)
     rows = []
     for point in points:
-        estimate = estimate_memory(backbone, args.method, point["batch_size"], point["max_length"],
-                                   parse_sets(args.set), bf16=args.bf16, label_names=labels, device=args.device)
+        estimate = estimate_memory(backbone, method, point["batch_size"], point["max_length"],
+                                   parse_sets(args.set), bf16=values["bf16"], label_names=labels, device=args.device,
+                                   processes=values["processes"], padding=values["padding"])
         rows.append(estimate.as_dict())
     if args.json:
-        _print_json(rows[0] if not args.sweep else {"backbone": backbone, "method": args.method, "rows": rows})
+        _print_json(rows[0] if not args.sweep else {"backbone": backbone, "method": method, "rows": rows})
         return 0
     if args.sweep:
-        print(f"{args.method} on {backbone}: predicted peak per point (GiB), the estimate's own time per point")
+        print(f"{method} on {backbone}: predicted peak per point (GiB), the estimate's own time per point")
         print(f"  {'batch':>6} {'length':>7} {'peak':>9} {'on CUDA':>9} {'seconds':>8}")
         for row in rows:
             print(f"  {row['batch_size']:>6} {row['max_length']:>7} {row['predicted_peak_bytes'] / GiB:>9.3f} "
@@ -563,17 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = sub.add_parser("estimate", parents=[common],
                               help="predict a run's training memory before launching it (no step is computed)")
-    estimate.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                          help="registry name, model folder, hub id, or a config .json (no weights needed)")
-    estimate.add_argument("--method", default=RunConfig.method, help=f"training method (default {RunConfig.method})")
-    estimate.add_argument("--batch-size", type=int)
-    estimate.add_argument("--max-length", type=int,
-                          help="the estimate is for a full batch of this length (the worst case of dynamic padding)")
+    shape = estimate.add_argument_group(
+        "the run to estimate", "The run settings of `train`, same names and defaults; the estimate is for a full "
+        "batch of max_length tokens (the worst case of dynamic padding), per process when processes > 1.")
+    add_config_flags(shape, RunConfig, skip=[f.name for f in dataclasses.fields(RunConfig)
+                                             if f.name not in ESTIMATED_SETTINGS])
     estimate.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable)")
     estimate.add_argument("--sweep", action="append", metavar="NAME=V1,V2",
                           help="estimate every point of a grid: batch_size=1,8 and/or max_length=128,512,2048 "
                                "(repeatable); prints one row per point, with --json {\"rows\": [...]}")
-    estimate.add_argument("--bf16", action="store_true", help="bf16 autocast (approximate off CUDA)")
     estimate.add_argument("--num-labels", type=int, default=2, help="classes of the head (default 2)")
     estimate.add_argument("--device", default="cpu",
                           help="device whose kernels the fake step uses: cpu (default) or cuda when present")

@@ -15,7 +15,11 @@ from .options import check_bounds, describe_fields, option
 
 @dataclass
 class RunConfig:
-    backbone: str = option(DEFAULT_BACKBONE, "Registry name, local model folder or hub id of the encoder.")
+    backbone: str = option(
+        DEFAULT_BACKBONE,
+        "Registry name, local model folder or hub id (encoder or decoder); config:NAME or a config.json path "
+        "names a model known by its config alone, which the memory estimate takes and training refuses.",
+    )
     dataset: str = option(
         DEFAULT_DATASET,
         "Registry name, a CSV/TSV/JSON/JSONL/XLSX/Parquet file (book.xlsx#Sheet for one sheet), a folder "

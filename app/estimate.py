@@ -23,6 +23,7 @@ setups commonly show, not measured by this lab (`benchmarks/gpu_check.py` measur
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -55,6 +56,7 @@ ADAMW_STEP_BYTES = 4  # the float32 step counter AdamW keeps per parameter tenso
 DEFAULT_LABELS = ("negative", "positive")
 WORST_CASE_NOTE = ("worst-case batch: every example padded to max_length; with dynamic padding most batches "
                    "are shorter and use less")
+EVERY_STEP_NOTE = "padding = max: every batch is padded to max_length, so every step has this shape and this peak"
 BF16_NOTE = ("bf16 autocast estimated approximately: the forward runs under autocast on {device}, whose kernels "
              "and casts differ from CUDA's")
 
@@ -87,6 +89,8 @@ class MemoryEstimate:
     step_kind: str  # which kind of step gave the peak
     steps: list[dict] = field(default_factory=list)  # every kind of step measured
     notes: list[str] = field(default_factory=list)
+    processes: int = 1  # data-parallel processes; every figure is one process's (one GPU's)
+    gradient_buckets: int = 0  # DDP's copy of the gradients, included in `gradients`
 
     @property
     def predicted_peak_bytes(self) -> int:
@@ -120,12 +124,38 @@ class MemoryEstimate:
         return out
 
 
+def _run_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
 def _check_shape(batch_size: int, max_length: int) -> None:
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    fields = _run_fields()
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"'{name}' must be a whole number, got {value!r}")
         check_bounds(name, value, fields[name].metadata)
+
+
+def _check_processes(processes: int, batch_size: int) -> None:
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"'processes' must be a whole number of at least 1, got {processes!r}")
+    if processes > batch_size:
+        raise ConfigError(f"{processes} processes cannot share a batch of {batch_size}: each needs at least one example")
+
+
+def _add_data_parallel(estimate: MemoryEstimate, processes: int, batch_size: int) -> None:
+    """DDP (as the lab runs it, `gradient_as_bucket_view` off) reduces gradients through buckets that
+    hold a second copy of every trained gradient, alive from the first backward on."""
+    estimate.processes = processes
+    estimate.gradient_buckets = estimate.gradients
+    estimate.gradients *= 2
+    for row in estimate.steps:
+        row["total"] += row["gradients"]
+        row["gradients"] *= 2
+    estimate.notes.append(
+        f"one of {processes} data-parallel processes: batch {estimate.batch_size} of {batch_size}, and DDP's gradient "
+        f"buckets ({estimate.gradient_buckets:,} bytes, a copy of the gradients) counted in gradients"
+    )
 
 
 def _resolve_backbone(backbone) -> Backbone:
@@ -201,26 +231,119 @@ def _synthetic_batch(backbone: Backbone, batch_size: int, length: int, device: t
 def estimate_memory(backbone, method: str | Method, batch_size: int, max_length: int,
                     method_config: dict | None = None, *, bf16: bool = False,
                     label_names: list[str] | None = None, device: str | torch.device = "cpu",
-                    seed: int = 0) -> MemoryEstimate:
-    """Predicted training memory of one run's worst step; raises `LabError` on bad input."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+                    seed: int = 0, extrapolate: bool = True, processes: int = 1,
+                    padding: str = "dynamic") -> MemoryEstimate:
+    """Predicted training memory of one run's worst step; raises `LabError` on bad input.
 
+    `padding` says which batches have this shape: with "max" every one, with "dynamic" the longest.
+    With `processes` > 1 the figures are one data-parallel process's: its share of the batch, and
+    the gradient buckets DDP allocates beside the gradients.
+
+    With `extrapolate` (the default), a deep backbone under a method whose memory grows by the same
+    amount per layer is stepped at `LAYER_PROBES` layers and extended to its depth, exactly (the
+    probes must agree on one per-layer amount, else the step runs at full depth)."""
     started = time.perf_counter()
     _check_shape(batch_size, max_length)
+    _check_processes(processes, batch_size)
+    check_bounds("padding", padding, _run_fields()["padding"].metadata)
     method_obj = method if isinstance(method, Method) else create_method(method, method_config)
     backbone_obj = _resolve_backbone(backbone)
     labels = list(label_names or DEFAULT_LABELS)
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # where model.to("cuda") puts a run
-    notes: list[str] = [WORST_CASE_NOTE]
     for field_name in method_obj.reference_fields:
         if not getattr(method_obj.config, field_name, None):
             # Nothing to load yet: a run fine-tuned from this backbone has the backbone's shape.
             setattr(method_obj.config, field_name, "backbone-shaped")
     check_length_fits(backbone_obj, method_obj, max_length)
     method_obj.check_backbone(backbone_obj, labels)
+    shape = dict(batch_size=-(-batch_size // processes), max_length=max_length, bf16=bf16, labels=labels, device=device, seed=seed)
+    estimate = None
+    probes = _layer_probes(backbone_obj) if extrapolate and method_obj.memory_affine_in_layers() else None
+    if probes:
+        measured = [_step_estimate(probe, copy.deepcopy(method_obj), **shape) for probe in probes]
+        estimate = _extend_to_depth(measured, _layer_count(backbone_obj.config))
+    if estimate is None:
+        estimate = _step_estimate(backbone_obj, method_obj, **shape)
+    estimate.backbone = backbone_obj.name
+    if padding == "max":
+        estimate.notes[0] = EVERY_STEP_NOTE
+    if processes > 1:
+        _add_data_parallel(estimate, processes, batch_size)
+    estimate.seconds = time.perf_counter() - started
+    return estimate
 
+
+# A deep stack is estimated from these depths: three, so that two differences can be compared.
+LAYER_PROBES = (1, 2, 3)
+# Below this depth stepping the whole stack costs about what the three probes (6 layers) cost.
+EXTRAPOLATE_FROM_LAYERS = 8
+EXTENDED = ("weights", "gradients", "optimizer", "activations", "trainable_params", "total_params")
+
+
+def _layer_count(config) -> int:
+    return int(getattr(config, "num_hidden_layers", 0) or 0)
+
+
+def _with_layers(config, layers: int):
+    """The config with its first `layers` layers, or None when its layers are not all alike (a
+    per-layer list such as `layer_types` with more than one value)."""
+    count = _layer_count(config)
+    probe = copy.deepcopy(config)
+    for name, value in vars(config).items():
+        if isinstance(value, (list, tuple)) and len(value) == count:
+            if len({repr(item) for item in value}) > 1:
+                return None
+            setattr(probe, name, type(value)(value[:layers]))
+    probe.num_hidden_layers = layers
+    return probe
+
+
+def _layer_probes(backbone: Backbone) -> list[Backbone] | None:
+    if _layer_count(backbone.config) < EXTRAPOLATE_FROM_LAYERS:
+        return None
+    probes = []
+    for layers in LAYER_PROBES:
+        config = _with_layers(backbone.config, layers)
+        if config is None:
+            return None
+        probe = copy.copy(backbone)
+        probe.config = config
+        probes.append(probe)
+    return probes
+
+
+def _extend_to_depth(measured: list[MemoryEstimate], layers: int) -> MemoryEstimate | None:
+    """The estimate at `layers` layers from estimates at `LAYER_PROBES` layers, when every figure grows
+    by one fixed amount per layer; None when the probes disagree."""
+    first = measured[0]
+    if any(len(m.steps) != 1 for m in measured):
+        return None
+    per_layer = {}
+    for name in EXTENDED:
+        a, b, c = (getattr(m, name) for m in measured)
+        if b - a != c - b:
+            return None
+        per_layer[name] = b - a
+    extra = layers - LAYER_PROBES[0]
+    values = {name: getattr(first, name) + extra * per_layer[name] for name in EXTENDED}
+    steps = [{**row, **{k: values[k] for k in ("weights", "gradients", "optimizer", "activations")}}
+             for row in first.steps[:1]]
+    for row in steps:
+        row["total"] = sum(row[k] for k in ("weights", "gradients", "optimizer", "activations"))
+    notes = first.notes + [f"stepped at {', '.join(map(str, LAYER_PROBES))} layers and extended to {layers}: "
+                           f"every layer adds the same {sum(per_layer[k] for k in EXTENDED[:4]):,} bytes (exact: the probes "
+                           "agree on it)"]
+    return dataclasses.replace(first, **values, steps=steps, notes=notes)
+
+
+def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: int, max_length: int, bf16: bool,
+                   labels: list[str], device: torch.device, seed: int) -> MemoryEstimate:
+    """One fake training step (of each kind the method has) at full size."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    notes: list[str] = [WORST_CASE_NOTE]
     steps: list[dict] = []
     meta = torch.device("meta")
     # Built on the meta device (shapes only, nothing allocated, any size), then every parameter
@@ -278,7 +401,7 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
         backbone=backbone_obj.name, method=method_obj.name, batch_size=batch_size, max_length=max_length,
         input_length=input_length, bf16=bool(bf16), weights=weights, gradients=worst["gradients"],
         optimizer=optimizer, activations=worst["activations"], trainable_params=trainable, total_params=total,
-        seconds=time.perf_counter() - started, step_kind=worst["kind"], steps=steps, notes=notes,
+        seconds=0.0, step_kind=worst["kind"], steps=steps, notes=notes,
     )
 
 

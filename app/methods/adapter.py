@@ -162,6 +162,7 @@ class HoulsbyAdapters(Method):
     default_lr = 1e-3
     exports_plain_model = False
     backprop_crosses_frozen_backbone = True
+    memory_grows_by_layer = True
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         check_adapter_places(backbone.family)

@@ -135,9 +135,17 @@ class Method:
     # True when a separate side network trains beside a backbone that runs without autograd: the
     # backbone's activations are not kept and its attention maps stay as they were.
     trains_side_network: ClassVar[bool] = False
+    # True when every backbone layer adds the same modules, parameters and saved tensors to a step
+    # (nothing trained depends on the layer count otherwise): a step's memory is then an affine
+    # function of the layer count, which lets the estimate measure a few layers and extrapolate.
+    memory_grows_by_layer: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()
+
+    def memory_affine_in_layers(self) -> bool:
+        """Whether this method, with its settings, keeps `memory_grows_by_layer`."""
+        return self.memory_grows_by_layer
 
     # -- building -------------------------------------------------------------------------
     def build(self, ctx: BuildContext) -> nn.Module:

@@ -41,6 +41,7 @@ class BitFit(Method):
     default_lr = 3e-3
     exports_plain_model = True
     backprop_crosses_frozen_backbone = True
+    memory_grows_by_layer = True
 
     @classmethod
     def backbone_refusal(cls, backbone) -> str | None:

@@ -22,6 +22,7 @@ class FullFineTuning(Method):
     Config = FullFineTuningConfig
     default_lr = 1e-4  # small encoders on short CPU budgets; 2e-5..5e-5 suits long BERT-base runs
     exports_plain_model = True
+    memory_grows_by_layer = True
 
     def build(self, ctx: BuildContext):
         model = ctx.backbone.load_for_classification(

@@ -66,6 +66,7 @@ class Lora(Method):
     default_lr = 2e-3
     exports_plain_model = True
     backprop_crosses_frozen_backbone = True
+    memory_grows_by_layer = True
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         layer_roles(backbone.config.model_type)

@@ -355,6 +355,11 @@ class LadderSideTuning(Method):
     # (the official runs use 3e-3).
     default_lr = 3e-3
     trains_side_network = True
+    memory_grows_by_layer = True
+
+    def memory_affine_in_layers(self) -> bool:
+        # every_other and list feed a side block from some layers only: not one block per layer
+        return self.config.layer_dropping == "all"
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         lst_init.side_dimensions(backbone.config, self.config.reduction_factor)

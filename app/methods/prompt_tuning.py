@@ -31,6 +31,7 @@ class VirtualTokenMethod(Method):
     exports_plain_model = False
     backprop_crosses_frozen_backbone = True
     prepends_virtual_tokens = True
+    memory_grows_by_layer = True
 
     def extra_input_tokens(self) -> int:
         return self.config.num_virtual_tokens
