@@ -1,0 +1,118 @@
+"""The planner's two shortcuts, each against the full estimate: the peak at any batch from batches
+1 and 2, and a deep stack from three shallow ones; the largest batch a device holds; data-parallel
+figures."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from app.backbones import get_backbone
+from app.methods import METHODS, supported_methods
+
+PARTS = ("weights", "gradients", "optimizer", "activations")
+BATCH_CASES = [("tiny-random", m, 48) for m in METHODS] + [
+    ("tiny-random-llama", m, 40) for m in METHODS if m in supported_methods(get_backbone("tiny-random-llama"))]
+
+
+@pytest.mark.parametrize("backbone,method,length", BATCH_CASES, ids=[f"{b}-{m}" for b, m, _ in BATCH_CASES])
+def test_the_peak_at_any_batch_equals_the_full_estimate(backbone, method, length):
+    from app.estimate import estimate_memory
+    from app.planning import plan_point
+
+    point = plan_point(backbone, method, length)
+    for batch in (1, 4, 11):
+        direct = estimate_memory(backbone, method, batch, length)
+        assert point.breakdown(batch) == direct.breakdown, batch
+
+
+def _deep(backbone: str, layers: int = 18):
+    config = copy.deepcopy(get_backbone(backbone).config)
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[0]] * layers
+    return config
+
+
+LAYERED = [m for m in METHODS if METHODS[m]().memory_affine_in_layers()]
+DEPTH_CASES = [(b, m) for b in ("tiny-random", "tiny-random-llama", "tiny-random-gpt2") for m in LAYERED
+               if m in supported_methods(get_backbone(b))]
+
+
+@pytest.mark.parametrize("backbone,method", DEPTH_CASES, ids=[f"{b}-{m}" for b, m in DEPTH_CASES])
+def test_a_deep_stack_extended_from_three_shallow_ones_equals_the_full_step(backbone, method):
+    from app.estimate import estimate_memory
+
+    config = _deep(backbone)
+    extended = estimate_memory(config, method, 4, 32)
+    full = estimate_memory(config, method, 4, 32, extrapolate=False)
+    assert any(note.startswith("stepped at 1, 2, 3 layers") for note in extended.notes)
+    for name in (*PARTS, "trainable_params", "total_params"):
+        assert getattr(extended, name) == getattr(full, name), name
+
+
+def test_methods_whose_layers_differ_are_stepped_at_full_depth():
+    from app.estimate import estimate_memory
+
+    assert set(LAYERED) == {"full_ft", "lora", "adapter", "bitfit", "prompt_tuning", "p_tuning", "lst"}
+    config = _deep("tiny-random")
+    for method, settings in (("lst", {"layer_dropping": "every_other"}), ("truncate", {}), ("theseus", {})):
+        estimate = estimate_memory(config, method, 2, 16, settings)
+        assert not any(note.startswith("stepped at") for note in estimate.notes), method
+    mixed = _deep("tiny-random-llama")
+    mixed.layer_types = ["full_attention", "sliding_attention"] * 9
+    mixed.sliding_window = 8
+    assert not any(n.startswith("stepped at") for n in estimate_memory(mixed, "lora", 2, 16).notes)
+
+
+def test_the_largest_batch_is_the_last_one_whose_need_fits():
+    from app.estimate import GiB, cuda_requirement
+    from app.planning import plan_point
+
+    point = plan_point("config:qwen2.5-0.5b", "lst", 1024)
+    for capacity in (4 * GiB, 8 * GiB, 24 * GiB):
+        batch = point.largest_batch(capacity)
+        assert batch >= 1
+        assert cuda_requirement(point.peak(batch)) <= capacity < cuda_requirement(point.peak(batch + 1))
+    assert point.largest_batch(point.need(1) - 1) == 0
+    assert point.largest_batch(10**15) == 4096  # the run setting's own limit
+    cpu = point.largest_batch(8 * GiB, cuda=False)
+    assert point.peak(cpu) <= 8 * GiB < point.peak(cpu + 1)
+
+
+def test_plan_lengths_stop_at_the_models_positions():
+    from app.planning import plan_lengths
+
+    assert plan_lengths(512) == [128, 256, 512]
+    assert plan_lengths(600) == [128, 256, 512, 600]
+    assert plan_lengths(131072) == [128, 256, 512, 1024, 2048, 4096, 8192]
+
+
+def test_data_parallel_figures_are_one_process_with_its_gradient_buckets():
+    from app.errors import ConfigError
+    from app.estimate import estimate_memory
+
+    alone = estimate_memory("tiny-random", "lora", 3, 32)
+    shared = estimate_memory("tiny-random", "lora", 12, 32, processes=4)
+    assert shared.batch_size == 3 and shared.processes == 4
+    assert shared.activations == alone.activations and shared.weights == alone.weights
+    assert shared.gradient_buckets == alone.gradients and shared.gradients == 2 * alone.gradients
+    assert shared.predicted_peak_bytes == alone.predicted_peak_bytes + alone.gradients
+    assert estimate_memory("tiny-random", "lora", 7, 32, processes=2).batch_size == 4  # the larger share
+    with pytest.raises(ConfigError, match="cannot share a batch of 2"):
+        estimate_memory("tiny-random", "lora", 2, 32, processes=3)
+
+
+def test_the_cli_estimates_per_process_and_names_the_padding(capsys):
+    import json
+
+    from app.cli import main
+
+    assert main(["estimate", "--backbone", "tiny-random", "--method", "lora", "--batch-size", "8", "--max-length",
+                 "32", "--processes", "2", "--padding", "max", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["batch_size"] == 4 and result["processes"] == 2 and result["gradient_buckets"] > 0
+    assert result["notes"][0].startswith("padding = max: every batch")
+    assert main(["estimate", "--backbone", "tiny-random", "--padding", "none"]) == 2
+    assert "'padding' must be one of dynamic, max" in capsys.readouterr().err
