@@ -174,17 +174,20 @@ def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[st
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     def load(value: str) -> Reference:
-        config = backbone.config
         folder = Path(str(value)).expanduser()
         if value and (folder / "config.json").is_file():
             config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+            if getattr(config, "pad_token_id", None) is None:
+                config.pad_token_id = backbone.pad_token_id  # what a decoder run's classifier carries
+            model = build_from_config(
+                AutoModelForSequenceClassification, config, num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+            )
+            restore_pooling(model)
         else:
             notes.append(f"reference '{value}' estimated as a classifier of the backbone's shape")
-        model = build_from_config(
-            AutoModelForSequenceClassification, config, num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
-        )
-        restore_pooling(model).eval()
+            model = backbone.load_for_classification(label_names)  # inside shapes_only: built, not loaded
+        model.eval()
         return Reference(model=model, label_names=list(label_names), source=str(value), plain_model=model)
 
     return load

@@ -497,3 +497,49 @@ def probability_bars(names: list[str], probabilities: list[float], title: str) -
     fig.update_xaxes(range=[0, 100])
     fig.update_layout(hovermode="closest")
     return fig
+
+
+# --- Plan ---------------------------------------------------------------------------------------
+
+GIB = 1024**3
+
+
+def plan_curves(series: dict[str, list[tuple[int, int | None]]], *, capacity: int | None, capacity_label: str,
+                chosen_length: int, y_title: str) -> go.Figure:
+    """Memory against sequence length, one line per method (bytes; None where a point has no
+    estimate), the device's capacity across, the chosen length marked."""
+    fig = go.Figure()
+    for i, (name, points) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(
+            x=[length for length, _ in points], y=[None if v is None else v / GIB for _, v in points],
+            mode="lines+markers", name=name, line=dict(color=PALETTE[i % len(PALETTE)], width=2),
+            hovertemplate=f"{name}: %{{y:.2f}} GiB at %{{x}} tokens<extra></extra>",
+        ))
+    if capacity:
+        fig.add_hline(y=capacity / GIB, line=dict(color=NEUTRAL, dash="dash", width=2),
+                      annotation_text=capacity_label, annotation_position="top left")
+    fig.add_vline(x=chosen_length, line=dict(color=NEUTRAL, dash="dot", width=1))
+    fig = _layout(fig, "sequence length (tokens, log scale)", y_title, height=380)
+    fig.update_xaxes(type="log", dtick=math.log10(2), tickformat="d")
+    fig.update_yaxes(rangemode="tozero", ticksuffix=" GiB")
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def plan_breakdown(rows: dict[str, dict[str, int]], *, allowance: dict[str, int] | None = None) -> go.Figure:
+    """One stacked horizontal bar per method: the parts of its peak (and the CUDA allowance) in GiB."""
+    fig = go.Figure()
+    names = list(rows)
+    for part in PARTS:
+        fig.add_trace(go.Bar(y=names, x=[rows[n][part] / GIB for n in names], orientation="h", name=part,
+                             marker_color=PART_COLOURS[part],
+                             hovertemplate=f"{part}: %{{x:.2f}} GiB<extra></extra>"))
+    if allowance:
+        fig.add_trace(go.Bar(y=names, x=[allowance[n] / GIB for n in names], orientation="h",
+                             name="CUDA allowance", marker=dict(color=NEUTRAL_FILL, line=dict(color=NEUTRAL, width=1)),
+                             hovertemplate="CUDA allowance: %{x:.2f} GiB<extra></extra>"))
+    fig.update_layout(barmode="stack", height=90 + 46 * len(names), margin=dict(l=10, r=10, t=10, b=10),
+                      hovermode="closest", legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0))
+    fig.update_xaxes(ticksuffix=" GiB")
+    fig.update_yaxes(autorange="reversed")
+    return fig

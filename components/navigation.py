@@ -13,6 +13,7 @@ PAGES = [
     ("ladder", "ladder.py", "Ladder (LST)", ":material/stairs:"),
     ("theseus", "theseus.py", "Theseus", ":material/sailing:"),
     ("memory", "memory.py", "Memory", ":material/memory:"),
+    ("plan", "plan.py", "Plan", ":material/straighten:"),
     ("compare", "compare.py", "Compare", ":material/compare_arrows:"),
     ("compress", "compress.py", "Compress", ":material/compress:"),
     ("explain", "explain.py", "Explain", ":material/lightbulb:"),

@@ -12,19 +12,20 @@ from app.backbones import get_backbone
 from app.methods import METHODS, supported_methods
 
 PARTS = ("weights", "gradients", "optimizer", "activations")
-BATCH_CASES = [("tiny-random", m, 48) for m in METHODS] + [
-    ("tiny-random-llama", m, 40) for m in METHODS if m in supported_methods(get_backbone("tiny-random-llama"))]
+BATCH_CASES = [("tiny-random", m) for m in METHODS] + [
+    ("tiny-random-llama", m) for m in METHODS if m in supported_methods(get_backbone("tiny-random-llama"))]
 
 
-@pytest.mark.parametrize("backbone,method,length", BATCH_CASES, ids=[f"{b}-{m}" for b, m, _ in BATCH_CASES])
-def test_the_peak_at_any_batch_equals_the_full_estimate(backbone, method, length):
+@pytest.mark.parametrize("backbone,method", BATCH_CASES, ids=[f"{b}-{m}" for b, m in BATCH_CASES])
+def test_the_surface_equals_the_full_estimate_at_points_it_did_not_measure(backbone, method):
     from app.estimate import estimate_memory
-    from app.planning import plan_point
+    from app.planning import measure_surface
 
-    point = plan_point(backbone, method, length)
-    for batch in (1, 4, 11):
+    surface = measure_surface(backbone, method)
+    assert surface.lengths[0] == 16 and surface.lengths[2] == surface.longest
+    for batch, length in ((1, 40), (4, 100), (11, 24), (7, surface.longest)):
         direct = estimate_memory(backbone, method, batch, length)
-        assert point.breakdown(batch) == direct.breakdown, batch
+        assert surface.breakdown(batch, length) == direct.breakdown, (batch, length)
 
 
 def _deep(backbone: str, layers: int = 18):
@@ -68,25 +69,34 @@ def test_methods_whose_layers_differ_are_stepped_at_full_depth():
 
 def test_the_largest_batch_is_the_last_one_whose_need_fits():
     from app.estimate import GiB, cuda_requirement
-    from app.planning import plan_point
+    from app.planning import measure_surface
 
-    point = plan_point("config:qwen2.5-0.5b", "lst", 1024)
+    surface = measure_surface("config:qwen2.5-0.5b", "lst")
     for capacity in (4 * GiB, 8 * GiB, 24 * GiB):
-        batch = point.largest_batch(capacity)
+        batch = surface.largest_batch(1024, capacity)
         assert batch >= 1
-        assert cuda_requirement(point.peak(batch)) <= capacity < cuda_requirement(point.peak(batch + 1))
-    assert point.largest_batch(point.need(1) - 1) == 0
-    assert point.largest_batch(10**15) == 4096  # the run setting's own limit
-    cpu = point.largest_batch(8 * GiB, cuda=False)
-    assert point.peak(cpu) <= 8 * GiB < point.peak(cpu + 1)
+        assert cuda_requirement(surface.peak(batch, 1024)) <= capacity < cuda_requirement(surface.peak(batch + 1, 1024))
+    assert surface.largest_batch(8192, surface.need(1, 8192) - 1) == 0
+    assert surface.largest_batch(128, 10**15) == 4096  # the run setting's own limit
+    cpu = surface.largest_batch(512, 8 * GiB, cuda=False)
+    assert surface.peak(cpu, 512) <= 8 * GiB < surface.peak(cpu + 1, 512)
 
 
-def test_plan_lengths_stop_at_the_models_positions():
-    from app.planning import plan_lengths
+def test_plan_lengths_stop_at_the_longest_input():
+    from app.planning import longest_input, plan_lengths
 
-    assert plan_lengths(512) == [128, 256, 512]
-    assert plan_lengths(600) == [128, 256, 512, 600]
-    assert plan_lengths(131072) == [128, 256, 512, 1024, 2048, 4096, 8192]
+    assert plan_lengths(512) == [16, 32, 64, 128, 256, 512]
+    assert plan_lengths(600)[-2:] == [512, 600]
+    assert longest_input("config:llama-3.1-8b", "lora") == 8192  # the run setting's limit, not 131,072
+    assert longest_input("config:bert-base", "prompt_tuning", {"num_virtual_tokens": 30}) == 482
+
+
+def test_a_large_models_point_is_checked_against_the_direct_estimate():
+    from app.planning import check_point, measure_surface
+
+    surface = measure_surface("config:llama-3.1-8b", "lst", {"reduction_factor": 16})
+    check = check_point(surface, "config:llama-3.1-8b", {"reduction_factor": 16}, 6, 3000)
+    assert check["agrees"], check
 
 
 def test_data_parallel_figures_are_one_process_with_its_gradient_buckets():

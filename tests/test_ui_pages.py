@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, tiny_config, train_now
 
 MIB = 1024 * 1024
-PAGES = ("home", "launch", "run", "ladder", "theseus", "memory", "compare", "compress", "explain")
+PAGES = ("home", "launch", "run", "ladder", "theseus", "memory", "plan", "compare", "compress", "explain")
 
 
 def open_app(runs_dir: Path, monkeypatch, page: str | None = "launch", query: dict | None = None) -> AppTest:
@@ -785,6 +785,8 @@ def test_pages_open_by_deep_link_with_the_run_from_the_url(ui_runs, monkeypatch)
     path, store, runs = ui_runs
     for page in PAGES:
         query = {"run": runs["full_ft"]["id"]} if page in ("run", "compress") else None
+        if page == "plan":
+            query = {"model": "tiny-random"}  # the default 8B plan measures for 15 s
         at = open_app(path, monkeypatch, page, query)
         assert not at.exception, page
         if query:
@@ -825,3 +827,34 @@ def test_with_several_gpus_launch_offers_all_gpus_and_queues_one_data_parallel_r
     assert not at.exception and not at.error, [e.value for e in at.error]
     [config] = submitted
     assert (config["device"], config["processes"], config["batch_size"]) == ("cuda", 2, 8)
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+def test_the_plan_page_redraws_from_its_sliders_and_refuses_a_bad_config(tmp_path, monkeypatch):
+    import json as _json
+
+    at = open_app(tmp_path / "runs", monkeypatch, "plan", {"model": "tiny-random"})
+    assert at.selectbox(key="plan.model").value == "tiny-random"
+    curves = at.get("plotly_chart")[0]
+    before = {t["name"]: t["y"] for t in _json.loads(curves.proto.spec)["data"] if t.get("y")}
+    assert set(before) == {"Full fine-tuning", "LoRA", "Ladder Side-Tuning (LST)"}
+    assert before["Ladder Side-Tuning (LST)"][-1] < before["Full fine-tuning"][-1]
+    assert any("equals the surface to the byte" in c.value for c in at.caption)
+
+    at.select_slider(key="plan.batch").set_value(32).run()
+    after = {t["name"]: t["y"] for t in _json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("y")}
+    assert all(a > b for name in before for a, b in zip(after[name], before[name]))  # more examples, more memory
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["Full fine-tuning", "LoRA", "Ladder Side-Tuning (LST)"]
+    assert table.filter(like="largest batch").iloc[:, 0].tolist()[0] != "does not fit"
+
+    lora_before = table.set_index("method").loc["LoRA", "trainable"]
+    at.select_slider(key="plan.lora_rank").set_value(64).run()
+    assert at.dataframe[0].value.set_index("method").loc["LoRA", "trainable"] != lora_before
+
+    at.selectbox(key="plan.model").set_value("Your own config.json…").run()
+    at.text_input(key="plan.own_config").input(str(tmp_path / "missing.json")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "config" in at.error[0].value and "\n" not in at.error[0].value
