@@ -11,8 +11,10 @@ import streamlit as st
 
 from app.errors import LabError
 from app.lessons import (
-    LESSONS, Lesson, default_preset_name, get_lesson, lesson_findings, lesson_of_run, lesson_record, submit_lesson,
+    LESSONS, Lesson, default_preset_name, get_lesson, lesson_findings, lesson_of_run, lesson_record,
+    prediction_estimate, save_guess, saved_guess, submit_lesson,
 )
+from app.lessons.base import format_value
 from components.common import finished_runs, get_job_board, get_manager_for_app, get_store, run_label, run_link
 from components.compress_view import start_lesson_sweep
 from components.live import live
@@ -103,8 +105,59 @@ def show_lesson(record: dict | None, key: str = "lesson.again") -> None:
     if record is None:
         return
     store = get_store()
-    live(render_lesson, record, active=lesson_findings(store, record).status == "pending")
+    pending = lesson_findings(store, record).status == "pending"
+    render_prediction(record, pending)
+    live(render_lesson, record, active=pending)
     again_button(record, key)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _estimate_of(lesson_id: str, record_json: str) -> float | str | None:
+    """The engine's figure for the lesson's prediction (or why there is none); once per lesson."""
+    import json
+
+    try:
+        return prediction_estimate(json.loads(record_json))
+    except LabError as exc:
+        return str(exc)
+
+
+def render_prediction(record: dict, pending: bool) -> None:
+    """Predict, then run: the learner's guess, locked in while the runs train, beside the engine's
+    estimate before any step and, once the runs end, the measurement."""
+    import json
+
+    prediction = get_lesson(record["lesson"]).prediction
+    if prediction is None:
+        return
+    store = get_store()
+    guess = saved_guess(store, record)
+    with st.container(border=True):
+        st.markdown(f"**Predict, then run.** {prediction.question}?")
+        if guess is None and pending:
+            with st.form(key="lesson.guess_form", border=False):
+                typed = st.number_input(
+                    f"Your guess ({'points' if prediction.unit == 'points' else prediction.unit})",
+                    min_value=prediction.low * prediction.scale, max_value=prediction.high * prediction.scale,
+                    value=prediction.default * prediction.scale, step=0.01 * prediction.scale, format="%.2f", key="lesson.guess")
+                if st.form_submit_button("Lock in my guess", key="lesson.guess_submit"):
+                    save_guess(store, record, typed / prediction.scale)
+                    st.rerun()
+        estimate = (_estimate_of(record["lesson_id"], json.dumps(record, sort_keys=True, default=str))
+                    if prediction.estimate else None)
+        findings = None if pending else lesson_findings(store, record)
+        measured = next((c.value for c in (findings.checks if findings else []) if c.name == prediction.check), None)
+        columns = st.columns(3)
+        columns[0].metric("Your guess", format_value(guess, prediction.unit) if guess is not None else
+                          ("—" if pending else "none locked in"))
+        if isinstance(estimate, str):
+            columns[1].metric("Estimate before any step", "n/a", help=estimate)
+        else:
+            columns[1].metric("Estimate before any step", format_value(estimate, prediction.unit) if estimate
+                              is not None else "none", help=None if estimate is not None else
+                              "Only training can tell: the memory estimate does not predict accuracy or speed.")
+        columns[2].metric("Measured", format_value(measured, prediction.unit) if measured is not None else
+                          ("when the runs end" if pending else "n/a"))
 
 
 def render_lesson(record: dict) -> bool:

@@ -24,6 +24,7 @@ LORA_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 THIS_MACHINE = "this machine"
 SURFACES_KEPT = 256
+SHORTEST_DRAWN = 64  # shorter inputs change little that a plan needs
 
 
 def _gib(value: int) -> str:
@@ -98,7 +99,7 @@ def length_choices(backbone: str) -> list[int]:
     from app.planning import PLAN_LENGTHS, longest_input
 
     longest = longest_input(backbone, "full_ft")
-    return [n for n in PLAN_LENGTHS if n <= longest and n >= 64] or [longest]
+    return [n for n in PLAN_LENGTHS if SHORTEST_DRAWN <= n <= longest] or [longest]
 
 
 def method_settings(method: str, lst_reduction: int, lst_dropping: str, lora_rank: int) -> dict:
@@ -152,7 +153,8 @@ def render_plan(backbone: str, methods: list[str], surfaces: dict, *, batch: int
         return
     series = {}
     for method, surface in good.items():
-        series[method_title(method)] = [(n, surface.need(batch, n, cuda=cuda)) for n in plan_lengths(surface.longest)]
+        drawn = [n for n in plan_lengths(surface.longest) if n >= SHORTEST_DRAWN] or [surface.longest]
+        series[method_title(method)] = [(n, surface.need(batch, n, cuda=cuda)) for n in drawn]
     what = "needed on CUDA (peak + allowance)" if cuda else "predicted peak"
     st.plotly_chart(
         figures.plan_curves(series, capacity=capacity, capacity_label=device_label, chosen_length=length,

@@ -28,12 +28,13 @@ PAGE_TITLES = {
     "ladder": "Ladder Side-Tuning",
     "theseus": "BERT-of-Theseus",
     "memory": "Training memory",
+    "plan": "Plan: will it fit?",
     "compare": "Compare runs",
     "compress": "Compress",
     "explain": "Explain predictions",
 }
 SIDEBAR = {"Home": "", "Launch": "launch", "Run": "run", "Ladder (LST)": "ladder", "Theseus": "theseus", "Memory": "memory",
-           "Compare": "compare", "Compress": "compress", "Explain": "explain"}
+           "Plan": "plan", "Compare": "compare", "Compress": "compress", "Explain": "explain"}
 
 
 @pytest.fixture
@@ -142,6 +143,19 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
                 assert heading(page) == PAGE_TITLES[path], label
                 assert_no_exception(page, label)
                 page.screenshot(path=str(artifacts / f"{path or 'home'}-light.png"))
+
+            # Plan: the batch slider redraws the curves from the measured surfaces.
+            page.goto(url + "/plan")
+            wait_for_render(page, TIMEOUT_MS)
+            curve = """() => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot').data[0].y"""
+            before = page.evaluate(curve)
+            page.get_by_role("slider").first.focus()
+            page.keyboard.press("ArrowRight")
+            settle(page)
+            after = page.evaluate(curve)
+            assert len(after) == len(before) and all(a > b for a, b in zip(after, before))
+            assert_no_exception(page, "plan")
+            page.screenshot(path=str(artifacts / "plan.png"), full_page=True)
 
             # Upload a CSV and map its columns.
             page.goto(url + "/launch")

@@ -270,3 +270,23 @@ def test_every_preset_of_every_lesson_gives_runs_its_backbone_can_train():
                 backbone = get_backbone(config.backbone)
                 refusal = create_method(config.method, {}).backbone_refusal(backbone)
                 assert refusal is None, (lesson.name, preset_name, config.method, refusal)
+
+
+def test_every_lesson_asks_for_a_guess_at_one_of_its_checks_and_the_memory_one_has_an_estimate(store):
+    from app.estimate import estimate_memory
+    from app.lessons import LESSONS, prediction_estimate, role_configs, save_guess, saved_guess
+
+    for lesson in LESSONS.values():
+        assert lesson.prediction is not None, lesson.name
+        assert lesson.prediction.low <= lesson.prediction.default <= lesson.prediction.high
+    record = {"lesson_id": "lst-memory-x", "lesson": "lst-memory", "preset": "tiny", "seed": 0,
+              "runs": {"full_ft": "r1", "lst": "r2"}}
+    configs = {c["method"]: c for c in role_configs(LESSONS["lst-memory"], "tiny", 0)}
+    expected = [estimate_memory(configs[m]["backbone"], m, configs[m]["batch_size"], configs[m]["max_length"])
+                for m in ("lst", "full_ft")]
+    assert prediction_estimate(record) == expected[0].predicted_peak_bytes / expected[1].predicted_peak_bytes
+    assert prediction_estimate(dict(record, lesson="theseus")) is None  # accuracy: only training can tell
+    assert saved_guess(store, record) is None
+    save_guess(store, record, 0.25)
+    save_guess(store, record, 0.3)  # a second lock-in replaces the first
+    assert saved_guess(store, record) == 0.3

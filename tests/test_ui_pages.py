@@ -381,14 +381,25 @@ def test_a_lesson_button_queues_its_recipe_and_its_page_checks_the_claim_on_thos
     from app.lessons import get_lesson, lesson_findings, role_configs
     from app.manager import get_manager
 
+    from app.lessons.base import format_value
+
     manager = get_manager(runs_dir)
+    # a long run ahead in the queue keeps the lesson's runs waiting while the learner guesses
+    blocker = manager.submit(tiny_config(steps=1_000_000, eval_every=100_000))
     at = open_app(runs_dir, monkeypatch)
     at.selectbox(key="lesson.preset").set_value("tiny").run()
     at.number_input(key="lesson.seed").set_value(3).run()
     at.button(key=f"lesson.{lesson}").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    queued = manager.store.list_runs()
+    queued = [r for r in manager.store.list_runs() if r["id"] != blocker]
     assert sorted(r["method"] for r in queued) == sorted(methods)
+    follow(at, page).run()
+    prediction = get_lesson(lesson).prediction
+    at.number_input(key="lesson.guess").set_value(0.1 * prediction.scale)
+    at.button(key="lesson.guess_submit").click().run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Your guess"] == format_value(0.1, prediction.unit)
+    manager.cancel(blocker)
     # exactly the recipe's configs (what `python -m app lesson` queues too), seeded as asked
     expected = role_configs(get_lesson(lesson), "tiny", 3)
     by_name = {r["config"]["name"]: r["config"] for r in queued}
@@ -406,6 +417,15 @@ def test_a_lesson_button_queues_its_recipe_and_its_page_checks_the_claim_on_thos
     page_text = " ".join(m.value for m in at.markdown)
     for check in findings.checks:  # every check is on the page with the runs' own number
         assert check.says in page_text and check.format(check.value) in page_text
+    # the guess stays, beside the estimate before any step and the measurement
+    metrics = {m.label: m.value for m in at.metric}
+    measured = next(c for c in findings.checks if c.name == prediction.check)
+    assert metrics["Your guess"] == format_value(0.1, prediction.unit)
+    assert metrics["Measured"] == measured.format(measured.value)
+    if prediction.estimate:  # memory: the estimate before any step equals what the runs measured
+        assert metrics["Estimate before any step"] == measured.format(measured.value)
+    else:
+        assert metrics["Estimate before any step"] == "none"
     # run it again with the next seed: a new lesson on the same page
     at.button(key="lesson.again").click().run()
     assert not at.exception and not at.error

@@ -11,7 +11,7 @@ nothing twice) and reads it back, saying plainly when a run came out against the
 """
 
 from ..run_refs import ROLE_REF
-from .base import Check, Findings, Lesson, LessonRuns, Preset, Role, default_preset_name
+from .base import Check, Findings, Lesson, LessonRuns, Prediction, Preset, Role, default_preset_name
 from .lst_memory import check_lst_memory
 from .registry import LESSONS, describe_lessons, get_lesson, lessons_with_given_role
 from .runner import (
@@ -23,8 +23,11 @@ from .runner import (
     lesson_findings,
     lesson_of_run,
     lesson_record,
+    prediction_estimate,
     role_configs,
     run_lesson,
+    save_guess,
+    saved_guess,
     submit_lesson,
     sweep_points,
     wall_seconds,
@@ -33,9 +36,10 @@ from .shrink import check_shrink, shrink_plan
 from .theseus import check_theseus
 
 __all__ = [
-    "Check", "Findings", "LESSONS", "Lesson", "LessonLaunch", "LessonRuns", "Preset", "RECORD_KIND", "ROLE_REF",
+    "Check", "Findings", "LESSONS", "Lesson", "LessonLaunch", "LessonRuns", "Prediction", "Preset", "RECORD_KIND", "ROLE_REF",
     "Role", "check_lst_memory", "check_shrink", "check_theseus", "default_preset_name", "describe_lessons",
     "featured_runs", "find_identical_run", "get_lesson", "latest_lesson", "lesson_findings", "lesson_of_run",
-    "lesson_record", "lessons_with_given_role", "role_configs", "run_lesson", "shrink_plan", "submit_lesson",
+    "lesson_record", "lessons_with_given_role", "prediction_estimate", "role_configs", "run_lesson", "save_guess",
+    "saved_guess", "shrink_plan", "submit_lesson",
     "sweep_points", "wall_seconds",
 ]

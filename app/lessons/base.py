@@ -30,6 +30,17 @@ class Preset:
     plan: dict = field(default_factory=dict)
 
 
+def format_value(value: float | None, unit: str) -> str:
+    """How a check's value reads: × (a ratio), points (an accuracy difference), % (an accuracy)."""
+    if value is None:
+        return "n/a"
+    if unit == "points":
+        return f"{100 * value:+.1f} points"
+    if unit == "%":
+        return f"{100 * value:.1f}%"
+    return f"{value:.3f}×"
+
+
 @dataclass(frozen=True)
 class Check:
     """One number of the claim against its target."""
@@ -43,13 +54,7 @@ class Check:
     unit: str = "×"  # how a value reads: × (a ratio), points (an accuracy difference), % (an accuracy)
 
     def format(self, value: float | None) -> str:
-        if value is None:
-            return "n/a"
-        if self.unit == "points":
-            return f"{100 * value:+.1f} points"
-        if self.unit == "%":
-            return f"{100 * value:.1f}%"
-        return f"{value:.3f}×"
+        return format_value(value, self.unit)
 
     @property
     def passed(self) -> bool:
@@ -62,6 +67,27 @@ class Check:
                 "comparison": "<=" if self.at_most else ">=", "passed": self.passed, "says": self.says,
                 "advice": self.advice, "unit": self.unit, "shown": self.format(self.value),
                 "target_shown": self.format(self.target)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a learner guesses before the runs end: the value one of the lesson's checks will read.
+
+    `estimate` gives the engine's own figure before any step, from the run config of each role
+    (None where only training can tell, e.g. an accuracy)."""
+
+    check: str  # the name of the Check whose value the runs measure
+    question: str
+    low: float
+    high: float
+    default: float
+    unit: str = "×"  # as the check's unit
+    estimate: Callable[[dict], float | None] | None = None
+
+    @property
+    def scale(self) -> float:
+        """Points and percentages are typed as such, stored as fractions."""
+        return 100.0 if self.unit in ("points", "%") else 1.0
 
 
 @dataclass
@@ -109,6 +135,8 @@ class Lesson:
     # The role whose finished model the preset's compression plan sweeps once trained; the check
     # reads that sweep's points.
     sweep_role: str | None = None
+    # What the learner is asked to guess while the runs train.
+    prediction: Prediction | None = None
 
     def preset(self, name: str | None) -> tuple[str, Preset]:
         chosen = name or default_preset_name()

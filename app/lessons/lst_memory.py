@@ -3,7 +3,9 @@ backbone, and Ladder Side-Tuning, side by side on one padded batch shape; shown 
 
 from __future__ import annotations
 
-from .base import TINY_HELP, TINY_RUN, Check, Findings, Lesson, LessonRuns, Preset, Role, percent_text, points_text
+from .base import (
+    TINY_HELP, TINY_RUN, Check, Findings, Lesson, LessonRuns, Prediction, Preset, Role, percent_text, points_text,
+)
 
 
 def _keeps_backbone_activations(runs: LessonRuns) -> list[Role]:
@@ -77,6 +79,18 @@ def check_lst_memory(runs: LessonRuns) -> Findings:
     return findings
 
 
+def estimated_peak_ratio(configs: dict) -> float | None:
+    """LST's predicted peak over full fine-tuning's, on the roles' own run settings."""
+    from ..estimate import estimate_memory  # loads torch: listing the lessons does not need it
+
+    peaks = {}
+    for role in ("lst", "full_ft"):
+        config = configs[role]
+        peaks[role] = estimate_memory(config["backbone"], config["method"], config["batch_size"], config["max_length"],
+                                      config.get("method_config") or {}).predicted_peak_bytes
+    return peaks["lst"] / peaks["full_ft"]
+
+
 _CPU_DATA = {"backbone": "minilm-l6", "dataset": "sms-spam", "device": "cpu"}
 _CUDA_DATA = {"backbone": "minilm-l6", "dataset": "rotten-tomatoes", "device": "cuda"}
 
@@ -117,6 +131,8 @@ LESSON = Lesson(
         "tiny": Preset(help=TINY_HELP, run=dict(TINY_RUN, padding="max")),
     },
     check=check_lst_memory,
+    prediction=Prediction("lst_peak_ratio", "LST's peak training memory, as a fraction of full fine-tuning's",
+                          low=0.0, high=1.5, default=0.5, estimate=estimated_peak_ratio),
     main_roles=("full_ft", "lst"),
     page_param="runs",
 )

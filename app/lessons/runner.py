@@ -20,6 +20,7 @@ from .base import Findings, Lesson, LessonRuns
 from .registry import get_lesson
 
 RECORD_KIND = "lesson"
+GUESS_KIND = "lesson-guess"
 
 
 @dataclass
@@ -214,3 +215,25 @@ def run_lesson(manager, name: str, *, seed: int = 0, preset: str | None = None, 
     result.update(lesson=name, preset=launch.preset, seed=seed, lesson_id=launch.lesson_id,
                   runs=launch.runs, reused=launch.reused, wall_seconds=time.perf_counter() - started)
     return result
+
+
+def save_guess(store, record: dict, value: float) -> None:
+    """Keep a learner's guess with the lesson (beside its first run), so a reload shows it."""
+    first_run = next(iter(record["runs"].values()))
+    store.put_record(first_run, GUESS_KIND, record["lesson_id"], {"value": float(value)})
+
+
+def saved_guess(store, record: dict) -> float | None:
+    found = store.records_of_kind(GUESS_KIND, key=record["lesson_id"])
+    return found[0]["value"] if found else None
+
+
+def prediction_estimate(record: dict) -> float | None:
+    """The engine's figure for the lesson's prediction before any step, on the lesson's own run
+    settings; None where the lesson has none."""
+    lesson = get_lesson(record["lesson"])
+    if lesson.prediction is None or lesson.prediction.estimate is None:
+        return None
+    configs = dict(zip((role.name for role in lesson.roles),
+                       role_configs(lesson, record["preset"], int(record["seed"]))))
+    return lesson.prediction.estimate(configs)

@@ -4,7 +4,9 @@ model, given or trained first (the Theseus lesson's predecessor); shown on the C
 from __future__ import annotations
 
 from . import theseus
-from .base import TINY_HELP, TINY_RUN, Check, Findings, Lesson, LessonRuns, Preset, Role, percent_text, points_text
+from .base import (
+    TINY_HELP, TINY_RUN, Check, Findings, Lesson, LessonRuns, Prediction, Preset, Role, percent_text, points_text,
+)
 
 
 def check_shrink(runs: LessonRuns) -> Findings:
@@ -87,6 +89,8 @@ LESSON = Lesson(
                              "latency_warmup": 1}),
     },
     check=check_shrink,
+    prediction=Prediction("int8_speedup", "How many times faster the dynamic int8 model predicts than fp32 on this CPU",
+                          low=0.5, high=5.0, default=1.0),
     main_roles=("model",),
     page_roles=("model",),
     given_role="model",

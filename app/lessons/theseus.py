@@ -4,7 +4,9 @@ layers, and the truncation baseline with the same layers, steps and data; shown 
 from __future__ import annotations
 
 from ..run_refs import role_ref
-from .base import TINY_HELP, TINY_RUN, Check, Findings, Lesson, LessonRuns, Preset, Role, percent_text, points_text
+from .base import (
+    TINY_HELP, TINY_RUN, Check, Findings, Lesson, LessonRuns, Prediction, Preset, Role, percent_text, points_text,
+)
 
 
 def check_theseus(runs: LessonRuns) -> Findings:
@@ -87,6 +89,9 @@ LESSON = Lesson(
         "tiny": Preset(help=TINY_HELP, run=TINY_RUN),
     },
     check=check_theseus,
+    prediction=Prediction("successor_minus_truncation",
+                          "How many points of test accuracy the Theseus successor gains over truncation",
+                          low=-0.2, high=0.2, default=0.0, unit="points"),
     main_roles=("predecessor", "theseus"),
     page_roles=("theseus",),
 )
