@@ -22,7 +22,7 @@ CUDA_GAP_NOTE = (
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def cached_estimate(backbone: str, method: str, batch_size: int, max_length: int, method_config_json: str,
-                    bf16: bool, num_labels: int, device: str) -> dict:
+                    bf16: bool, num_labels: int, device: str, processes: int = 1) -> dict:
     """The engine's estimate as plain data, or {"error": message}; cached so the form stays responsive."""
     # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.estimate import estimate_memory
@@ -30,7 +30,7 @@ def cached_estimate(backbone: str, method: str, batch_size: int, max_length: int
     try:
         estimate = estimate_memory(backbone, method, batch_size, max_length, json.loads(method_config_json),
                                    bf16=bf16, label_names=[f"class_{i}" for i in range(num_labels)],
-                                   device=device)
+                                   device=device, processes=processes)
     except LabError as exc:
         return {"error": str(exc)}
     return estimate.as_dict()
@@ -50,12 +50,13 @@ def estimate_for(config: dict, *, num_labels: int = 2, shape: list[int] | None =
     batch_size, max_length = (shape or [config.get("batch_size"), config.get("max_length")])[:2]
     if not isinstance(batch_size, int) or not isinstance(max_length, int):
         return {"error": "batch size and max length are needed for an estimate"}
-    if shape is None:  # each data-parallel process holds its share of the batch (a measured shape already is one)
-        batch_size = -(-batch_size // max(1, int(config.get("processes") or 1)))
+    # A form's batch is shared by its data-parallel processes (the estimate gives one process's share and
+    # DDP's gradient buckets); a measured shape already is one process's.
+    processes = max(1, int(config.get("processes") or 1)) if shape is None else 1
     method_config = {k: v for k, v in (config.get("method_config") or {}).items() if v is not None}
     return cached_estimate(str(config.get("backbone", "")), str(config.get("method", "")), batch_size, max_length,
                            json.dumps(method_config, sort_keys=True, default=str), bool(config.get("bf16")),
-                           num_labels, _estimate_device(str(config.get("device", "auto"))))
+                           num_labels, _estimate_device(str(config.get("device", "auto"))), processes)
 
 
 def render_estimate(config: dict) -> dict | None:

@@ -539,7 +539,8 @@ def plan_breakdown(rows: dict[str, dict[str, int]], *, allowance: dict[str, int]
                              name="CUDA allowance", marker=dict(color=NEUTRAL_FILL, line=dict(color=NEUTRAL, width=1)),
                              hovertemplate="CUDA allowance: %{x:.2f} GiB<extra></extra>"))
     fig.update_layout(barmode="stack", height=90 + 46 * len(names), margin=dict(l=10, r=10, t=10, b=10),
-                      hovermode="closest", legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0))
+                      hovermode="closest", legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0,
+                                                       traceorder="normal"))
     fig.update_xaxes(ticksuffix=" GiB")
     fig.update_yaxes(autorange="reversed")
     return fig

@@ -2,7 +2,7 @@
 
 Runs each lesson at its default preset into a runs folder (reusing what is already there), starts
 the app on 127.0.0.1 over that folder, and saves full-page screenshots of the pages that explain
-them to assets/screenshots/ (the ladder in the dark theme). Look at them before committing.
+them to assets/screenshots/ (the ladder in the dark theme), and the Plan page on Llama-3.1-8B. Look at them before committing.
 
     .venv/bin/python scripts/screenshots.py [--runs-dir runs-screenshots] [--seed 0] [--out assets/screenshots]
 """
@@ -50,6 +50,7 @@ def main() -> int:
     memory, theseus = results["lst-memory"], results["theseus"]
     pages = {file_name: lesson_page(get_lesson(name), results[name]) for file_name, name in LESSON_SHOTS.items()}
     pages["explain.png"] = f"explain?runs={theseus['runs']['predecessor']},{theseus['runs']['theseus']}"
+    pages["plan.png"] = "plan?model=config:llama-3.1-8b"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, streamlit_server(runs_dir, Path(tmp) / "server.log") as url, \
