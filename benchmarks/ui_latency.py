@@ -7,9 +7,11 @@ Prints three figures:
   * launch -> first live point: from the click on Launch to the first training step drawn on the
     Run page's loss chart (target: under 3 s);
   * page switch: from a click in the sidebar to the page fully drawn (script run over, every
-    chart rendered; target: under 1 s).
+    chart rendered; target: under 1 s);
+  * Plan: the first view of the default plan (Llama-3.1-8B, three methods: their surfaces are
+    measured), then from a key press on the batch slider to the curves redrawn (target: under 1 s).
 
-    .venv/bin/python benchmarks/ui_latency.py [--homes 3] [--launches 3] [--switches 3] [--json]
+    .venv/bin/python benchmarks/ui_latency.py [--homes 3] [--launches 3] [--switches 3] [--plan-moves 5] [--json]
 
 `--launches 0 --switches 0` measures the Home figure alone.
 """
@@ -136,17 +138,18 @@ def main() -> int:
     parser.add_argument("--switches", type=int, default=3, help="rounds through the sidebar pages")
     parser.add_argument("--steps", type=int, default=200, help="steps of each launched tiny run (it is cancelled "
                         "after its first point)")
+    parser.add_argument("--plan-moves", type=int, default=5, help="batch slider moves timed on the Plan page")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    home_times, launch_times, switch_times = [], [], {}
+    home_times, launch_times, switch_times, plan_times = [], [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         with sync_playwright() as pw:
             for index in range(args.homes):
                 home_times.append(measure_fresh_home(pw, Path(tmp), index))
-        if args.launches or args.switches:
-            measure_running_app(args, Path(tmp), launch_times, switch_times)
+        if args.launches or args.switches or args.plan_moves:
+            measure_running_app(args, Path(tmp), launch_times, switch_times, plan_times)
     result = {}
     if home_times:
         result["fresh_server_to_home_heading_s"] = spread(home_times)
@@ -158,6 +161,9 @@ def main() -> int:
         every_switch = [t for times in switch_times.values() for t in times]
         result["page_switch_s"] = {"median": statistics.median(every_switch), "max": max(every_switch),
                                    "per_page_median": {k: statistics.median(v) for k, v in switch_times.items()}}
+    if plan_times:
+        result["plan_first_view_s"] = plan_times["first_view"]
+        result["plan_slider_redraw_s"] = spread(plan_times["redraws"])
     if args.json:
         print(json.dumps(result))
         return 0
@@ -176,10 +182,39 @@ def main() -> int:
               f"max {result['page_switch_s']['max']:.2f} (target < 1)")
         for label, value in result["page_switch_s"]["per_page_median"].items():
             print(f"  {label:<8} {value:.2f}")
+    if plan_times:
+        redraw = result["plan_slider_redraw_s"]
+        print(f"Plan first view, surfaces measured (s): {plan_times['first_view']:.2f}")
+        print(f"Plan batch slider -> curves redrawn (s): min {redraw['min']:.2f}, median {redraw['median']:.2f}, "
+              f"max {redraw['max']:.2f} over {len(redraw['all'])} moves (target < 1)")
     return 0
 
 
-def measure_running_app(args, tmp: Path, launch_times: list, switch_times: dict) -> None:
+CURVE = """() => { const c = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+                   return c && c.data ? JSON.stringify(c.data[0].y) : null; }"""
+
+
+def measure_plan(page, url: str, moves: int) -> dict:
+    """The Plan page's first view (its surfaces measured), then key press -> curves redrawn."""
+    started = time.perf_counter()
+    page.goto(url + "/plan")
+    wait_for_render(page, TIMEOUT_MS)
+    page.wait_for_function(CURVE, timeout=TIMEOUT_MS)
+    first_view = time.perf_counter() - started
+    redraws = []
+    slider = page.get_by_role("slider").first
+    for _ in range(moves):
+        before = page.evaluate(CURVE)
+        slider.focus()
+        started = time.perf_counter()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"(b) => ({CURVE})() !== b", arg=before, timeout=TIMEOUT_MS, polling=20)
+        redraws.append(time.perf_counter() - started)
+        settle(page)  # the direct check of the point finishes before the next move
+    return {"first_view": first_view, "redraws": redraws}
+
+
+def measure_running_app(args, tmp: Path, launch_times: list, switch_times: dict, plan_times: dict) -> None:
     """Launch and page-switch figures, on one server and browser session."""
     from playwright.sync_api import sync_playwright
 
@@ -205,6 +240,8 @@ def measure_running_app(args, tmp: Path, launch_times: list, switch_times: dict)
             for _ in range(args.switches):
                 for label in ROUND_TRIP:
                     switch_times.setdefault(label, []).append(click_and_wait(page, label))
+            if args.plan_moves:
+                plan_times.update(measure_plan(page, url, args.plan_moves))
         finally:
             browser.close()
 
