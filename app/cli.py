@@ -27,6 +27,7 @@ from .distributed import DataParallel, cancel_request_path, launched_world_size
 from .errors import ConfigError, LabError
 from .estimate import GiB, estimate_memory
 from .export import export_run
+from .predict import load_predictor
 from .lessons import LESSONS, describe_lessons, get_lesson, lessons_with_given_role, run_lesson
 from .manager import RunManager, default_runs_dir
 from .methods import describe_methods, method_class, supported_methods
@@ -433,11 +434,27 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_export(args) -> int:
-    result = export_run(_store(args), args.run_id, args.out)
+    result = export_run(_store(args), args.run_id, args.out, onnx=not args.no_onnx)
     if args.json:
         _print_json(result)
-    else:
-        print(f"exported run {args.run_id} to {result['path']} ({result['format']}); load with {result['load']}")
+        return 0
+    print(f"exported run {args.run_id} to {result['path']}; the model card (README.md) says how to load each format")
+    for item in result["formats"]:
+        checked = f", checked: largest logit difference {item['max_difference']:.1e}" if "max_difference" in item else ""
+        print(f"  {item['format']:<12} {item['path']}{checked}\n               load: {item['load']}")
+    for note in result["notes"]:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    result = load_predictor(_store(args), args.run_id).predict(args.text)
+    if args.json:
+        _print_json(result)
+        return 0
+    for text, label, probabilities in zip(result["texts"], result["labels"], result["probabilities"]):
+        shown = ", ".join(f"{name} {p:.3f}" for name, p in zip(result["label_names"], probabilities))
+        print(f"{label:<12} ({shown})  {text}")
     return 0
 
 
@@ -523,6 +540,7 @@ SUBCOMMANDS = {
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,
     "export": cmd_export,
+    "predict": cmd_predict,
     "estimate": cmd_estimate,
     "compress": cmd_compress,
     "lesson": cmd_lesson,
@@ -600,6 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[common], help="write a finished run's trained model")
     export.add_argument("run_id")
     export.add_argument("--out", required=True)
+    export.add_argument("--no-onnx", action="store_true", help="skip the ONNX export (and its check)")
+
+    predict = sub.add_parser("predict", parents=[common],
+                             help="a finished run's predictions on texts (the reference its exports are checked on)")
+    predict.add_argument("run_id")
+    predict.add_argument("--text", action="append", required=True, metavar="TEXT", help="a text to classify (repeatable)")
 
     compress = sub.add_parser("compress", parents=[common],
                               help="prune and quantize a finished run's model; measure accuracy, size, latency")

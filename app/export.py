@@ -1,24 +1,55 @@
-"""Exporting a stored run's trained model (the writers live beside the methods, in
-`app.methods.export_writers`), and rebuilding a model exported as a state dict."""
+"""Exporting a stored run's trained model so that it loads outside the lab and predicts what the
+lab predicts, and rebuilding a model exported as the lab's own state.
+
+An export folder holds, checked on a fixed set of texts against the run's own prediction:
+- at its top, a plain transformers folder when transformers' own class, loaded with no lab code,
+  gives the same logits (first-token encoders, last-token decoders); otherwise the lab's state
+  (`model.safetensors` + `lab_config.json`), never a plain folder that would predict differently;
+- `onnx/`: the whole prediction, pooling included, as an ONNX graph run by ONNX Runtime;
+- `README.md`: a model card from the run's record saying how to load each format.
+The writers of the first part live beside the methods (`app.methods.export_writers`).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from .backbones import get_backbone
-from .checkpoints import load_run_model
 from .errors import LabError
 from .methods import create_method
-from .methods.base import BuildContext
+from .methods.base import MODEL_INPUTS, BuildContext
+from .methods.export_writers import save_lab_state, unique_state
+from .model_card import model_card
+from .onnx_export import TOLERANCE, write_onnx
 from .pooling import set_decoder_pooling
+from .predict import Predictor, load_predictor
+
+# Texts every export is checked on: short and long (padding inside a batch), punctuation, and, where
+# the tokenizer has one, its padding or end-of-text token inside a text, which decoder classifiers
+# that find the last token by its id would mistake for padding.
+PROBE_TEXTS = (
+    "A warm, funny and moving film.",
+    "Dull.",
+    "It was fine, I suppose, though the second half dragged on for far longer than it had any need to.",
+)
+
+
+def probe_texts(tokenizer) -> list[str]:
+    texts = list(PROBE_TEXTS)
+    special = getattr(tokenizer, "pad_token", None) or getattr(tokenizer, "eos_token", None)
+    if special:
+        texts.append(f"Good start {special} and a weak ending.")
+    return texts
 
 
 def load_exported(folder: str | Path) -> torch.nn.Module:
-    """Rebuild a model exported as a state dict (the non-plain case) with this lab's code."""
+    """Rebuild a model exported as the lab's state with this lab's code."""
     folder = Path(folder)
     info = json.loads((folder / "lab_config.json").read_text())
     method = create_method(info["method"], info["method_config"])
@@ -30,11 +61,72 @@ def load_exported(folder: str | Path) -> torch.nn.Module:
     return model.eval()
 
 
-def export_run(store, run_id: str, out_dir: str | Path) -> dict:
+@torch.no_grad()
+def plain_logits(folder: Path, texts: list[str], max_length: int) -> torch.Tensor:
+    """What transformers alone computes from a plain folder: its own class and tokenizer, no lab code."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
+
+
+def _method_note(readme: str) -> str:
+    """A method's own note on its files, its title dropped, for the model card."""
+    return "\n".join(line for line in readme.splitlines() if not line.startswith("# ")).strip()
+
+
+def _write_primary(predictor: Predictor, out_dir: Path, probe: list[str], notes: list[str],
+                   sections: list[str]) -> dict:
+    """The method's own export into a scratch folder; a plain folder is kept only when transformers
+    predicts as the lab does, else the lab's state is written instead."""
+    loaded = predictor.loaded
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+        written = loaded.method.export(loaded.model, Path(scratch) / "model", loaded.context)
+        method_note = Path(scratch) / "model" / "README.md"
+        if method_note.exists():  # what the method says of its own files (a peft adapter, a side network)
+            sections.append(_method_note(method_note.read_text()))
+        if written["format"] == "transformers":
+            difference = float((plain_logits(Path(scratch) / "model", probe, predictor.max_length)
+                                - predictor.logits(probe)).abs().max())
+            if difference <= TOLERANCE:
+                shutil.copytree(Path(scratch) / "model", out_dir, dirs_exist_ok=True)
+                return {"format": "transformers", "path": str(out_dir), "max_difference": difference,
+                        "load": f"pipeline('text-classification', model='{out_dir}')"}
+            notes.append(f"No plain transformers folder: transformers' own {loaded.model.__class__.__name__} "
+                         f"pools differently from this run's classifier (largest logit difference {difference:.2e} "
+                         "on the check texts), so it would load without a warning and predict differently. Use "
+                         "the ONNX export, or the lab's state.")
+            model = loaded.method.inference_model(loaded.model)
+            save_lab_state(loaded.method, unique_state(model), out_dir, loaded.context, "")
+            return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}
+        shutil.copytree(Path(scratch) / "model", out_dir, dirs_exist_ok=True)
+        staged = str(Path(scratch) / "model")
+        # paths the method reported (its peft adapter folder) now lie under out_dir
+        return {k: str(out_dir) + v[len(staged):] if isinstance(v, str) and v.startswith(staged) else v
+                for k, v in written.items()}
+
+
+def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) -> dict:
+    """Write a finished run's model in every format that predicts what the lab predicts."""
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise LabError(f"'{out_dir}' exists and is not empty; choose a new folder")
-    loaded = load_run_model(store, run_id, "cpu")
-    result = loaded.method.export(loaded.model, out_dir, loaded.context)
-    result["run_id"] = run_id
-    return result
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    predictor = load_predictor(store, run_id, allow_pairs=True)
+    probe = probe_texts(predictor.tokenizer)
+    notes: list[str] = []
+    sections: list[str] = []
+    formats = [_write_primary(predictor, out_dir, probe, notes, sections)]
+    if onnx:
+        try:
+            formats.append(write_onnx(predictor, out_dir / "onnx", probe))
+        except LabError as exc:
+            shutil.rmtree(out_dir / "onnx", ignore_errors=True)
+            notes.append(f"No ONNX export: {exc}")
+    if predictor.loaded.backbone.family.causal:
+        notes.append("transformers' decoder classifiers find the last token by its id: a text that ends with the "
+                     "padding token itself is pooled one token earlier there than here.")
+    (out_dir / "README.md").write_text(model_card(predictor.loaded.record, formats, notes, sections))
+    return {**formats[0], "run_id": run_id, "path": str(out_dir), "formats": formats, "notes": notes}

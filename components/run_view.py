@@ -164,11 +164,14 @@ def render_details(record: dict) -> None:
         except LabError as exc:
             st.error(str(exc))
         else:
-            exports[run_id] = {"folder": str(folder), "zip": archive, "format": result.get("format"),
-                               "load": result.get("load")}
+            exports[run_id] = {"folder": str(folder), "zip": archive,
+                               "formats": [f["format"] for f in result["formats"]], "notes": result["notes"]}
     exported = exports.get(run_id)
     if exported and Path(exported["zip"]).exists():
-        st.success(f"Exported ({exported['format']}) to `{exported['folder']}`. Load it with `{exported['load']}`.")
+        st.success(f"Exported to `{exported['folder']}` as {', '.join(exported['formats'])}, each checked to predict "
+                   "what this run predicts; its README.md (a model card) says how to load each.")
+        for note in exported["notes"]:
+            st.caption(note)
         zip_path = exported["zip"]
         st.download_button("Download the model (zip)", data=lambda: Path(zip_path).read_bytes(),
                            file_name=Path(zip_path).name, mime="application/zip", key="run.export.zip",

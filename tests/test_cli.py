@@ -54,6 +54,32 @@ def test_train_json_contract(tmp_path):
     export = lab("export", out["run_id"], "--out", str(tmp_path / "exported"), "--json", runs_dir=tmp_path)
     assert export.returncode == 0, export.stderr
     assert (tmp_path / "exported" / "config.json").exists()
+    written = last_json(export.stdout)
+    assert [f["format"] for f in written["formats"]] == ["transformers", "onnx"]
+    assert all(f["max_difference"] <= 1e-4 for f in written["formats"])
+
+    texts = ["WINNER! claim your free prize now", "see you at lunch"]
+    predicted = lab("predict", out["run_id"], "--text", texts[0], "--text", texts[1], "--json", runs_dir=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    answer = last_json(predicted.stdout)
+    assert answer["texts"] == texts and answer["label_names"] == ["ham", "spam"]
+    assert len(answer["logits"]) == 2 and all(len(row) == 2 for row in answer["logits"])
+    assert all(abs(sum(row) - 1) < 1e-6 for row in answer["probabilities"])
+    assert answer["labels"] == [answer["label_names"][max(range(2), key=row.__getitem__)]
+                                for row in answer["probabilities"]]
+    # the exported folder, loaded by transformers alone, gives the same logits
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "exported")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported").eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(logits, torch.tensor(answer["logits"]), rtol=1e-4, atol=1e-4)
+    for bad, says in ((["predict", "no-such-run", "--text", "x"], "run"),
+                      (["predict", out["run_id"], "--text", "  "], "non-empty texts")):
+        refused = lab(*bad, runs_dir=tmp_path)
+        assert refused.returncode == 2 and says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_listing_commands_answer_json(tmp_path):

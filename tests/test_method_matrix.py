@@ -246,6 +246,16 @@ def test_method_runs_in_the_engine_and_export_round_trips(backbone_name, name, m
     assert reference_model is not None
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert METHODS[name].exports_plain_model == (result["format"] == "transformers")
+    # the ONNX graph, run by ONNX Runtime alone, on a batch it was not traced on
+    import onnxruntime
+
+    onnx = next(f for f in result["formats"] if f["format"] == "onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "export" / "onnx" / "model.onnx"))
+    fed = {k: v.numpy() for k, v in model_inputs(batch).items() if k in onnx["inputs"]}
+    torch.testing.assert_close(torch.from_numpy(session.run(["logits"], fed)[0]), expected.float(),
+                               rtol=1e-4, atol=1e-4)
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert card.startswith("---\n") and f"| method | {name} |" in card and "## How to load it" in card
 
 
 @pytest.mark.parametrize("backbone_name,name", [

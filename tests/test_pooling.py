@@ -76,26 +76,29 @@ def test_a_mean_pooled_classifier_reads_the_masked_mean_and_ignores_padding(mean
 
 
 def test_checkpoint_and_export_keep_mean_pooling(store, mean_pooled_folder, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
+    """transformers' BERT head reads the first token: a plain folder of a mean-pooled classifier would
+    load without a warning and predict differently, so the export writes the lab's state and ONNX."""
     from app.backbones import get_backbone
     from app.checkpoints import load_run_model
-    from app.export import export_run
-    from app.pooling import load_classifier
+    from app.export import export_run, load_exported
+    from app.onnx_export import onnx_logits
+    from app.predict import load_predictor
 
     record = train_now(store, backbone=str(mean_pooled_folder), method="full_ft", steps=4)
     assert record["status"] == "finished", record.get("error")
     loaded = load_run_model(store, record["id"], "cpu")
     result = export_run(store, record["id"], tmp_path / "export")
-    assert result["load"].startswith("app.pooling.load_classifier")
-    assert "load_classifier" in (tmp_path / "export" / "README.md").read_text()
+    assert result["format"] == "state_dict" and not (tmp_path / "export" / "config.json").exists()
+    assert "No plain transformers folder" in (tmp_path / "export" / "README.md").read_text()
     batch = _batch(get_backbone(str(mean_pooled_folder)).tokenizer, ["free entry to win", "call me later"])
     with torch.no_grad():
         trained = loaded.method.inference_model(loaded.model).eval()(**batch).logits
-        reloaded = load_classifier(tmp_path / "export").eval()(**batch).logits
-        plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()(**batch).logits
+        reloaded = load_exported(tmp_path / "export")(**batch).logits
     assert torch.allclose(trained, reloaded, atol=1e-5)
-    assert not torch.allclose(trained, plain, atol=1e-4)  # why the export says how to load it
+    texts = ["free entry to win", "call me later, ok?"]
+    predictor = load_predictor(store, record["id"])
+    assert torch.allclose(onnx_logits(tmp_path / "export" / "onnx", predictor, texts), predictor.logits(texts),
+                          atol=1e-4)
 
 
 def test_theseus_mixed_pass_pools_like_the_successor(store, mean_pooled_folder):

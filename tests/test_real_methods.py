@@ -166,3 +166,50 @@ def test_method_learns_on_the_shipped_decoder(name, real_store, decoder_full_ft_
     loss_after = DECODER_REAL[name].get("loss_falls_after", 0)
     losses = [s["loss"] for s in real_store.steps(record["id"]) if s["step"] > loss_after]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+# --- exports that leave the lab ------------------------------------------------------------------
+REVIEWS = ["A warm, funny and moving film.", "Dull, slow and far too long.", "It has its moments.",
+           "The best thing I have seen this year", "I walked out."]
+
+
+def test_a_mean_pooled_minilm_exports_to_onnx_and_refuses_a_plain_folder(real_store, real_full_ft_run, tmp_path):
+    """MiniLM mean-pools; transformers' BERT head reads the first token through its pooler, so a
+    plain folder would load without a warning and predict differently (up to 0.10 in probability)."""
+    import numpy as np
+    import onnxruntime
+    from transformers import AutoTokenizer
+
+    from app.export import export_run
+    from app.predict import load_predictor
+
+    result = export_run(real_store, real_full_ft_run, tmp_path / "export")
+    assert result["format"] == "state_dict" and not (tmp_path / "export" / "config.json").exists()
+    assert any("No plain transformers folder" in note for note in result["notes"])
+    onnx = next(f for f in result["formats"] if f["format"] == "onnx")
+    assert onnx["max_difference"] <= 1e-4
+    # loaded as a user would, with no lab code: ONNX Runtime and the tokenizer saved beside the graph
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "export" / "onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "export" / "onnx" / "model.onnx"))
+    batch = tokenizer(REVIEWS, truncation=True, max_length=40, padding=True, return_tensors="np")
+    logits = session.run(["logits"], {k: batch[k] for k in onnx["inputs"]})[0]
+    lab = load_predictor(real_store, real_full_ft_run).predict(REVIEWS)
+    np.testing.assert_allclose(logits, np.array(lab["logits"]), atol=1e-4)
+
+
+def test_the_shipped_decoder_exports_a_folder_that_pipeline_loads(real_store, decoder_full_ft_run, tmp_path):
+    from transformers import pipeline
+
+    from app.export import export_run
+    from app.predict import load_predictor
+
+    result = export_run(real_store, decoder_full_ft_run["id"], tmp_path / "export", onnx=False)
+    assert result["format"] == "transformers" and result["formats"][0]["max_difference"] <= 1e-4
+    classify = pipeline("text-classification", model=str(tmp_path / "export"), top_k=None)
+    lab = load_predictor(real_store, decoder_full_ft_run["id"]).predict(REVIEWS)
+    for scores, expected in zip(classify(REVIEWS), lab["probabilities"]):
+        got = {s["label"]: s["score"] for s in scores}
+        assert [got[name] for name in lab["label_names"]] == pytest.approx(expected, abs=1e-4)
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert card.startswith("---\nbase_model: \"HuggingFaceTB/SmolLM2-135M-Instruct\"\nlibrary_name: transformers\n")
+    assert "pipeline_tag: text-classification" in card and "| method | full_ft |" in card

@@ -540,6 +540,8 @@ def test_run_page_exports_the_model_to_a_folder_under_the_runs_dir(ui_runs, monk
     exported = sorted((path / "exports").glob(f"{run_id}-*"))
     folders = [p for p in exported if p.is_dir()]
     assert folders and (folders[-1] / "config.json").exists()
+    assert (folders[-1] / "onnx" / "model.onnx").exists() and (folders[-1] / "README.md").exists()
+    assert any("as transformers, onnx" in s.value for s in at.success), [s.value for s in at.success]
     assert any(p.suffix == ".zip" for p in exported)
     assert any(b.proto.label == "Download the model (zip)" for b in at.get("download_button"))
 

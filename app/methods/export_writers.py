@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..pooling import MEAN, pooling_of
 
 
 def _is_plain_transformer(model) -> bool:
@@ -21,37 +20,33 @@ def _is_plain_transformer(model) -> bool:
     return isinstance(model, PreTrainedModel) and type(model).__name__.endswith("ForSequenceClassification")
 
 
+def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each storage once (safetensors refuses tied weights twice)."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen and tensor.numel() > 0:
+            continue
+        seen.add(tensor.data_ptr())
+        state[name] = tensor
+    return state
+
+
 def export_plain_or_state(method, model: torch.nn.Module, out_dir: Path, ctx) -> dict:
+    """A plain transformers folder when the model is one (`app.export` keeps it only where
+    transformers' own class predicts the same), else the full state for this lab to rebuild."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if _is_plain_transformer(model):
         model.save_pretrained(out_dir, safe_serialization=True)
         ctx.backbone.tokenizer.save_pretrained(out_dir)
-        if pooling_of(model) != MEAN:
-            return {"format": "transformers", "path": str(out_dir),
-                    "load": f"AutoModelForSequenceClassification.from_pretrained('{out_dir}')"}
-        (out_dir / "README.md").write_text(
-            "# Exported classifier (mean pooling)\n\n"
-            "A plain transformers classifier whose head reads the mean of the last token states, the way its\n"
-            "sentence-transformers backbone was trained, instead of the first token: `config.json` says\n"
-            "`\"classifier_pooling\": \"mean\"`. transformers ignores that field for this architecture and would\n"
-            "pool the first token, so load it with this lab:\n\n"
-            f"    from app.pooling import load_classifier\n    model = load_classifier('{out_dir.name}')\n")
-        return {"format": "transformers", "path": str(out_dir), "pooling": MEAN,
-                "load": f"app.pooling.load_classifier('{out_dir}')"}
-    state = {}
-    seen = set()
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen and tensor.numel() > 0:
-            continue  # tied weights: safetensors stores each storage once
-        seen.add(tensor.data_ptr())
-        state[name] = tensor
+        return {"format": "transformers", "path": str(out_dir),
+                "load": f"AutoModelForSequenceClassification.from_pretrained('{out_dir}')"}
     return save_lab_state(
-        method, state, out_dir, ctx,
+        method, unique_state(model), out_dir, ctx,
         f"# Exported {method.name} model\n\n"
         f"This method's result is not a plain transformers model. `model.safetensors` holds its full state dict;\n"
         f"`lab_config.json` its method, settings, backbone and class names. Load it with this lab:\n\n"
-        f"    from app.export import load_exported\n    model = load_exported('{out_dir.name}')\n\n"
+        "    from app.export import load_exported\n    model = load_exported('PATH')\n\n"
         f"or rebuild the module yourself and call `load_state_dict(safetensors.torch.load_file(...))`.\n",
     )
 

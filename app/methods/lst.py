@@ -483,7 +483,7 @@ class LadderSideTuning(Method):
             "classification head; the frozen backbone is not included: its weights load from backbone "
             f"`{ctx.backbone.name}` (named in `lab_config.json` with the settings and class names).\n"
             "Load it with this lab:\n\n"
-            f"    from app.export import load_exported\n    model = load_exported('{Path(out_dir).name}')\n",
+            "    from app.export import load_exported\n    model = load_exported('PATH')\n",
         )
 
 

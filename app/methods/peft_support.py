@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..backbones import hub_id_of
 from ..errors import BackboneError, ConfigError
 from ..families import family_for, family_of
 from ..pooling import MEAN, pretrained_pooling, relink_pooling
@@ -127,7 +128,8 @@ def peft_adapter_note(folder: Path, backbone) -> str:
         "It loads on top of the backbone:\n\n"
         "    from transformers import AutoModelForSequenceClassification\n"
         "    from peft import PeftModel\n"
-        f"    base = AutoModelForSequenceClassification.from_pretrained('{backbone.source}', num_labels=N)\n"
+        f"    base = AutoModelForSequenceClassification.from_pretrained('{hub_id_of(backbone.name) or backbone.source}', "
+        "num_labels=N)\n"
         + pooling_lines
         + f"    model = PeftModel.from_pretrained(base, '{folder.name}')\n"
         + ("    model = relink_pooling(model)  # peft's copy of the head must see the mask too\n" if pooling_lines else "")

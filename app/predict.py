@@ -1,0 +1,57 @@
+"""A finished run's predictions on texts typed by hand: the reference every export is checked
+against, and `python -m app predict`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoints import LoadedRun, load_run_model
+from .errors import LabError
+from .methods.base import MODEL_INPUTS
+
+
+@dataclass
+class Predictor:
+    """A run's model with the tokenizer and length it was trained with."""
+
+    loaded: LoadedRun
+
+    @property
+    def tokenizer(self):
+        return self.loaded.backbone.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.loaded.config.max_length
+
+    def encode(self, texts: list[str], return_tensors: str = "pt") -> dict:
+        """One padded batch, truncated to the run's max_length, as the run's tokenizer pads it."""
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise LabError("give one or more non-empty texts to predict")
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
+                                 return_tensors=return_tensors)
+        return {k: encoded[k] for k in MODEL_INPUTS if k in encoded}
+
+    @torch.no_grad()
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        return self.loaded.method.predict(self.loaded.model, self.encode(texts)).float()
+
+    def predict(self, texts: list[str]) -> dict:
+        logits = self.logits(texts)
+        probabilities = torch.softmax(logits, -1)
+        names = list(self.loaded.label_names)
+        return {"run_id": self.loaded.record["id"], "label_names": names, "texts": list(texts),
+                "logits": logits.tolist(), "probabilities": probabilities.tolist(),
+                "labels": [names[i] for i in probabilities.argmax(-1).tolist()]}
+
+
+def load_predictor(store, run_id: str, *, allow_pairs: bool = False) -> Predictor:
+    """`allow_pairs`: also a sentence-pair run (an export's check feeds any text through the same
+    function; typed predictions on single texts would not match its training)."""
+    loaded = load_run_model(store, run_id, "cpu")
+    if loaded.config.text_pair_column and not allow_pairs:
+        raise LabError(f"run '{run_id}' classifies sentence pairs; predicting typed single texts would not match "
+                       "what it was trained on")
+    return Predictor(loaded)
