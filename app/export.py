@@ -77,35 +77,43 @@ def _method_note(readme: str) -> str:
     return "\n".join(line for line in readme.splitlines() if not line.startswith("# ")).strip()
 
 
+# The files of a plain transformers classifier folder (the tokenizer stays in every format).
+PLAIN_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
+
+
 def _write_primary(predictor: Predictor, out_dir: Path, probe: list[str], notes: list[str],
                    sections: list[str]) -> dict:
     """The method's own export into a scratch folder; a plain folder is kept only when transformers
-    predicts as the lab does, else the lab's state is written instead."""
+    predicts as the lab does, else the lab's state takes its place (beside whatever else the method
+    wrote, such as a peft adapter folder)."""
     loaded = predictor.loaded
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
-        written = loaded.method.export(loaded.model, Path(scratch) / "model", loaded.context)
-        method_note = Path(scratch) / "model" / "README.md"
+        staged = Path(scratch) / "model"
+        written = loaded.method.export(loaded.model, staged, loaded.context)
+        method_note = staged / "README.md"
         if method_note.exists():  # what the method says of its own files (a peft adapter, a side network)
             sections.append(_method_note(method_note.read_text()))
+        result = {k: str(out_dir) + v[len(str(staged)):] if isinstance(v, str) and v.startswith(str(staged)) else v
+                  for k, v in written.items()}  # paths the method reported, as they will lie under out_dir
         if written["format"] == "transformers":
-            difference = float((plain_logits(Path(scratch) / "model", probe, predictor.max_length)
+            difference = float((plain_logits(staged, probe, predictor.max_length)
                                 - predictor.logits(probe)).abs().max())
             if difference <= TOLERANCE:
-                shutil.copytree(Path(scratch) / "model", out_dir, dirs_exist_ok=True)
-                return {"format": "transformers", "path": str(out_dir), "max_difference": difference,
+                shutil.copytree(staged, out_dir, dirs_exist_ok=True)
+                return {**result, "max_difference": difference,
                         "load": f"pipeline('text-classification', model='{out_dir}')"}
             notes.append(f"No plain transformers folder: transformers' own {loaded.model.__class__.__name__} "
                          f"pools differently from this run's classifier (largest logit difference {difference:.2e} "
                          "on the check texts), so it would load without a warning and predict differently. Use "
                          "the ONNX export, or the lab's state.")
-            model = loaded.method.inference_model(loaded.model)
-            save_lab_state(loaded.method, unique_state(model), out_dir, loaded.context, "")
-            return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}
-        shutil.copytree(Path(scratch) / "model", out_dir, dirs_exist_ok=True)
-        staged = str(Path(scratch) / "model")
-        # paths the method reported (its peft adapter folder) now lie under out_dir
-        return {k: str(out_dir) + v[len(staged):] if isinstance(v, str) and v.startswith(staged) else v
-                for k, v in written.items()}
+            for name in PLAIN_MODEL_FILES:
+                (staged / name).unlink(missing_ok=True)
+            shutil.copytree(staged, out_dir, dirs_exist_ok=True)
+            save_lab_state(loaded.method, unique_state(loaded.method.inference_model(loaded.model)), out_dir,
+                           loaded.context, "")
+            return {**result, "format": "state_dict", "load": "app.export.load_exported(path)"}
+        shutil.copytree(staged, out_dir, dirs_exist_ok=True)
+        return result
 
 
 def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) -> dict:

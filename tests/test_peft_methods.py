@@ -197,6 +197,15 @@ def test_lora_merged_export_loads_with_plain_transformers_and_gives_the_same_log
     assert not torch.equal(exported.state_dict()[query], original.state_dict()[query])
     # the lab's model itself is left unmerged and still trainable
     assert any("lora_A" in n for n, _ in method.trainable_parameters(model))
+    # and the unmerged updates are a peft adapter folder that loads on the backbone alone
+    from peft import PeftModel
+
+    assert "peft" in (tmp_path / "out" / "README.md").read_text()
+    torch.manual_seed(123)  # a different random head: the adapter must bring the trained one
+    base = AutoModelForSequenceClassification.from_pretrained(backbone.source, num_labels=2)
+    adapted = PeftModel.from_pretrained(base, result["peft_adapter"]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(**model_inputs(batch)).logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_lora_targets_are_chosen_by_role_and_checked():

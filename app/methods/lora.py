@@ -19,6 +19,7 @@ from .base import BuildContext, Method, MethodConfig
 from .peft_support import (
     LAYER_ROLES,
     ROLE_HELP,
+    export_with_adapter,
     extra_head_modules,
     layer_index,
     layer_module_pattern,
@@ -107,3 +108,7 @@ class Lora(Method):
         merged = copy.deepcopy(model).merge_and_unload()
         merged.eval()
         return merged
+
+    def export(self, model: nn.Module, out_dir, ctx: BuildContext) -> dict:
+        """Merged into the weights, and the unmerged updates as a peft adapter folder."""
+        return export_with_adapter(self, model, out_dir, ctx, "the low-rank updates and the trained head")

@@ -113,7 +113,20 @@ def save_peft_adapter(model, out_dir: Path) -> Path:
     return folder
 
 
-def peft_adapter_note(folder: Path, backbone) -> str:
+def export_with_adapter(method, model, out_dir: Path, ctx, holds: str) -> dict:
+    """The method's usual export (merged, or the lab's state) plus the peft adapter folder of the
+    trained model, with a note on loading it (`holds`: what the adapter carries)."""
+    from .export_writers import export_plain_or_state
+
+    result = export_plain_or_state(method, method.inference_model(model), out_dir, ctx)
+    folder = save_peft_adapter(model, Path(out_dir))
+    readme = Path(out_dir) / "README.md"
+    readme.write_text((readme.read_text() if readme.exists() else "") + peft_adapter_note(folder, ctx.backbone, holds))
+    result["peft_adapter"] = str(folder)
+    return result
+
+
+def peft_adapter_note(folder: Path, backbone, holds: str = "virtual tokens and the trained head") -> str:
     if backbone.family.causal:
         pooling_lines = ("    from app.pooling import relink_pooling, use_token_pooling  # the last real token, "
                          "found from the mask\n    base = use_token_pooling(base)\n")
@@ -124,7 +137,7 @@ def peft_adapter_note(folder: Path, backbone) -> str:
         pooling_lines = ""
     return (
         "\n## Loading with peft alone\n\n"
-        f"`{folder.name}/` is a standard peft adapter folder (virtual tokens and the trained head).\n"
+        f"`{folder.name}/` is a standard peft adapter folder ({holds}).\n"
         "It loads on top of the backbone:\n\n"
         "    from transformers import AutoModelForSequenceClassification\n"
         "    from peft import PeftModel\n"

@@ -19,8 +19,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..options import option
 from .base import BuildContext, Method, MethodConfig
-from .export_writers import export_plain_or_state
-from .peft_support import extra_head_modules, peft_adapter_note, save_peft_adapter, wrap_with_peft
+from .peft_support import export_with_adapter, extra_head_modules, wrap_with_peft
 
 MIN_TEXT_TOKENS = 8  # the smallest max_length a run accepts
 
@@ -56,12 +55,7 @@ class VirtualTokenMethod(Method):
         return wrap_with_peft(classifier, config)
 
     def export(self, model, out_dir: Path, ctx: BuildContext) -> dict:
-        result = export_plain_or_state(self, self.inference_model(model), out_dir, ctx)
-        folder = save_peft_adapter(model, Path(out_dir))
-        readme = Path(out_dir) / "README.md"
-        readme.write_text(readme.read_text() + peft_adapter_note(folder, ctx.backbone))
-        result["peft_adapter"] = str(folder)
-        return result
+        return export_with_adapter(self, model, out_dir, ctx, "virtual tokens and the trained head")
 
 
 PROMPT_INITS = ("labels", "text", "random", "vocab")
