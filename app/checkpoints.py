@@ -73,7 +73,8 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
         raise LabError(f"run '{run_id}' is {record['status']}, not finished: it has no trained model")
     weights = store.run_dir(run_id) / WEIGHTS_FILE
     if not weights.exists():
-        raise LabError(f"run '{run_id}' has no checkpoint ({weights.name} is missing)")
+        raise LabError(f"run '{run_id}' has no checkpoint ({weights.name} is missing; a run imported from a bundle "
+                       "made without checkpoints has its charts but not its weights)")
     config = RunConfig.from_dict(record["config"])
     label_names = record["summary"].get("dataset", {}).get("label_names")
     if not label_names:

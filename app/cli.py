@@ -26,6 +26,7 @@ from .data_files import split_sheet, with_sheet
 from .distributed import DataParallel, cancel_request_path, launched_world_size
 from .errors import ConfigError, LabError
 from .estimate import GiB, estimate_memory
+from .bundles import checkpoint_bytes, export_bundle, import_bundle
 from .export import export_run
 from .predict import load_predictor
 from .lessons import LESSONS, describe_lessons, get_lesson, lessons_with_given_role, run_lesson
@@ -382,6 +383,23 @@ def cmd_runs(args) -> int:
         if args.json:
             _print_json({"deleted": args.run_id})
         return 0
+    if args.runs_command == "export":
+        result = export_bundle(store, args.run_ids, args.out, checkpoints=args.checkpoints)
+        if args.json:
+            _print_json(result)
+        else:
+            print(f"bundled {len(result['runs'])} run(s) into {result['path']} ({result['bytes'] / 2**20:.1f} MiB"
+                  + (", with checkpoints)" if args.checkpoints else "; add --checkpoints to carry the trained weights, "
+                     f"{checkpoint_bytes(store, result['runs']) / 2**20:.1f} MiB more)"))
+        return 0
+    if args.runs_command == "import":
+        result = import_bundle(store, Path(args.bundle).expanduser())
+        if args.json:
+            _print_json(result)
+        else:
+            print(f"imported {len(result['imported'])} run(s)" + (f"; already here, skipped: {', '.join(result['skipped'])}"
+                                                                  if result["skipped"] else ""))
+        return 0
     raise LabError(f"unknown runs command {args.runs_command}")
 
 
@@ -607,6 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs_show.add_argument("run_id")
     runs_delete = runs_sub.add_parser("delete", parents=[common])
     runs_delete.add_argument("run_id")
+    runs_export = runs_sub.add_parser("export", parents=[common],
+                                      help="bundle ended runs into one zip that another lab imports (JSON and "
+                                           "safetensors only)")
+    runs_export.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    runs_export.add_argument("--out", required=True, help="the .zip to write")
+    runs_export.add_argument("--checkpoints", action="store_true",
+                             help="also carry the trained weights (Explain, Compress and export need them)")
+    runs_import = runs_sub.add_parser("import", parents=[common], help="add a bundle's runs to this runs folder")
+    runs_import.add_argument("bundle")
 
     for name, help_text in (("methods", "training methods and their settings"), ("datasets", "registered datasets")):
         sub.add_parser(name, parents=[common], help=help_text)

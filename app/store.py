@@ -24,6 +24,7 @@ STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted
 ACTIVE_STATUSES = ("queued", "running")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DB_NAME = "lab.sqlite3"
+TABLES = ("runs", "steps", "evals", "telemetry", "records")  # a run's rows: `runs`, then those keyed by run_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -483,6 +484,38 @@ class RunStore:
         rows = self._read(sql + " ORDER BY created_at DESC, run_id", params)
         return [{"run_id": row["run_id"], "key": row["key"], "created_at": row["created_at"], **json.loads(row["data"])}
                 for row in rows]
+
+    # -- whole runs, row for row (run bundles) ------------------------------------------------
+    def table_columns(self) -> dict[str, list[str]]:
+        return {table: [row["name"] for row in self._read(f"PRAGMA table_info({table})")] for table in TABLES}
+
+    def raw_rows(self, run_id: str) -> dict[str, list[dict]]:
+        """Every row of a run in every table, column for column as stored (JSON columns as text)."""
+        self.get_run(run_id)
+        out = {"runs": [dict(row) for row in self._read("SELECT * FROM runs WHERE id=?", (run_id,))]}
+        for table in TABLES[1:]:
+            out[table] = [dict(row) for row in self._read(f"SELECT * FROM {table} WHERE run_id=?", (run_id,))]
+        return out
+
+    def insert_raw_rows(self, runs: list[dict[str, list[dict]]]) -> None:
+        """Rows written by `raw_rows` (of another store), every run in one transaction: all of them
+        or none. Columns must be this store's; a run id already here is refused."""
+        columns = self.table_columns()
+        for rows in runs:
+            for table, items in rows.items():
+                if table not in columns:
+                    raise LabError(f"unknown table '{table}'")
+                for item in items:
+                    unknown = set(item) - set(columns[table])
+                    if unknown:
+                        raise LabError(f"unknown column(s) {', '.join(sorted(unknown))} in table '{table}'")
+        with self._write() as conn:
+            for rows in runs:
+                for table in TABLES:
+                    for item in rows.get(table, []):
+                        names = list(item)
+                        conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                     [item[n] for n in names])
 
     def integrity_ok(self) -> bool:
         return self._read("PRAGMA integrity_check")[0][0] == "ok"

@@ -880,3 +880,34 @@ def test_the_plan_page_redraws_from_its_sliders_and_refuses_a_bad_config(tmp_pat
     at.text_input(key="plan.own_config").input(str(tmp_path / "missing.json")).run()
     assert not at.exception
     assert len(at.error) == 1 and "config" in at.error[0].value and "\n" not in at.error[0].value
+
+
+# --- run bundles -----------------------------------------------------------------------------
+
+
+def test_a_bundle_uploaded_on_compare_fills_an_empty_lab_and_every_page_renders_its_runs(ui_runs, tmp_path,
+                                                                                         monkeypatch):
+    from app.bundles import export_bundle
+
+    path, store, runs = ui_runs
+    ids = [r["id"] for r in runs.values()]
+    export_bundle(store, ids, tmp_path / "class.zip", checkpoints=True)
+    empty = tmp_path / "student-runs"
+    at = open_app(empty, monkeypatch, "compare")
+    assert any("import a bundle" in i.value for i in at.info)
+    at.file_uploader(key="share.import").set_value(("class.zip", (tmp_path / "class.zip").read_bytes(),
+                                                    "application/zip")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(f"Imported {len(ids)} run(s)" in s.value for s in at.success)
+    pages = {"run": {"run": runs["lst"]["id"]}, "ladder": {"run": runs["lst"]["id"]},
+             "theseus": {"run": runs["theseus"]["id"]}, "memory": {"runs": ",".join(ids)}, "compare": None,
+             "compress": {"run": runs["full_ft"]["id"]},
+             "explain": {"runs": f"{runs['full_ft']['id']},{runs['theseus']['id']}"}}
+    for page_name, query in pages.items():
+        shown = open_app(empty, monkeypatch, page_name, query)
+        assert not shown.exception and not shown.error, (page_name, [e.value for e in shown.error])
+    # a second upload of the same bundle adds nothing
+    again = open_app(empty, monkeypatch, "compare")
+    again.file_uploader(key="share.import").set_value(("class.zip", (tmp_path / "class.zip").read_bytes(),
+                                                       "application/zip")).run()
+    assert any("already here, skipped" in s.value for s in again.success)
