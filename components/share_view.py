@@ -12,11 +12,14 @@ from app.errors import LabError
 from app.store import ACTIVE_STATUSES
 from components.common import get_store, run_label
 
+BUNDLE_UPLOAD_MB = 2048  # larger bundles import with `python -m app runs import`
+
 
 def render_import() -> None:
     """An uploader that adds a bundle's runs to this runs folder (each upload once)."""
     store = get_store()
     upload = st.file_uploader("Import runs from a bundle (.zip)", type=["zip"], key="share.import",
+                              max_upload_size=BUNDLE_UPLOAD_MB,
                               help="A bundle written by `python -m app runs export` or by the button below: runs "
                                    "with their charts, and their weights if it carries checkpoints.")
     if upload is None:
