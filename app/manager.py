@@ -98,6 +98,10 @@ class RunManager:
             event = self._cancel.get(run_id)
             running = run_id in self._running
         if event is None:
+            # This manager forgets a run once it ends: one that ended after the status was read
+            # above is simply no longer active. Only a run still active here is someone else's.
+            if self.store.get_run(run_id)["status"] not in ACTIVE_STATUSES:
+                return False
             raise LabError(f"run '{run_id}' belongs to another process; cancel it there")
         event.set()
         if not running and record["status"] == "queued":

@@ -306,3 +306,30 @@ def test_a_run_the_manager_cannot_start_is_recorded_failed_not_left_queued(store
         manager.shutdown()
     assert final["status"] == "failed"
     assert "boom before the loop" in final["error"]
+
+
+def test_cancelling_a_run_that_ends_meanwhile_is_no_error_but_another_process_run_is(store, monkeypatch):
+    """The manager forgets a run once it ends; a cancel that read it as running just before must
+    answer "not active", not "belongs to another process"."""
+    import pytest
+
+    from app.errors import LabError
+    from app.manager import RunManager
+
+    manager = RunManager(store, workers=1)
+    try:
+        run_id = store.create_run(tiny_config(method="full_ft"))  # stored, but never queued in this manager
+        store.set_status(run_id, "running")
+        with pytest.raises(LabError, match="belongs to another process"):
+            manager.cancel(run_id)
+        real_get_run, reads = store.get_run, []
+
+        def get_run(rid):  # the run ends between the first read and the second
+            reads.append(rid)
+            record = real_get_run(rid)
+            return record if len(reads) == 1 else dict(record, status="finished")
+
+        monkeypatch.setattr(store, "get_run", get_run)
+        assert manager.cancel(run_id) is False
+    finally:
+        manager.shutdown(wait=True)
