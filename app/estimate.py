@@ -35,7 +35,7 @@ import torch
 from .backbones import Backbone, ConfigBackbone, build_from_config, get_backbone, shapes_only
 from .config import RunConfig
 from .errors import ConfigError
-from .memory import MemoryMeter, unique_storage_bytes
+from .memory import PARTS, MemoryMeter, unique_storage_bytes
 from .methods import create_method
 from .methods.base import BuildContext, Method, Reference, TrainState
 from .options import check_bounds
@@ -111,7 +111,7 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for part in ("weights", "gradients", "optimizer", "activations"):
+        for part in PARTS:
             out.pop(part)
         out.update(
             predicted_peak_bytes=self.predicted_peak_bytes,
@@ -282,7 +282,7 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
 LAYER_PROBES = (1, 2, 3)
 # Below this depth stepping the whole stack costs about what the three probes (6 layers) cost.
 EXTRAPOLATE_FROM_LAYERS = 8
-EXTENDED = ("weights", "gradients", "optimizer", "activations", "trainable_params", "total_params")
+EXTENDED = (*PARTS, "trainable_params", "total_params")
 
 
 def _layer_count(config) -> int:
@@ -331,12 +331,12 @@ def _extend_to_depth(measured: list[MemoryEstimate], layers: int) -> MemoryEstim
         per_layer[name] = b - a
     extra = layers - LAYER_PROBES[0]
     values = {name: getattr(first, name) + extra * per_layer[name] for name in EXTENDED}
-    steps = [{**row, **{k: values[k] for k in ("weights", "gradients", "optimizer", "activations")}}
+    steps = [{**row, **{k: values[k] for k in PARTS}}
              for row in first.steps[:1]]
     for row in steps:
-        row["total"] = sum(row[k] for k in ("weights", "gradients", "optimizer", "activations"))
+        row["total"] = sum(row[k] for k in PARTS)
     notes = first.notes + [f"stepped at {', '.join(map(str, LAYER_PROBES))} layers and extended to {layers}: "
-                           f"every layer adds the same {sum(per_layer[k] for k in EXTENDED[:4]):,} bytes (exact: the probes "
+                           f"every layer adds the same {sum(per_layer[k] for k in PARTS):,} bytes (exact: the probes "
                            "agree on it)"]
     return dataclasses.replace(first, **values, steps=steps, notes=notes)
 

@@ -81,7 +81,7 @@ def _method_note(readme: str) -> str:
 PLAIN_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 
-def _write_primary(predictor: Predictor, out_dir: Path, probe: list[str], notes: list[str],
+def _write_primary(predictor: Predictor, out_dir: Path, probe: list[str], expected: torch.Tensor, notes: list[str],
                    sections: list[str]) -> dict:
     """The method's own export into a scratch folder; a plain folder is kept only when transformers
     predicts as the lab does, else the lab's state takes its place (beside whatever else the method
@@ -96,8 +96,7 @@ def _write_primary(predictor: Predictor, out_dir: Path, probe: list[str], notes:
         result = {k: str(out_dir) + v[len(str(staged)):] if isinstance(v, str) and v.startswith(str(staged)) else v
                   for k, v in written.items()}  # paths the method reported, as they will lie under out_dir
         if written["format"] == "transformers":
-            difference = float((plain_logits(staged, probe, predictor.max_length)
-                                - predictor.logits(probe)).abs().max())
+            difference = float((plain_logits(staged, probe, predictor.max_length) - expected).abs().max())
             if difference <= TOLERANCE:
                 shutil.copytree(staged, out_dir, dirs_exist_ok=True)
                 return {**result, "max_difference": difference,
@@ -126,10 +125,11 @@ def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) ->
     probe = probe_texts(predictor.tokenizer)
     notes: list[str] = []
     sections: list[str] = []
-    formats = [_write_primary(predictor, out_dir, probe, notes, sections)]
+    expected = predictor.logits(probe)  # the lab's own prediction, which every format is checked against
+    formats = [_write_primary(predictor, out_dir, probe, expected, notes, sections)]
     if onnx:
         try:
-            formats.append(write_onnx(predictor, out_dir / "onnx", probe))
+            formats.append(write_onnx(predictor, out_dir / "onnx", probe, expected))
         except LabError as exc:
             shutil.rmtree(out_dir / "onnx", ignore_errors=True)
             notes.append(f"No ONNX export: {exc}")

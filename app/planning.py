@@ -23,11 +23,9 @@ from fractions import Fraction
 from .config import RunConfig
 from .errors import ConfigError
 from .estimate import GiB, cuda_requirement, estimate_memory
-
-PARTS = ("weights", "gradients", "optimizer", "activations")
+from .memory import PARTS
 # Powers of two that people train at; a model's own position limit cuts the list.
 PLAN_LENGTHS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-DEVICE_GB = (8, 16, 24, 40, 80)
 SAMPLE_BATCHES = (1, 2, 3)
 
 
@@ -145,8 +143,8 @@ def check_point(surface: MemorySurface, backbone, method_config: dict | None, ba
     """The surface's breakdown at one point beside a direct estimate there."""
     direct = estimate_memory(backbone, surface.method, batch_size, length, dict(method_config or {}), bf16=bf16,
                              device=device)
-    return {"surface": surface.breakdown(batch_size, length), "direct": direct.breakdown,
-            "agrees": surface.breakdown(batch_size, length) == direct.breakdown, "seconds": direct.seconds}
+    read = surface.breakdown(batch_size, length)
+    return {"surface": read, "direct": direct.breakdown, "agrees": read == direct.breakdown, "seconds": direct.seconds}
 
 
 def plan_lengths(longest: int) -> list[int]:

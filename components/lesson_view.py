@@ -5,6 +5,7 @@ button that runs it again with another seed."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -105,33 +106,30 @@ def show_lesson(record: dict | None, key: str = "lesson.again") -> None:
     if record is None:
         return
     store = get_store()
-    pending = lesson_findings(store, record).status == "pending"
-    render_prediction(record, pending)
-    live(render_lesson, record, active=pending)
+    findings = lesson_findings(store, record)
+    render_guess_panel(record, findings)
+    live(render_lesson, record, active=findings.status == "pending")
     again_button(record, key)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _estimate_of(lesson_id: str, record_json: str) -> float | str | None:
+def _estimate_of(record_json: str) -> float | str | None:
     """The engine's figure for the lesson's prediction (or why there is none); once per lesson."""
-    import json
-
     try:
         return prediction_estimate(json.loads(record_json))
     except LabError as exc:
         return str(exc)
 
 
-def render_prediction(record: dict, pending: bool) -> None:
+def render_guess_panel(record: dict, findings) -> None:
     """Predict, then run: the learner's guess, locked in while the runs train, beside the engine's
     estimate before any step and, once the runs end, the measurement."""
-    import json
-
     prediction = get_lesson(record["lesson"]).prediction
     if prediction is None:
         return
     store = get_store()
     guess = saved_guess(store, record)
+    pending = findings.status == "pending"
     with st.container(border=True):
         st.markdown(f"**Predict, then run.** {prediction.question}?")
         if guess is None and pending:
@@ -143,10 +141,9 @@ def render_prediction(record: dict, pending: bool) -> None:
                 if st.form_submit_button("Lock in my guess", key="lesson.guess_submit"):
                     save_guess(store, record, typed / prediction.scale)
                     st.rerun()
-        estimate = (_estimate_of(record["lesson_id"], json.dumps(record, sort_keys=True, default=str))
+        estimate = (_estimate_of(json.dumps(record, sort_keys=True, default=str))
                     if prediction.estimate else None)
-        findings = None if pending else lesson_findings(store, record)
-        measured = next((c.value for c in (findings.checks if findings else []) if c.name == prediction.check), None)
+        measured = next((c.value for c in findings.checks if c.name == prediction.check), None)
         columns = st.columns(3)
         columns[0].metric("Your guess", format_value(guess, prediction.unit) if guess is not None else
                           ("—" if pending else "none locked in"))

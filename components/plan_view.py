@@ -22,7 +22,9 @@ DEFAULT_METHODS = ("full_ft", "lora", "lst")
 LST_REDUCTIONS = (2, 4, 8, 16, 32, 64)
 LORA_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-THIS_MACHINE = "this machine"
+# A fixed label: one that showed the free amount would change as memory moves, and a selectbox
+# whose options change forgets what was picked.
+THIS_MACHINE = "this machine's free memory"
 SURFACES_KEPT = 256
 SHORTEST_DRAWN = 64  # shorter inputs change little that a plan needs
 
@@ -126,25 +128,26 @@ def measure(backbone: str, methods: list[str], settings: dict[str, dict], bf16: 
 
 def device_choices() -> dict[str, tuple[int | None, bool, str]]:
     """Label -> (capacity in bytes, whether the CUDA allowance applies, where the figure comes from)."""
-    from app.estimate import available_memory
-    from app.planning import DEVICE_GB, device_capacity
-
-    choices = {f"{gb} GB GPU": (device_capacity(gb), True, f"a {gb} GB card") for gb in DEVICE_GB}
     import torch
 
+    from app.estimate import DEVICE_SIZES_GB, available_memory
+    from app.planning import device_capacity
+
+    choices = {f"{gb} GB GPU": (device_capacity(gb), True, f"a {gb} GB card") for gb in DEVICE_SIZES_GB}
     here = "cuda" if torch.cuda.is_available() else "cpu"
     free, source = available_memory(here)
     if free:
-        choices[f"{THIS_MACHINE}: {_gib(free)} free"] = (free, here == "cuda", source)
+        choices[THIS_MACHINE] = (free, here == "cuda", f"{_gib(free)} free now, {source}")
     return choices
 
 
-def render_plan(backbone: str, methods: list[str], surfaces: dict, *, batch: int, length: int, device_label: str,
-                bf16: bool, settings: dict[str, dict]) -> None:
-    from app.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, cuda_requirement
+def render_plan(backbone: str, surfaces: dict, *, batch: int, length: int, device_label: str,
+                device: tuple[int, bool, str], bf16: bool, settings: dict[str, dict]) -> None:
+    """`device`: the entry of `device_choices` picked, read once per rerun."""
+    from app.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES
     from app.planning import fits_text, plan_lengths
 
-    capacity, cuda, source = device_choices()[device_label]
+    capacity, cuda, source = device
     errors = {m: s for m, s in surfaces.items() if isinstance(s, str)}
     for method, message in errors.items():
         st.warning(f"{method_title(method)}: {message}")
@@ -181,7 +184,7 @@ def render_plan(backbone: str, methods: list[str], surfaces: dict, *, batch: int
             continue
         breakdown = surface.breakdown(batch, length)
         peak = sum(breakdown.values())
-        need = cuda_requirement(peak) if cuda else peak
+        need = surface.need(batch, length, cuda=cuda)
         parts[title] = breakdown
         extra[title] = need - peak
         rows.append({"method": title, "peak": _gib(peak), "needed": _gib(need),

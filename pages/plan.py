@@ -56,5 +56,5 @@ if not methods:
 
 settings = {m: method_settings(m, lst_reduction, lst_dropping, lora_rank) for m in methods}
 surfaces = measure(backbone, methods, settings, bf16)
-render_plan(backbone, methods, surfaces, batch=batch, length=length, device_label=device, bf16=bf16,
+render_plan(backbone, surfaces, batch=batch, length=length, device_label=device, device=devices[device], bf16=bf16,
             settings=settings)
