@@ -21,6 +21,7 @@ from .methods import create_method
 from .methods.base import BuildContext, Method, Reference
 from .methods.layer_surgery import GENERIC_LABEL
 from .pooling import restore_pooling, set_decoder_pooling
+from .precision import apply_backbone_precision
 from .store import RUN_ID_PATTERN, RunStore
 
 WEIGHTS_FILE = "trainable.safetensors"
@@ -66,8 +67,10 @@ class LoadedRun:
         return self.context.backbone
 
 
-def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild a finished run's model with its trained weights, in eval mode."""
+def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "cpu", *,
+                   backbone_precision: str | None = None) -> LoadedRun:
+    """Rebuild a finished run's model with its trained weights, in eval mode; its frozen backbone in the
+    run's precision unless `backbone_precision` says otherwise."""
     record = store.get_run(run_id)
     if record["status"] != "finished":
         raise LabError(f"run '{run_id}' is {record['status']}, not finished: it has no trained model")
@@ -93,6 +96,9 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
         raise LabError(f"checkpoint of run '{run_id}' lacks {len(missing)} trained tensors (e.g. {missing[0]})")
     model.load_state_dict(state, strict=False)
     model.to(device)
+    # Trained against a quantized backbone, the run answers with that backbone.
+    apply_backbone_precision(model, backbone_precision or config.backbone_precision, method.trainable_parameters(model),
+                             forward_only=method.trains_side_network, device=device)
     model.eval()
     return LoadedRun(record, method, model, list(label_names), config, ctx)
 

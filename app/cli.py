@@ -85,6 +85,7 @@ def run_summary(record: dict) -> dict:
         "train_seconds": metrics.get("train_seconds"),
         "steps_per_second": metrics.get("steps_per_second"),
         "padding": record["config"].get("padding", "max"),
+        "backbone_precision": record["config"].get("backbone_precision", "fp32"),
         "examples_per_second": metrics.get("examples_per_second"),
         "tokens_per_second": metrics.get("tokens_per_second"),
         "padding_fraction": metrics.get("padding_fraction"),
@@ -226,7 +227,8 @@ def cmd_execute(args) -> int:
 
 SWEEPABLE = ("batch_size", "max_length")
 # The run settings the memory estimate takes, as `train` names them.
-ESTIMATED_SETTINGS = ("backbone", "method", "batch_size", "max_length", "padding", "bf16", "processes")
+ESTIMATED_SETTINGS = ("backbone", "method", "batch_size", "max_length", "padding", "bf16", "backbone_precision",
+                      "processes")
 
 
 def parse_sweep(pairs: list[str] | None, values: dict) -> list[dict]:
@@ -260,7 +262,8 @@ def cmd_estimate(args) -> int:
     for point in points:
         estimate = estimate_memory(backbone, method, point["batch_size"], point["max_length"],
                                    parse_sets(args.set), bf16=values["bf16"], label_names=labels, device=args.device,
-                                   processes=values["processes"], padding=values["padding"])
+                                   processes=values["processes"], padding=values["padding"],
+                                   backbone_precision=values["backbone_precision"])
         rows.append(estimate.as_dict())
     if args.json:
         _print_json(rows[0] if not args.sweep else {"backbone": backbone, "method": method, "rows": rows})

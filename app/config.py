@@ -11,6 +11,7 @@ from .batching import PADDING_CHOICES
 from .data import DEFAULT_DATASET
 from .errors import ConfigError
 from .options import check_bounds, describe_fields, option
+from .precision import PRECISIONS
 
 
 @dataclass
@@ -65,6 +66,14 @@ class RunConfig:
     split_seed: int = option(0, "Seed of the train/validation/test split (kept apart so runs compare).", min=0)
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     bf16: bool = option(False, "bf16 autocast (CUDA only).")
+    backbone_precision: str = option(
+        "fp32",
+        "How the frozen backbone's linear weights are stored: fp32, bf16, int8 (torchao for LST's forward-only "
+        "backbone, bitsandbytes where backprop crosses it) or int4 (bitsandbytes NF4, QLoRA's format). For methods "
+        "that keep a frozen backbone (lst, lora, adapter, bitfit, prompt_tuning, p_tuning); trainable weights stay "
+        "fp32.",
+        choices=list(PRECISIONS),
+    )
     memory_every: int = option(1, "Measure the memory breakdown every N steps.", min=1)
     processes: int = option(
         1,

@@ -40,6 +40,8 @@ from .methods import create_method
 from .methods.base import BuildContext, Method, Reference, TrainState
 from .options import check_bounds
 from .pooling import restore_pooling
+from .precision import (LIBRARY, QUANTIZED, apply_backbone_precision, check_precision, embeddings_to_bf16,
+                        quantized_weight_bytes)
 from .preparation import check_length_fits
 from .training import select_trainable
 
@@ -91,15 +93,16 @@ class MemoryEstimate:
     notes: list[str] = field(default_factory=list)
     processes: int = 1  # data-parallel processes; every figure is one process's (one GPU's)
     gradient_buckets: int = 0  # DDP's copy of the gradients, included in `gradients`
+    quantized: int = 0  # frozen weights stored in int8/int4 with their scales (not in `weights`)
+    backbone_precision: str = "fp32"
 
     @property
     def predicted_peak_bytes(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return sum(getattr(self, part) for part in PARTS)
 
     @property
     def breakdown(self) -> dict[str, int]:
-        return {"weights": self.weights, "gradients": self.gradients, "optimizer": self.optimizer,
-                "activations": self.activations}
+        return {part: getattr(self, part) for part in PARTS}
 
     @property
     def cuda_requirement_bytes(self) -> int:
@@ -235,7 +238,7 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
                     method_config: dict | None = None, *, bf16: bool = False,
                     label_names: list[str] | None = None, device: str | torch.device = "cpu",
                     seed: int = 0, extrapolate: bool = True, processes: int = 1,
-                    padding: str = "dynamic") -> MemoryEstimate:
+                    padding: str = "dynamic", backbone_precision: str = "fp32") -> MemoryEstimate:
     """Predicted training memory of one run's worst step; raises `LabError` on bad input.
 
     `padding` says which batches have this shape: with "max" every one, with "dynamic" the longest.
@@ -261,7 +264,9 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
             setattr(method_obj.config, field_name, "backbone-shaped")
     check_length_fits(backbone_obj, method_obj, max_length)
     method_obj.check_backbone(backbone_obj, labels)
-    shape = dict(batch_size=-(-batch_size // processes), max_length=max_length, bf16=bf16, labels=labels, device=device, seed=seed)
+    check_precision(method_obj, backbone_precision, device)
+    shape = dict(batch_size=-(-batch_size // processes), max_length=max_length, bf16=bf16, labels=labels, device=device,
+                 seed=seed, precision=backbone_precision)
     estimate = None
     probes = _layer_probes(backbone_obj) if extrapolate and method_obj.memory_affine_in_layers() else None
     if probes:
@@ -342,7 +347,7 @@ def _extend_to_depth(measured: list[MemoryEstimate], layers: int) -> MemoryEstim
 
 
 def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: int, max_length: int, bf16: bool,
-                   labels: list[str], device: torch.device, seed: int) -> MemoryEstimate:
+                   labels: list[str], device: torch.device, seed: int, precision: str = "fp32") -> MemoryEstimate:
     """One fake training step (of each kind the method has) at full size."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -364,6 +369,17 @@ def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: in
         _to_fake(model, mode, device)
         model.train()
         named_trainable = select_trainable(method_obj, model)
+        # bf16 runs as it would (fake tensors take any dtype); int8/int4 libraries do not run on fake
+        # tensors, so their linear layers keep fp32 here (embeddings go to bf16 as in a run) and the bytes
+        # they would hold replace fp32's below (they save nothing for backward that the fp32 layer does
+        # not: tests compare with real runs).
+        if precision in QUANTIZED:
+            embeddings_to_bf16(model, named_trainable)
+        else:
+            apply_backbone_precision(model, precision, named_trainable, forward_only=method_obj.trains_side_network,
+                                     device=device)
+        replaced, quantized = quantized_weight_bytes(model, precision, named_trainable,
+                                                     forward_only=method_obj.trains_side_network)
         meter = MemoryMeter(model, optimizer=None, device=torch.device("cpu"))
         input_length = max_length + method_obj.extra_input_tokens()
         batch = _synthetic_batch(backbone_obj, batch_size, max_length, device)
@@ -392,17 +408,22 @@ def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: in
         optimizer = unique_storage_bytes(p for p in stepped.values()) * ADAMW_STATES + ADAMW_STEP_BYTES * len(stepped)
         trainable = sum(p.numel() for _, p in {id(p): (n, p) for n, p in named_trainable}.values())
         total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        weights = meter.weights
+        weights = meter.weights - replaced
+    if precision in QUANTIZED:
+        notes.append(f"frozen linear weights as {precision} ({LIBRARY[(precision, method_obj.trains_side_network)]}): "
+                     f"{quantized:,} bytes with their scales, by the library's storage layout")
     for row in steps:
         row["optimizer"] = optimizer
         row["weights"] = weights
-        row["total"] = weights + optimizer + row["gradients"] + row["activations"]
+        row["quantized"] = quantized
+        row["total"] = sum(row[part] for part in PARTS)
     worst = max(steps, key=lambda row: row["total"])
     if len(steps) > 1:
         notes.append(f"peak from the step kind '{worst['kind']}' ({len(steps)} kinds measured)")
     return MemoryEstimate(
         backbone=backbone_obj.name, method=method_obj.name, batch_size=batch_size, max_length=max_length,
-        input_length=input_length, bf16=bool(bf16), weights=weights, gradients=worst["gradients"],
+        input_length=input_length, bf16=bool(bf16), weights=weights, quantized=quantized, backbone_precision=precision,
+        gradients=worst["gradients"],
         optimizer=optimizer, activations=worst["activations"], trainable_params=trainable, total_params=total,
         seconds=0.0, step_kind=worst["kind"], steps=steps, notes=notes,
     )

@@ -19,6 +19,7 @@ from .checkpoints import load_run_model
 from .data import ColumnMap, join_pairs, load_dataset
 from .errors import LabError
 from .families import BY_MODEL_TYPE, family_of
+from .precision import QUANTIZED
 
 DEFAULT_IG_STEPS = 32
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE and sentencepiece mark the start of a word
@@ -35,6 +36,7 @@ class Explainer:
     label_names: list[str]
     max_length: int
     record: dict
+    note: str = ""  # how the model explained differs from the run's own, when it does
 
     def encode(self, text: str, pair: str | None = None) -> dict:
         if not text or not text.strip():
@@ -59,8 +61,16 @@ class Explainer:
 
 
 def load_explainer(store, run_id: str) -> Explainer:
-    loaded = load_run_model(store, run_id, "cpu")
+    """A finished run's model, ready to attribute. Integrated Gradients needs gradients through the
+    backbone, which quantized layers do not all give (torchao's dynamic int8 gives none): a run trained
+    on an int8/int4 backbone is explained with the backbone's fp32 weights, and says so."""
+    precision = store.get_run(run_id).get("config", {}).get("backbone_precision", "fp32")
+    quantized = precision in QUANTIZED
+    loaded = load_run_model(store, run_id, "cpu", backbone_precision="fp32" if quantized else None)
     return Explainer(
+        note=(f"This run trained with its frozen backbone in {precision}; it is explained with the backbone's fp32 "
+              "weights and its trained weights as they are (Integrated Gradients needs gradients through the "
+              "backbone, which not every quantized layer gives).") if quantized else "",
         run_id=run_id,
         method=loaded.method,
         model=loaded.model,
@@ -210,6 +220,7 @@ def attribute(explainer: Explainer, text: str, pair: str | None = None, *, targe
         "total": float(per_token.sum()),  # IG completeness: p(target | text) - p(target | baseline)
         "convergence_delta": float(delta.abs().max()),
         "n_steps": n_steps,
+        "note": explainer.note,
     }
 
 

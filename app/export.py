@@ -121,11 +121,19 @@ def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) ->
     if out_dir.exists() and any(out_dir.iterdir()):
         raise LabError(f"'{out_dir}' exists and is not empty; choose a new folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    predictor = load_predictor(store, run_id, allow_pairs=True)
+    # Every format holds fp32 weights: deployment tools load plain tensors, not a training library's
+    # quantized layers. A run trained on a quantized backbone says how far that moves its answers.
+    predictor = load_predictor(store, run_id, allow_pairs=True, backbone_precision="fp32")
     probe = probe_texts(predictor.tokenizer)
     notes: list[str] = []
     sections: list[str] = []
     expected = predictor.logits(probe)  # the lab's own prediction, which every format is checked against
+    trained_in = predictor.loaded.config.backbone_precision
+    if trained_in != "fp32":
+        as_trained = load_predictor(store, run_id, allow_pairs=True).logits(probe)
+        notes.append(f"Trained with its frozen backbone in {trained_in}; exported with the backbone's fp32 weights and the trained "
+                     f"weights as they are. On the check texts the logits differ from the {trained_in} model's by at "
+                     f"most {float((as_trained - expected).abs().max()):.3g}.")
     formats = [_write_primary(predictor, out_dir, probe, expected, notes, sections)]
     if onnx:
         try:

@@ -12,12 +12,38 @@ optimizer state and gradient buffers exist. On CUDA the allocator's own peak is 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-PARTS = ("weights", "gradients", "optimizer", "activations")
+PARTS = ("weights", "quantized", "gradients", "optimizer", "activations")
+
+
+def component_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold a tensor's data: itself, or for a quantized weight its packed data
+    and scales (a torchao tensor subclass flattens into them; a bitsandbytes weight carries its scales
+    beside it, as `SCB` for int8 and `quant_state` for 4-bit)."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        inner = [getattr(tensor, name) for name in names]
+        return [part for t in inner if t is not None for part in component_tensors(t)]
+    parts = [tensor]
+    scale = getattr(tensor, "SCB", None)
+    if isinstance(scale, torch.Tensor):
+        parts.append(scale)
+    state = getattr(tensor, "quant_state", None)
+    while state is not None:
+        parts.extend(v for v in vars(state).values() if isinstance(v, torch.Tensor))
+        state = getattr(state, "state2", None)
+    return parts
+
+
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """Stored in fewer than 8 bits per value plus scales (int8 or packed int4), whatever its dtype says."""
+    return is_traceable_wrapper_subclass(tensor) or tensor.dtype in (torch.int8, torch.uint8)
 
 
 def _storage_key(tensor: torch.Tensor):
@@ -37,9 +63,10 @@ def unique_storage_bytes(tensors) -> int:
     for tensor in tensors:
         if tensor is None:
             continue
-        key, nbytes = _storage_key(tensor)
-        if key is not None and key[1] != 0:
-            seen[key] = max(seen.get(key, 0), nbytes)
+        for part in component_tensors(tensor):
+            key, nbytes = _storage_key(part)
+            if key is not None and key[1] != 0:
+                seen[key] = max(seen.get(key, 0), nbytes)
     return sum(seen.values())
 
 
@@ -50,10 +77,11 @@ class MemorySample:
     optimizer: int
     activations: int
     cuda_peak: int | None = None
+    quantized: int = 0  # frozen weights stored in int8/int4, scales included (not in `weights`)
 
     @property
     def peak(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return sum(getattr(self, part) for part in PARTS)
 
     def as_dict(self) -> dict:
         out = {part: getattr(self, part) for part in PARTS}
@@ -100,11 +128,11 @@ class MemoryMeter:
         self.model = model
         self.optimizer = optimizer
         self.device = device
-        self._param_keys = {
-            _storage_key(p)[0] for p in model.parameters()
-        } | {_storage_key(b)[0] for b in model.buffers()}
+        stored = list(model.parameters()) + list(model.buffers())
+        self._param_keys = {_storage_key(part)[0] for t in stored for part in component_tensors(t)}
         self._param_keys.discard(None)
-        self.weights = unique_storage_bytes(list(model.parameters()) + list(model.buffers()))
+        self.quantized = unique_storage_bytes(t for t in stored if is_quantized(t))
+        self.weights = unique_storage_bytes(stored) - self.quantized
         self.activations = SavedActivationMeter(self._param_keys)
 
     @contextlib.contextmanager
@@ -136,6 +164,7 @@ class MemoryMeter:
             optimizer=self.optimizer_bytes(),
             activations=self.activations.total,
             cuda_peak=cuda_peak,
+            quantized=self.quantized,
         )
 
 
@@ -146,5 +175,6 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
         if id(p) in seen or (trainable_only and not p.requires_grad):
             continue
         seen.add(id(p))
-        total += p.numel()
+        state = getattr(p, "quant_state", None)  # packed 4-bit: two values per stored byte
+        total += math.prod(state.shape) if state is not None else p.numel()
     return total

@@ -107,7 +107,7 @@ def longest_input(backbone, method: str, method_config: dict | None = None) -> i
 
 
 def measure_surface(backbone, method: str, method_config: dict | None = None, *, bf16: bool = False,
-                    device: str = "cpu", progress=None) -> MemorySurface:
+                    device: str = "cpu", backbone_precision: str = "fp32", progress=None) -> MemorySurface:
     """Nine estimates of one method (batch 1-3 at three lengths); raises `LabError` on bad input.
     `progress(done, total)` is called after each."""
     longest = longest_input(backbone, method, method_config)
@@ -121,7 +121,7 @@ def measure_surface(backbone, method: str, method_config: dict | None = None, *,
     for batch in SAMPLE_BATCHES:
         for length in lengths:
             estimate = estimate_memory(backbone, method, batch, length, dict(method_config or {}), bf16=bf16,
-                                       device=device)
+                                       device=device, backbone_precision=backbone_precision)
             estimates.append(estimate)
             for row in estimate.steps:
                 parts = samples.setdefault(row["kind"], {}).setdefault(batch, {p: [] for p in PARTS})
@@ -139,10 +139,10 @@ def measure_surface(backbone, method: str, method_config: dict | None = None, *,
 
 
 def check_point(surface: MemorySurface, backbone, method_config: dict | None, batch_size: int, length: int, *,
-                bf16: bool = False, device: str = "cpu") -> dict:
+                bf16: bool = False, device: str = "cpu", backbone_precision: str = "fp32") -> dict:
     """The surface's breakdown at one point beside a direct estimate there."""
     direct = estimate_memory(backbone, surface.method, batch_size, length, dict(method_config or {}), bf16=bf16,
-                             device=device)
+                             device=device, backbone_precision=backbone_precision)
     read = surface.breakdown(batch_size, length)
     return {"surface": read, "direct": direct.breakdown, "agrees": read == direct.breakdown, "seconds": direct.seconds}
 

@@ -47,10 +47,12 @@ class Predictor:
                 "labels": [names[i] for i in probabilities.argmax(-1).tolist()]}
 
 
-def load_predictor(store, run_id: str, *, allow_pairs: bool = False) -> Predictor:
+def load_predictor(store, run_id: str, *, allow_pairs: bool = False, backbone_precision: str | None = None
+                   ) -> Predictor:
     """`allow_pairs`: also a sentence-pair run (an export's check feeds any text through the same
-    function; typed predictions on single texts would not match its training)."""
-    loaded = load_run_model(store, run_id, "cpu")
+    function; typed predictions on single texts would not match its training). `backbone_precision`
+    overrides the run's (an export carries fp32 weights)."""
+    loaded = load_run_model(store, run_id, "cpu", backbone_precision=backbone_precision)
     if loaded.config.text_pair_column and not allow_pairs:
         raise LabError(f"run '{run_id}' classifies sentence pairs; predicting typed single texts would not match "
                        "what it was trained on")

@@ -18,6 +18,7 @@ from .data import ColumnMap, TextDataset, load_dataset
 from .errors import ConfigError
 from .methods import create_method
 from .methods.base import Method
+from .precision import QUANTIZED, check_precision
 from .store import RunStore
 
 
@@ -108,6 +109,11 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
     if refusal:
         raise ConfigError(refusal)
     check_length_fits(backbone, method, config.max_length)
+    check_precision(method, config.backbone_precision, device)
+    if config.processes > 1 and config.backbone_precision in QUANTIZED:
+        raise ConfigError(f"backbone_precision {config.backbone_precision} runs in one process: data-parallel runs "
+                          "take fp32 or bf16 (DDP's start-up broadcast of the weights has not been checked with "
+                          "quantized layers)")
     dataset = load_run_dataset(config)
     if config.batch_size > len(dataset.train):
         raise ConfigError(

@@ -23,9 +23,10 @@ from .config import RunConfig
 from .data import tokenize_split
 from .distributed import DataParallel
 from .errors import ConfigError, LabError, RunCancelled
-from .memory import MemoryMeter, count_parameters
+from .memory import PARTS, MemoryMeter, count_parameters
 from .methods.base import BuildContext, Method, StepOutput, TrainState
 from .pooling import set_decoder_pooling
+from .precision import apply_backbone_precision, precision_summary
 from .preparation import PreparedRun, batcher_for
 from .store import RunStore
 
@@ -296,6 +297,8 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
 
     model = build_model(prepared, build_context(prepared, store, hooks))
     named_trainable = select_trainable(method, model)
+    stored_in = apply_backbone_precision(model, config.backbone_precision, named_trainable,
+                                         forward_only=method.trains_side_network, device=device)
     trainable = [p for _, p in named_trainable]
     optimizer = adamw(trainable, lr=prepared.lr, weight_decay=config.weight_decay)
     warmup = int(round(config.steps * config.warmup_ratio))
@@ -308,6 +311,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     ranks = world.gather(world.describe()) if world else None
     if main:
         record_setup(store, run_id, prepared, model, world, ranks)
+        store.merge_summary(run_id, backbone_precision=precision_summary(config.backbone_precision, method, stored_in))
 
     batcher = batcher_for(prepared)
     batches = TrainingBatches(batcher, splits["train"], config.batch_size, config.seed, world)
@@ -508,6 +512,6 @@ def peak_summary(peak_sample: dict | None) -> dict:
     if not peak_sample:
         return {"peak_memory_bytes": None, "memory_breakdown": None}
     return {"peak_memory_bytes": peak_sample["peak"],
-            "memory_breakdown": {k: peak_sample[k] for k in ("weights", "gradients", "optimizer", "activations")},
+            "memory_breakdown": {k: peak_sample.get(k, 0) for k in PARTS},
             **({"cuda_max_allocated_bytes": peak_sample["cuda_max_allocated"]}
                if "cuda_max_allocated" in peak_sample else {})}

@@ -71,3 +71,24 @@ def finished_full_ft(session_store) -> dict:
     record = train_now(session_store, method="full_ft", steps=12, eval_every=6)
     assert record["status"] == "finished", record.get("error")
     return record
+
+
+# The easy two-class task of the method matrices (tests/test_method_matrix.py, tests/test_precision.py).
+EASY_WORDS = ("wonderful", "terrible")
+
+
+@pytest.fixture(scope="session")
+def easy_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("easy") / "easy.csv"
+    lines = ["text,label"] + [
+        f"the film was {EASY_WORDS[i % 2]} said person {i},{i % 2}" for i in range(240)
+    ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture(scope="session")
+def matrix_store(tmp_path_factory):
+    from app.store import RunStore
+
+    return RunStore(tmp_path_factory.mktemp("matrix-runs"))

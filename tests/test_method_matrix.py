@@ -58,26 +58,6 @@ def _pairs(methods) -> list:
     return [pytest.param(backbone, name, id=f"{backbone}-{name}") for backbone in BACKBONES for name in sorted(methods)
             if _supported(backbone, name)]
 
-EASY_WORDS = ("wonderful", "terrible")
-
-
-@pytest.fixture(scope="module")
-def easy_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("easy") / "easy.csv"
-    lines = ["text,label"] + [
-        f"the film was {EASY_WORDS[i % 2]} said person {i},{i % 2}" for i in range(240)
-    ]
-    path.write_text("\n".join(lines))
-    return path
-
-
-@pytest.fixture(scope="module")
-def matrix_store(tmp_path_factory):
-    from app.store import RunStore
-
-    return RunStore(tmp_path_factory.mktemp("matrix-runs"))
-
-
 @pytest.fixture(scope="module")
 def reference_runs(matrix_store, easy_csv):
     """A finished full fine-tuning run per backbone, for methods that need a predecessor or teacher."""
