@@ -76,7 +76,8 @@ def render_attribution(result: dict) -> None:
                 f"{result['convergence_delta']:.1e}):")
     st.markdown(highlighted_html(result["tokens"], result["scores"], result["special"]), unsafe_allow_html=True)
     st.caption("Green pushes towards the predicted class, red away from it; shading ∝ |attribution| "
-               "(scaled to the largest). Baseline: every word replaced by [PAD].")
+               "(scaled to the largest). Baseline: every word replaced by [PAD]." + (
+                   f" {result['note']}" if result.get("note") else ""))
 
 
 def render_attention(maps: dict, key: str) -> None:

@@ -10,7 +10,7 @@ from app.errors import LabError
 from components import figures
 from components.common import fmt_mib
 
-PARTS = ("weights", "gradients", "optimizer", "activations")
+PARTS = figures.PARTS
 CUDA_GAP_NOTE = (
     "Why a GPU shows more: the estimate (like the LST paper's figures) is what `torch.cuda.max_memory_allocated` "
     "reports, the tensors a step holds. On top of it the CUDA context (kernels, cuBLAS/cuDNN handles) takes a few "
@@ -22,7 +22,8 @@ CUDA_GAP_NOTE = (
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def cached_estimate(backbone: str, method: str, batch_size: int, max_length: int, method_config_json: str,
-                    bf16: bool, num_labels: int, device: str, processes: int = 1) -> dict:
+                    bf16: bool, num_labels: int, device: str, processes: int = 1,
+                    backbone_precision: str = "fp32") -> dict:
     """The engine's estimate as plain data, or {"error": message}; cached so the form stays responsive."""
     # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.estimate import estimate_memory
@@ -30,7 +31,7 @@ def cached_estimate(backbone: str, method: str, batch_size: int, max_length: int
     try:
         estimate = estimate_memory(backbone, method, batch_size, max_length, json.loads(method_config_json),
                                    bf16=bf16, label_names=[f"class_{i}" for i in range(num_labels)],
-                                   device=device, processes=processes)
+                                   device=device, processes=processes, backbone_precision=backbone_precision)
     except LabError as exc:
         return {"error": str(exc)}
     return estimate.as_dict()
@@ -56,7 +57,8 @@ def estimate_for(config: dict, *, num_labels: int = 2, shape: list[int] | None =
     method_config = {k: v for k, v in (config.get("method_config") or {}).items() if v is not None}
     return cached_estimate(str(config.get("backbone", "")), str(config.get("method", "")), batch_size, max_length,
                            json.dumps(method_config, sort_keys=True, default=str), bool(config.get("bf16")),
-                           num_labels, _estimate_device(str(config.get("device", "auto"))), processes)
+                           num_labels, _estimate_device(str(config.get("device", "auto"))), processes,
+                           str(config.get("backbone_precision") or "fp32"))
 
 
 def render_estimate(config: dict) -> dict | None:
@@ -71,9 +73,10 @@ def render_estimate(config: dict) -> dict | None:
             st.caption(f"No estimate for this setup: {result['error']}")
             return None
         peak = result["predicted_peak_bytes"]
-        cols = st.columns(5)
+        shown = [part for part in PARTS if part != "quantized" or result["breakdown"].get(part)]
+        cols = st.columns(1 + len(shown))
         cols[0].metric("Predicted peak", fmt_mib(peak))
-        for col, part in zip(cols[1:], PARTS):
+        for col, part in zip(cols[1:], shown):
             col.metric(part, fmt_mib(result["breakdown"][part]))
         # Also the page's first plotly chart: a fresh browser loads plotly here, not after the click
         # on Launch, when the run's first point is waiting to be drawn.

@@ -14,10 +14,12 @@ import plotly.graph_objects as go
 MIB = 1024 * 1024
 NEUTRAL = "rgba(128,128,128,0.55)"
 NEUTRAL_FILL = "rgba(128,128,128,0.14)"
-PARTS = ("weights", "gradients", "optimizer", "activations")
+# The engine's memory parts (app.memory.PARTS, which this module does not import: it loads torch).
+PARTS = ("weights", "quantized", "gradients", "optimizer", "activations")
 # Mid-tone colours, distinct in both themes and for common colour-vision deficiencies.
 PART_COLOURS = {
     "weights": "#4C78A8",
+    "quantized": "#72B7B2",
     "gradients": "#F58518",
     "optimizer": "#54A24B",
     "activations": "#E45756",

@@ -15,7 +15,8 @@ from components.forms import settings_form
 UPLOAD_SUFFIXES = TABLE_SUFFIXES
 UPLOAD_KINDS = "CSV, TSV, JSONL, JSON, Excel .xlsx or Parquet"
 UPLOAD_CHOICE = "Upload a file…"
-GENERAL_FIELDS = ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "seed")
+GENERAL_FIELDS = ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "seed",
+                  "backbone_precision")
 ADVANCED_FIELDS = ("patience", "decoder_pooling", "max_eval_examples", "weight_decay", "warmup_ratio", "grad_clip", "split_seed", "memory_every",
                    "bf16", "report_to_mlflow", "name")
 # report_to has one choice besides none, so the form shows it as a checkbox rather than a selectbox.

@@ -22,6 +22,11 @@ def method_fact(name: str, fact: str) -> bool:
         return False
 
 
+def _precision_label(config: dict) -> str:
+    precision = config.get("backbone_precision", "fp32")
+    return "" if precision == "fp32" else f" {precision}"
+
+
 def memory_row(store, record: dict) -> dict:
     """A run's memory at its peak step (finished runs) or at its largest step so far (running)."""
     metrics, summary = record.get("metrics") or {}, record.get("summary") or {}
@@ -40,7 +45,7 @@ def memory_row(store, record: dict) -> dict:
         shape = [config["batch_size"], config.get("max_length")]  # runs from before shapes were recorded
     row = {
         "id": record["id"],
-        "name": f"{record['method']} · {record['id'][-6:]}",
+        "name": f"{record['method']}{_precision_label(config)} · {record['id'][-6:]}",
         "method": record["method"],
         "status": record["status"],
         "peak": peak,
@@ -49,6 +54,7 @@ def memory_row(store, record: dict) -> dict:
         "cuda_peak": metrics.get("cuda_max_allocated_bytes"),
         "shape": list(shape) if shape else None,
         "padding": config.get("padding", "max"),
+        "precision": config.get("backbone_precision", "fp32"),
     }
     for part in PARTS:
         row[part] = (breakdown or {}).get(part)
@@ -166,9 +172,10 @@ def render_memory(store, records: list[dict]) -> None:
     )
     on_cuda = any(r.get("cuda_peak") for r in rows)
     st.dataframe(
-        [{"method": method_title(r["method"]), "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
+        [{"method": method_title(r["method"]) + _precision_label({"backbone_precision": r.get("precision", "fp32")}),
+          "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
           "peak batch": fmt_shape(r.get("shape")) if r.get("shape") else "–",
-          **{f"{p} (MiB)": _round_mib(r[p]) for p in PARTS},
+          **{f"{p} (MiB)": _round_mib(r[p]) for p in PARTS if p != "quantized" or any(x.get(p) for x in rows)},
           **({"CUDA max allocated (MiB)": _round_mib(r.get("cuda_peak"))} if on_cuda else {}),
           "trainable": fmt_count(r["trainable"]) if r.get("trainable") else "–", "run": r["id"]}
          for r in rows if r.get("peak")],

@@ -64,19 +64,20 @@ def supported_methods_of(backbone: str) -> list[str] | str:
 
 @st.cache_resource(show_spinner=False)
 def _surfaces() -> OrderedDict:
-    """Measured surfaces, shared by every session: (backbone, method, settings, bf16) -> surface or
+    """Measured surfaces, shared by every session: (backbone, method, settings, bf16, precision) -> surface or
     the engine's one-line message. Not `st.cache_data`: a miss reports progress to the page."""
     return OrderedDict()
 
 
-def _surface(backbone: str, method: str, settings_json: str, bf16: bool, progress):
+def _surface(backbone: str, method: str, settings_json: str, bf16: bool, precision: str, progress):
     from app.errors import LabError
     from app.planning import measure_surface
 
-    cache, key = _surfaces(), (backbone, method, settings_json, bf16)
+    cache, key = _surfaces(), (backbone, method, settings_json, bf16, precision)
     if key not in cache:
         try:
-            cache[key] = measure_surface(backbone, method, json.loads(settings_json), bf16=bf16, progress=progress)
+            cache[key] = measure_surface(backbone, method, json.loads(settings_json), bf16=bf16,
+                                         backbone_precision=precision, progress=progress)
         except LabError as exc:
             cache[key] = str(exc)
         while len(cache) > SURFACES_KEPT:
@@ -86,12 +87,13 @@ def _surface(backbone: str, method: str, settings_json: str, bf16: bool, progres
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def _direct(backbone: str, method: str, settings_json: str, bf16: bool, batch: int, length: int):
+def _direct(backbone: str, method: str, settings_json: str, bf16: bool, precision: str, batch: int, length: int):
     from app.errors import LabError
     from app.estimate import estimate_memory
 
     try:
-        return estimate_memory(backbone, method, batch, length, json.loads(settings_json), bf16=bf16).as_dict()
+        return estimate_memory(backbone, method, batch, length, json.loads(settings_json), bf16=bf16,
+                               backbone_precision=precision).as_dict()
     except LabError as exc:
         return {"error": str(exc)}
 
@@ -112,7 +114,24 @@ def method_settings(method: str, lst_reduction: int, lst_dropping: str, lora_ran
     return {}
 
 
-def measure(backbone: str, methods: list[str], settings: dict[str, dict], bf16: bool) -> dict:
+def precision_choices() -> list[str]:
+    """The run setting's choices (`backbone_precision`)."""
+    from app.config import describe_fields_cache
+
+    return list(describe_fields_cache()["backbone_precision"]["choices"])
+
+
+def precisions_of(methods: list[str], chosen: str) -> dict[str, str]:
+    """The frozen-backbone precision each method is planned with: the one chosen where the method keeps
+    a frozen backbone, fp32 for the rest (they train every weight)."""
+    from app.methods import METHODS
+    from app.precision import allowed_precisions
+
+    return {m: chosen if chosen in allowed_precisions(METHODS[m]) else "fp32" for m in methods}
+
+
+def measure(backbone: str, methods: list[str], settings: dict[str, dict], bf16: bool,
+            precisions: dict[str, str]) -> dict:
     """Every method's surface (or its error message), with one progress bar over the misses."""
     bar = st.empty()
     surfaces = {}
@@ -121,7 +140,8 @@ def measure(backbone: str, methods: list[str], settings: dict[str, dict], bf16: 
             bar.progress(done / total, text=f"Estimating {method_title(method)} ({number} of {len(methods)}): "
                                             f"{done} of {total} fake steps")
 
-        surfaces[method] = _surface(backbone, method, json.dumps(settings[method], sort_keys=True), bf16, progress)
+        surfaces[method] = _surface(backbone, method, json.dumps(settings[method], sort_keys=True), bf16,
+                                    precisions[method], progress)
     bar.empty()
     return surfaces
 
@@ -142,7 +162,8 @@ def device_choices() -> dict[str, tuple[int | None, bool, str]]:
 
 
 def render_plan(backbone: str, surfaces: dict, *, batch: int, length: int, device_label: str,
-                device: tuple[int, bool, str], bf16: bool, settings: dict[str, dict]) -> None:
+                device: tuple[int, bool, str], bf16: bool, settings: dict[str, dict],
+                precisions: dict[str, str]) -> None:
     """`device`: the entry of `device_choices` picked, read once per rerun."""
     from app.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES
     from app.planning import fits_text, plan_lengths
@@ -178,7 +199,8 @@ def render_plan(backbone: str, surfaces: dict, *, batch: int, length: int, devic
     for method, surface in good.items():
         title = method_title(method)
         if length > surface.longest:
-            rows.append({"method": title, "peak": "—", "needed": "—", "fits": "input too long",
+            rows.append({"method": title, "frozen backbone": precisions[method], "peak": "—", "needed": "—",
+                         "fits": "input too long",
                          f"largest batch at {length} tokens": "—", "trainable": f"{surface.trainable_params:,}",
                          "measured in": f"{surface.seconds:.1f} s"})
             continue
@@ -187,7 +209,7 @@ def render_plan(backbone: str, surfaces: dict, *, batch: int, length: int, devic
         need = surface.need(batch, length, cuda=cuda)
         parts[title] = breakdown
         extra[title] = need - peak
-        rows.append({"method": title, "peak": _gib(peak), "needed": _gib(need),
+        rows.append({"method": title, "frozen backbone": precisions[method], "peak": _gib(peak), "needed": _gib(need),
                      "fits": "yes" if need <= capacity else "no",
                      f"largest batch at {length} tokens": fits_text(surface.largest_batch(length, capacity, cuda=cuda)),
                      "trainable": f"{surface.trainable_params:,}", "measured in": f"{surface.seconds:.1f} s"})
@@ -196,17 +218,19 @@ def render_plan(backbone: str, surfaces: dict, *, batch: int, length: int, devic
     if parts:
         st.plotly_chart(figures.plan_breakdown(parts, allowance=extra if cuda else None), key="plan.breakdown",
                         config={"displayModeBar": False})
-        _show_check(backbone, good, parts, batch=batch, length=length, bf16=bf16, settings=settings)
+        _show_check(backbone, good, parts, batch=batch, length=length, bf16=bf16, settings=settings,
+                    precisions=precisions)
 
 
 def _show_check(backbone: str, surfaces: dict, parts: dict, *, batch: int, length: int, bf16: bool,
-                settings: dict[str, dict]) -> None:
+                settings: dict[str, dict], precisions: dict[str, str]) -> None:
     """The point on screen, estimated directly: the surface must agree with it to the byte."""
     disagree = []
     for method, surface in surfaces.items():
         if method_title(method) not in parts:
             continue
-        direct = _direct(backbone, method, json.dumps(settings[method], sort_keys=True), bf16, batch, length)
+        direct = _direct(backbone, method, json.dumps(settings[method], sort_keys=True), bf16, precisions[method],
+                         batch, length)
         if "error" in direct:
             disagree.append(f"{method_title(method)}: {direct['error']}")
         elif direct["breakdown"] != parts[method_title(method)]:

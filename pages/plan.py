@@ -2,8 +2,8 @@ import streamlit as st
 
 from components.common import method_title
 from components.plan_view import (
-    BATCHES, DEFAULT_METHODS, DEFAULT_MODEL, LORA_RANKS, LST_REDUCTIONS, OWN_CONFIG, device_choices, length_choices,
-    measure, method_settings, model_choices, render_plan, supported_methods_of,
+    BATCHES, DEFAULT_METHODS, DEFAULT_MODEL, LORA_RANKS, LST_REDUCTIONS, OWN_CONFIG, device_choices, precision_choices,
+    length_choices, measure, method_settings, model_choices, precisions_of, render_plan, supported_methods_of,
 )
 
 st.title("Plan: will it fit?")
@@ -35,6 +35,10 @@ devices = device_choices()
 st.session_state.setdefault("plan.device", "24 GB GPU")
 device = right.selectbox("Device", list(devices), key="plan.device")
 bf16 = right.toggle("bf16 autocast", key="plan.bf16", help="The forward under bf16 autocast (approximate off CUDA).")
+chosen_precision = right.selectbox(
+    "Frozen backbone", precision_choices(), key="plan.precision",
+    help="How the frozen backbone's linear weights are stored (int8: torchao for LST, bitsandbytes otherwise; int4: "
+         "bitsandbytes NF4, QLoRA's format). Applies to methods that keep a frozen backbone; the others stay fp32.")
 
 lengths = length_choices(backbone)
 if st.session_state.get("plan.length") not in lengths:
@@ -55,6 +59,7 @@ if not methods:
     st.stop()
 
 settings = {m: method_settings(m, lst_reduction, lst_dropping, lora_rank) for m in methods}
-surfaces = measure(backbone, methods, settings, bf16)
+precisions = precisions_of(methods, chosen_precision)
+surfaces = measure(backbone, methods, settings, bf16, precisions)
 render_plan(backbone, surfaces, batch=batch, length=length, device_label=device, device=devices[device], bf16=bf16,
-            settings=settings)
+            settings=settings, precisions=precisions)

@@ -876,6 +876,18 @@ def test_the_plan_page_redraws_from_its_sliders_and_refuses_a_bad_config(tmp_pat
     at.select_slider(key="plan.lora_rank").set_value(64).run()
     assert at.dataframe[0].value.set_index("method").loc["LoRA", "trainable"] != lora_before
 
+    fp32 = at.dataframe[0].value.set_index("method")
+    at.selectbox(key="plan.precision").set_value("int4").run()
+    assert not at.exception, [e.value for e in at.exception]
+    int4 = at.dataframe[0].value.set_index("method")
+    assert int4["frozen backbone"].to_dict() == {"Full fine-tuning": "fp32", "LoRA": "int4",
+                                                 "Ladder Side-Tuning (LST)": "int4"}  # full FT has nothing frozen
+    assert int4.loc["Full fine-tuning", "peak"] == fp32.loc["Full fine-tuning", "peak"]
+    bars = _json.loads(at.get("plotly_chart")[1].proto.spec)["data"]
+    quantized = dict(zip(*(next(t for t in bars if t["name"] == "quantized")[axis] for axis in ("y", "x"))))
+    assert quantized["Full fine-tuning"] == 0 < quantized["Ladder Side-Tuning (LST)"]
+    assert any("equals the surface to the byte" in c.value for c in at.caption)
+
     at.selectbox(key="plan.model").set_value("Your own config.json…").run()
     at.text_input(key="plan.own_config").input(str(tmp_path / "missing.json")).run()
     assert not at.exception
