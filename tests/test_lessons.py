@@ -182,6 +182,30 @@ def test_memory_claim_checks_the_activations_of_every_method_that_backprops_thro
         "lora_activation_share"]
 
 
+def test_the_int8_preset_compares_lst_with_lora_on_the_same_quantized_backbone():
+    from app.lessons import role_configs
+
+    lesson = get_lesson("lst-memory")
+    configs = {c["method"]: c for c in role_configs(lesson, "smollm2-int8", 0)}
+    assert configs["full_ft"]["backbone_precision"] == "fp32"
+    assert {configs[m]["backbone_precision"] for m in ("adapter", "lora", "prompt_tuning", "lst")} == {"int8"}
+    records = {"full_ft": _memory_record("f", 0.97, 100.0, 40.0), "adapter": _memory_record("a", 0.96, 60.0, 39.2),
+               "lora": _memory_record("l", 0.96, 50.0, 36.0), "prompt_tuning": _memory_record("p", 0.91, 65.0, 44.0),
+               "lst": _memory_record("s", 0.95, 12.0, 4.0)}
+    plain = {c.name for c in check_lst_memory(LessonRuns(lesson, records)).checks}
+    assert "lst_over_lora_peak" not in plain  # fp32 runs: no QLoRA comparison
+    for role in ("lora", "lst"):
+        records[role]["config"] = {"backbone_precision": "int8"}
+    found = check_lst_memory(LessonRuns(lesson, records))
+    checks = {c.name: c for c in found.checks}
+    assert checks["lst_over_lora_peak"].value == pytest.approx(0.24) and checks["lst_over_lora_peak"].passed
+    assert checks["lst_minus_lora_test"].value == pytest.approx(-0.01) and checks["lst_minus_lora_test"].passed
+    assert any(line.startswith("With both frozen backbones in int8, LST trained with 0.24× LoRA's peak") for line in found.notice)
+    records["lst"] = dict(_memory_record("s", 0.90, 30.0, 4.0), config={"backbone_precision": "int8"})
+    failed = [c.name for c in check_lst_memory(LessonRuns(lesson, records)).checks if not c.passed]
+    assert {"lst_over_lora_peak", "lst_minus_lora_test"} <= set(failed)
+
+
 def test_a_check_without_a_number_fails():
     assert not Check("x", None, 1.0, False, "x").passed
     assert Check("x", 0.2, 0.3, True, "x").passed and not Check("x", 0.4, 0.3, True, "x").passed

@@ -19,6 +19,12 @@ def _names(titles: list[str]) -> str:
     return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
 
 
+def _shared_precision(runs: LessonRuns, *roles: str) -> str | None:
+    """The frozen-backbone precision these roles' runs share, when it is below fp32."""
+    found = {((runs.records.get(role) or {}).get("config") or {}).get("backbone_precision", "fp32") for role in roles}
+    return found.pop() if len(found) == 1 and found != {"fp32"} else None
+
+
 def check_lst_memory(runs: LessonRuns) -> Findings:
     findings = Findings(runs.lesson.name, "done")
     full_peak = runs.metric("full_ft", "peak_memory_bytes")
@@ -52,6 +58,22 @@ def check_lst_memory(runs: LessonRuns) -> Findings:
                         "LST's test accuracy within 3 points of full fine-tuning's",
                         "give both more steps, or LST a higher learning rate (its side network starts small)",
                         unit="points"))
+    quantized = _shared_precision(runs, "lora", "lst")
+    if quantized:
+        lora_peak, lora_acc = runs.metric("lora", "peak_memory_bytes"), runs.metric("lora", "test_accuracy")
+        over_lora = lst_peak / lora_peak if lst_peak and lora_peak else None
+        lora_gap = lst_acc - lora_acc if lst_acc is not None and lora_acc is not None else None
+        values.update(lst_over_lora_peak=over_lora, lst_minus_lora_test=lora_gap)
+        checks.append(Check("lst_over_lora_peak", over_lora, 0.5, True,
+                            f"with the same {quantized} backbone, LST's peak ≤ 0.5 × LoRA's (QLoRA's)",
+                            "a longer max_length or a bigger batch: LoRA's activations grow, LST's stay thin"))
+        checks.append(Check("lst_minus_lora_test", lora_gap, -0.03, False,
+                            f"LST's test accuracy within 3 points of LoRA's, both with the {quantized} backbone",
+                            "give both more steps", unit="points"))
+        if over_lora is not None:
+            findings.notice.append(
+                f"With both frozen backbones in {quantized}, LST trained with {over_lora:.2f}× LoRA's peak memory: quantizing "
+                "shrinks the frozen weights for both, but LoRA's backprop still keeps the backbone's activations.")
     findings.findings, findings.checks = values, checks
     if ratio is not None:
         findings.notice.append(
@@ -87,7 +109,8 @@ def estimated_peak_ratio(configs: dict) -> float | None:
     for role in ("lst", "full_ft"):
         config = configs[role]
         peaks[role] = estimate_memory(config["backbone"], config["method"], config["batch_size"], config["max_length"],
-                                      config.get("method_config") or {}).predicted_peak_bytes
+                                      config.get("method_config") or {},
+                                      backbone_precision=config.get("backbone_precision", "fp32")).predicted_peak_bytes
     return peaks["lst"] / peaks["full_ft"]
 
 
@@ -127,6 +150,15 @@ LESSON = Lesson(
                  "network is often still 3-4 points behind full fine-tuning, and the verdict says so.",
             run=dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=32,
                      padding="max", steps=40, eval_every=40, max_train_examples=1000, max_eval_examples=200),
+        ),
+        "smollm2-int8": Preset(
+            help="The step after LST: SmolLM2-135M on SMS spam as in the smollm2 preset, with the frozen "
+                 "backbone of Adapter, LoRA, prompt tuning and LST stored in int8 (LoRA on an 8-bit base is "
+                 "QLoRA's setup; LST on one is Quantized Side Tuning's). Full fine-tuning stays fp32, the "
+                 "reference. Adds the claim LST-int8's peak ≤ 0.5 × LoRA-int8's with accuracy within 3 points.",
+            run=dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=32,
+                     padding="max", steps=40, eval_every=40, max_train_examples=1000, max_eval_examples=200),
+            roles={role: {"backbone_precision": "int8"} for role in ("adapter", "lora", "prompt_tuning", "lst")},
         ),
         "tiny": Preset(help=TINY_HELP, run=dict(TINY_RUN, padding="max")),
     },
