@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from app.backbones import REGISTRY  # noqa: E402
 from app.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, estimate_memory  # noqa: E402
 from app.methods import METHODS  # noqa: E402
+from app.precision import allowed_precisions  # noqa: E402
 from app.store import RunStore  # noqa: E402
 from memory_estimate import comparable_estimate, parse_shapes, reference_settings, short_run  # noqa: E402
 
@@ -85,23 +86,26 @@ def step_seconds(store: RunStore, run_id: str) -> float | None:
     return statistics.median(later) if later else None
 
 
-def check_one(store, backbone, method, batch, length, *, steps, settings, device, bf16) -> dict:
+def check_one(store, backbone, method, batch, length, *, steps, settings, device, bf16, precision="fp32") -> dict:
     estimate_device = device
     try:
-        estimate = estimate_memory(backbone, method, batch, length, settings, bf16=bf16, device=estimate_device)
+        estimate = estimate_memory(backbone, method, batch, length, settings, bf16=bf16, device=estimate_device,
+                                   backbone_precision=precision)
     except Exception as exc:  # fake tensors on this device failed: fall back to the CPU's kernels
         estimate_device = "cpu"
-        estimate = estimate_memory(backbone, method, batch, length, settings, bf16=bf16, device="cpu")
+        estimate = estimate_memory(backbone, method, batch, length, settings, bf16=bf16, device="cpu",
+                                   backbone_precision=precision)
         print(f"  (estimate on {device} failed, used the CPU's kernels: {exc})")
     predicted = comparable_estimate(estimate, method)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     record = short_run(store, backbone, method, batch, length, steps=steps, settings=settings, device=device,
-                       bf16=bf16)
+                       bf16=bf16, backbone_precision=precision)
     metrics = record["metrics"]
     measured = metrics["memory_breakdown"]
     row = {
         "backbone": backbone, "method": method, "batch": batch, "length": length, "bf16": bf16, "device": device,
+        "backbone_precision": precision,
         "estimate_device": estimate_device, "measured": measured, "measured_bytes": sum(measured.values()),
         "estimated": predicted, "estimated_bytes": sum(predicted.values()),
         "estimate_seconds": estimate.seconds, "seconds_per_step": step_seconds(store, record["id"]),
@@ -121,7 +125,7 @@ def check_one(store, backbone, method, batch, length, *, steps, settings, device
 
 def print_row(row: dict) -> None:
     line = (f"{row['backbone']:<10} {row['method']:<14} b{row['batch']:<3} L{row['length']:<4} "
-            f"{'bf16' if row['bf16'] else 'fp32'}  measured {row['measured_bytes'] / MiB:9.1f}  "
+            f"{'bf16' if row['bf16'] else 'fp32'} {row.get('backbone_precision', 'fp32'):<4}  measured {row['measured_bytes'] / MiB:9.1f}  "
             f"estimate {row['estimated_bytes'] / MiB:9.1f} ({row['estimate_error']:+.2%})")
     if row.get("cuda_max_allocated_bytes"):
         line += (f"  max_allocated {row['cuda_max_allocated_bytes'] / MiB:9.1f} "
@@ -166,22 +170,27 @@ def main(argv: list[str] | None = None) -> int:
         reference_id = None
         if any(METHODS[m].reference_fields for m in methods):
             reference_id = short_run(store, backbone, "full_ft", 8, 32, device=device)["id"]
-        for bf16 in precisions:
-            for method in methods:
-                for batch, length in shapes:
-                    label = f"{backbone} {method} b{batch} L{length} {'bf16' if bf16 else 'fp32'}"
-                    if time.perf_counter() - started > args.budget_seconds:
-                        result["left_out"].append(label)
-                        continue
-                    try:
-                        row = check_one(store, backbone, method, batch, length, steps=steps,
-                                        settings=reference_settings(method, reference_id), device=device, bf16=bf16)
-                    except Exception as exc:  # one failing row must not cost the others
-                        print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
-                        result["rows"].append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
-                        continue
-                    result["rows"].append(row)
-                    print_row(row)
+        # Every method in fp32 and with bf16 autocast, then every method that keeps a frozen backbone with
+        # that backbone in bf16, int8 and int4 (the first shape, fp32 autocast).
+        grid = [(bf16, method, shape, "fp32") for bf16 in precisions for method in methods for shape in shapes]
+        grid += [(False, method, shapes[0], precision) for precision in ("bf16", "int8", "int4") for method in methods
+                 if precision in allowed_precisions(METHODS[method])]
+        for bf16, method, (batch, length), precision in grid:
+            label = (f"{backbone} {method} b{batch} L{length} {'bf16' if bf16 else 'fp32'} "
+                     f"backbone {precision}")
+            if time.perf_counter() - started > args.budget_seconds:
+                result["left_out"].append(label)
+                continue
+            try:
+                row = check_one(store, backbone, method, batch, length, steps=steps,
+                                settings=reference_settings(method, reference_id), device=device, bf16=bf16,
+                                precision=precision)
+            except Exception as exc:  # one failing row must not cost the others
+                print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+                result["rows"].append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            result["rows"].append(row)
+            print_row(row)
     good = [r for r in result["rows"] if "error" not in r]
     result["worst_estimate_error"] = max((abs(r["estimate_error"]) for r in good), default=None)
     if on_cuda:

@@ -32,6 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app.estimate import GiB, bert_config, estimate_memory  # noqa: E402
+from app.memory import PARTS  # noqa: E402
 from app.methods import METHODS  # noqa: E402
 from app.store import RunStore  # noqa: E402
 from app.preparation import prepare_run  # noqa: E402
@@ -59,11 +60,13 @@ def reference_settings(method: str, reference_id: str | None) -> dict:
 
 
 def short_run(store: RunStore, backbone: str, method: str, batch: int, length: int, *, steps: int = 1,
-              settings: dict | None = None, device: str = "cpu", bf16: bool = False) -> dict:
+              settings: dict | None = None, device: str = "cpu", bf16: bool = False,
+              backbone_precision: str = "fp32") -> dict:
     """A real run of a few steps at one fixed batch shape; returns its finished record."""
     config = dict(backbone=backbone, dataset="sms-spam", method=method, method_config=settings or {},
                   batch_size=batch, max_length=length, padding="max", steps=steps, eval_every=10_000,
-                  max_train_examples=max(64, batch * steps), max_eval_examples=8, seed=0, device=device, bf16=bf16)
+                  max_train_examples=max(64, batch * steps), max_eval_examples=8, seed=0, device=device, bf16=bf16,
+                  backbone_precision=backbone_precision)
     prepared = prepare_run(config, store)
     run_id = store.create_run(prepared.config.as_dict())
     record = execute_run(store, run_id, prepared=prepared)
@@ -76,7 +79,7 @@ def comparable_estimate(estimate, method: str) -> dict:
     """The estimate's breakdown for the kind of step the benchmark run takes."""
     if method == "theseus":
         step = next(s for s in estimate.steps if s["kind"] == "successor alone")
-        return {k: step[k] for k in ("weights", "gradients", "optimizer", "activations")}
+        return {k: step[k] for k in PARTS}
     return dict(estimate.breakdown)
 
 
