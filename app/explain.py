@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_run_model
-from .data import ColumnMap, join_pairs, load_dataset
+from .data import ColumnMap, encode, join_pairs, load_dataset
 from .errors import LabError
 from .families import BY_MODEL_TYPE, family_of
 from .precision import QUANTIZED
@@ -43,7 +43,7 @@ class Explainer:
             raise LabError("type a sentence to explain")
 
         (text,), pairs = join_pairs(self.tokenizer, [text], [pair] if pair else None)
-        encoded = self.tokenizer(text, pairs[0] if pairs else None, truncation=True, max_length=self.max_length,
+        encoded = encode(self.tokenizer, text, pairs[0] if pairs else None, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
         return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 

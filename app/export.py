@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from .backbones import get_backbone
+from .data import encode
 from .errors import LabError
 from .methods import create_method
 from .methods.base import MODEL_INPUTS, BuildContext
@@ -68,7 +69,7 @@ def plain_logits(folder: Path, texts: list[str], max_length: int) -> torch.Tenso
 
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = encode(tokenizer, texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoints import LoadedRun, load_run_model
+from .data import encode
 from .errors import LabError
 from .methods.base import MODEL_INPUTS
 
@@ -30,7 +31,7 @@ class Predictor:
         """One padded batch, truncated to the run's max_length, as the run's tokenizer pads it."""
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise LabError("give one or more non-empty texts to predict")
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
+        encoded = encode(self.tokenizer, texts, truncation=True, max_length=self.max_length, padding=True,
                                  return_tensors=return_tensors)
         return {k: encoded[k] for k in MODEL_INPUTS if k in encoded}
 

