@@ -132,9 +132,9 @@ def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) ->
     trained_in = predictor.loaded.config.backbone_precision
     if trained_in != "fp32":
         as_trained = load_predictor(store, run_id, allow_pairs=True).logits(probe)
-        notes.append(f"Trained with its frozen backbone in {trained_in}; exported with the backbone's fp32 weights and the trained "
-                     f"weights as they are. On the check texts the logits differ from the {trained_in} model's by at "
-                     f"most {float((as_trained - expected).abs().max()):.3g}.")
+        notes.append(f"Trained with its frozen backbone in {trained_in}; exported with the backbone's fp32 weights and "
+                     f"the trained weights as they are. On the check texts the logits differ from the {trained_in} "
+                     f"model's by at most {float((as_trained - expected).abs().max()):.3g}.")
     formats = [_write_primary(predictor, out_dir, probe, expected, notes, sections)]
     if onnx:
         try:

@@ -125,7 +125,8 @@ def check_one(store, backbone, method, batch, length, *, steps, settings, device
 
 def print_row(row: dict) -> None:
     line = (f"{row['backbone']:<10} {row['method']:<14} b{row['batch']:<3} L{row['length']:<4} "
-            f"{'bf16' if row['bf16'] else 'fp32'} {row.get('backbone_precision', 'fp32'):<4}  measured {row['measured_bytes'] / MiB:9.1f}  "
+            f"{'bf16' if row['bf16'] else 'fp32'} {row.get('backbone_precision', 'fp32'):<4}  "
+            f"measured {row['measured_bytes'] / MiB:9.1f}  "
             f"estimate {row['estimated_bytes'] / MiB:9.1f} ({row['estimate_error']:+.2%})")
     if row.get("cuda_max_allocated_bytes"):
         line += (f"  max_allocated {row['cuda_max_allocated_bytes'] / MiB:9.1f} "

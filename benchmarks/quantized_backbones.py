@@ -76,7 +76,8 @@ def print_table(rows: list[dict]) -> None:
             parts = "".join(f"{r['breakdown'].get(p, 0) / MiB:>8.1f}" for p in PARTS)
             print(f"{r['method'] + ' ' + r['precision']:<12}{r['peak_bytes'] / MiB:>9.1f}"
                   f"{r['peak_bytes'] / full['peak_bytes']:>7.3f}{parts}{r['estimate_bytes'] / r['peak_bytes']:>9.4f}"
-                  f"{r['step_seconds']:>8.3f}{r['step_seconds'] / full['step_seconds']:>7.3f}{r['test_accuracy']:>9.3f}")
+                  f"{r['step_seconds']:>8.3f}{r['step_seconds'] / full['step_seconds']:>7.3f}"
+                  f"{r['test_accuracy']:>9.3f}")
         by = {(r["method"], r["precision"]): r for r in group}
         lst8, lora8, lst32, lst4 = by[("lst", "int8")], by[("lora", "int8")], by[("lst", "fp32")], by[("lst", "int4")]
         checks = [
@@ -88,7 +89,8 @@ def print_table(rows: list[dict]) -> None:
         for label, value, target in checks:
             print(f"  {label}: {value:.3f} ({'met' if value <= target else 'missed'})")
         gap = (lst8["test_accuracy"] - lst32["test_accuracy"]) * 100
-        print(f"  LST int8 - LST fp32 test accuracy: {gap:+.1f} points ({'met' if abs(gap) <= 1 else 'missed'}: within 1)")
+        verdict = "met" if abs(gap) <= 1 else "missed"
+        print(f"  LST int8 - LST fp32 test accuracy: {gap:+.1f} points ({verdict}: within 1)")
 
 
 def main() -> None:
@@ -114,7 +116,8 @@ def main() -> None:
             print(f"[{dataset}] {method} {precision} ...", file=sys.stderr, flush=True)
             rows.append(run_variant(store, method, precision, dataset, args))
             r = rows[-1]
-            print(f"  peak {r['peak_bytes'] / MiB:.1f} MiB, {r['step_seconds']:.3f} s/step, test {r['test_accuracy']:.3f} "
+            print(f"  peak {r['peak_bytes'] / MiB:.1f} MiB, {r['step_seconds']:.3f} s/step, "
+                  f"test {r['test_accuracy']:.3f} "
                   f"({r['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
     print_table(rows)
     if args.json:

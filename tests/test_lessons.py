@@ -200,7 +200,8 @@ def test_the_int8_preset_compares_lst_with_lora_on_the_same_quantized_backbone()
     checks = {c.name: c for c in found.checks}
     assert checks["lst_over_lora_peak"].value == pytest.approx(0.24) and checks["lst_over_lora_peak"].passed
     assert checks["lst_minus_lora_test"].value == pytest.approx(-0.01) and checks["lst_minus_lora_test"].passed
-    assert any(line.startswith("With both frozen backbones in int8, LST trained with 0.24× LoRA's peak") for line in found.notice)
+    assert any(line.startswith("With both frozen backbones in int8, LST trained with 0.24× LoRA's peak")
+               for line in found.notice)
     records["lst"] = dict(_memory_record("s", 0.90, 30.0, 4.0), config={"backbone_precision": "int8"})
     failed = [c.name for c in check_lst_memory(LessonRuns(lesson, records)).checks if not c.passed]
     assert {"lst_over_lora_peak", "lst_minus_lora_test"} <= set(failed)

@@ -72,8 +72,8 @@ def check_lst_memory(runs: LessonRuns) -> Findings:
                             "give both more steps", unit="points"))
         if over_lora is not None:
             findings.notice.append(
-                f"With both frozen backbones in {quantized}, LST trained with {over_lora:.2f}× LoRA's peak memory: quantizing "
-                "shrinks the frozen weights for both, but LoRA's backprop still keeps the backbone's activations.")
+                f"With both frozen backbones in {quantized}, LST trained with {over_lora:.2f}× LoRA's peak memory: "
+                "quantizing shrinks the frozen weights for both, but LoRA's backprop still keeps the backbone's activations.")
     findings.findings, findings.checks = values, checks
     if ratio is not None:
         findings.notice.append(
@@ -116,6 +116,8 @@ def estimated_peak_ratio(configs: dict) -> float | None:
 
 _CPU_DATA = {"backbone": "minilm-l6", "dataset": "sms-spam", "device": "cpu"}
 _CUDA_DATA = {"backbone": "minilm-l6", "dataset": "rotten-tomatoes", "device": "cuda"}
+_SMOLLM2_RUN = dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=32,
+                    padding="max", steps=40, eval_every=40, max_train_examples=1000, max_eval_examples=200)
 
 LESSON = Lesson(
     name="lst-memory",
@@ -148,16 +150,14 @@ LESSON = Lesson(
                  "40 steps each, 200 evaluation examples. The five runs of this 135M-parameter model take "
                  "about 5 minutes on a 2-core CPU. Memory is shown on every seed; at 40 steps LST's side "
                  "network is often still 3-4 points behind full fine-tuning, and the verdict says so.",
-            run=dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=32,
-                     padding="max", steps=40, eval_every=40, max_train_examples=1000, max_eval_examples=200),
+            run=_SMOLLM2_RUN,
         ),
         "smollm2-int8": Preset(
             help="The step after LST: SmolLM2-135M on SMS spam as in the smollm2 preset, with the frozen "
                  "backbone of Adapter, LoRA, prompt tuning and LST stored in int8 (LoRA on an 8-bit base is "
                  "QLoRA's setup; LST on one is Quantized Side Tuning's). Full fine-tuning stays fp32, the "
                  "reference. Adds the claim LST-int8's peak ≤ 0.5 × LoRA-int8's with accuracy within 3 points.",
-            run=dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=32,
-                     padding="max", steps=40, eval_every=40, max_train_examples=1000, max_eval_examples=200),
+            run=_SMOLLM2_RUN,
             roles={role: {"backbone_precision": "int8"} for role in ("adapter", "lora", "prompt_tuning", "lst")},
         ),
         "tiny": Preset(help=TINY_HELP, run=dict(TINY_RUN, padding="max")),
