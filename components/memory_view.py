@@ -8,7 +8,7 @@ import streamlit as st
 from app.errors import ConfigError
 from app.methods import method_class
 from components import figures
-from components.common import fmt_count, fmt_mib, method_title
+from components.common import fmt_count, fmt_mib, method_title, precision_suffix, short_run_label
 
 PARTS = figures.PARTS
 
@@ -22,9 +22,9 @@ def method_fact(name: str, fact: str) -> bool:
         return False
 
 
-def _precision_label(config: dict) -> str:
-    precision = config.get("backbone_precision", "fp32")
-    return "" if precision == "fp32" else f" {precision}"
+def _title(row: dict) -> str:
+    """The method's title, and its frozen backbone's precision when that is not fp32."""
+    return method_title(row["method"]) + precision_suffix({"config": {"backbone_precision": row.get("precision", "fp32")}})
 
 
 def memory_row(store, record: dict) -> dict:
@@ -45,7 +45,7 @@ def memory_row(store, record: dict) -> dict:
         shape = [config["batch_size"], config.get("max_length")]  # runs from before shapes were recorded
     row = {
         "id": record["id"],
-        "name": f"{record['method']}{_precision_label(config)} · {record['id'][-6:]}",
+        "name": short_run_label(record),
         "method": record["method"],
         "status": record["status"],
         "peak": peak,
@@ -71,11 +71,11 @@ def memory_reading(rows: list[dict]) -> list[str]:
     ref_name = "full fine-tuning" if reference else None
     if reference is None:
         reference = max(rows, key=lambda r: r["peak"])
-        ref_name = f"{method_title(reference['method'])} (the largest here)"
+        ref_name = f"{_title(reference)} (the largest here)"
     others = [r for r in rows if r is not reference]
     for r in sorted(others, key=lambda r: r["peak"]):
         lines.append(
-            f"**{method_title(r['method'])}** used **{r['peak'] / reference['peak']:.2f}×** the memory of {ref_name} "
+            f"**{_title(r)}** used **{r['peak'] / reference['peak']:.2f}×** the memory of {ref_name} "
             f"here ({fmt_mib(r['peak'])} against {fmt_mib(reference['peak'])})."
         )
     ref_acts = reference.get("activations") or 0
@@ -83,7 +83,7 @@ def memory_reading(rows: list[dict]) -> list[str]:
     through = [r for r in others if method_fact(r["method"], "backprop_crosses_frozen_backbone")
                and r.get("activations") is not None]
     if through and ref_acts:
-        names = ", ".join(method_title(r["method"]) for r in through)
+        names = ", ".join(_title(r) for r in through)
         acts = ", ".join(f"{fmt_mib(r['activations'])} ({r['activations'] / ref_acts:.0%})" for r in through)
         states = ", ".join(fmt_mib((r.get("gradients") or 0) + (r.get("optimizer") or 0)) for r in through)
         lines.append(
@@ -95,7 +95,7 @@ def memory_reading(rows: list[dict]) -> list[str]:
     for r in others:
         if method_fact(r["method"], "trains_side_network") and r.get("activations") is not None and ref_acts:
             lines.append(
-                f"**{method_title(r['method'])}** runs its backbone without autograd, so only its thin side network "
+                f"**{_title(r)}** runs its backbone without autograd, so only its thin side network "
                 f"keeps activations: "
                 f"{fmt_mib(r['activations'])}, {r['activations'] / ref_acts:.0%} of {ref_name}'s. "
                 f"Its gradients and optimizer state cover only the side network ({fmt_count(r.get('trainable'))} "
@@ -146,10 +146,10 @@ def waiting_sentence(waiting: list[dict]) -> str:
 def render_memory(store, records: list[dict]) -> None:
     rows = [memory_row(store, r) for r in records]
     series = []
-    for r in records:
+    for r, row in zip(records, rows):
         steps = [s for s in store.steps(r["id"]) if s.get("peak_bytes") is not None]
         if steps:  # a run that has not stepped yet has nothing to draw (and no legend entry)
-            series.append({"name": f"{r['method']} · {r['id'][-6:]}", "steps": [s["step"] for s in steps],
+            series.append({"name": row["name"], "steps": [s["step"] for s in steps],
                            "peak": [s["peak_bytes"] for s in steps]})
     if not series:
         st.info("Memory is measured at every training step; the charts appear with the first run's first step.")
@@ -172,7 +172,7 @@ def render_memory(store, records: list[dict]) -> None:
     )
     on_cuda = any(r.get("cuda_peak") for r in rows)
     st.dataframe(
-        [{"method": method_title(r["method"]) + _precision_label({"backbone_precision": r.get("precision", "fp32")}),
+        [{"method": _title(r),
           "status": r["status"], "peak (MiB)": _round_mib(r["peak"]),
           "peak batch": fmt_shape(r.get("shape")) if r.get("shape") else "–",
           **{f"{p} (MiB)": _round_mib(r[p]) for p in PARTS if p != "quantized" or any(x.get(p) for x in rows)},
