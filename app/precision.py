@@ -158,6 +158,12 @@ class Bf16Embedding(nn.Embedding):
         return super().forward(ids).to(torch.float32)
 
 
+def check_layers_found(layers: list, precision: str) -> None:
+    if not layers:
+        raise ConfigError(f"this model has no frozen linear layer to store in {precision}: the libraries quantize "
+                          "nn.Linear layers (and GPT-2's Conv1D), and its frozen layers are neither")
+
+
 def embeddings_to_bf16(model: nn.Module, trainable: list) -> None:
     """Frozen embedding tables to bf16, in place (any precision below fp32 does this)."""
     trainable_ids = {id(p) for _, p in trainable}
@@ -183,8 +189,9 @@ def apply_backbone_precision(model: nn.Module, precision: str, trainable: list, 
     if precision == "fp32":
         return 0
     trainable_ids = {id(p) for _, p in trainable}
-    embeddings_to_bf16(model, trainable)
     layers = frozen_linears(model, trainable_ids)
+    check_layers_found(layers, precision)
+    embeddings_to_bf16(model, trainable)
     if precision == "bf16":
         for _parent, _attribute, layer in layers:
             layer.weight.data = layer.weight.data.to(torch.bfloat16)
@@ -255,7 +262,9 @@ def quantized_weight_bytes(model: nn.Module, precision: str, trainable: list, *,
     (0, 0) otherwise. Works on fake tensors: only shapes are read."""
     if precision not in QUANTIZED:
         return 0, 0
-    layers = {id(layer.weight): layer for _, _, layer in frozen_linears(model, {id(p) for _, p in trainable})}
+    found = frozen_linears(model, {id(p) for _, p in trainable})
+    check_layers_found(found, precision)
+    layers = {id(layer.weight): layer for _, _, layer in found}
     now = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
     after = sum(quantized_linear_bytes(precision, layer.in_features, layer.out_features, forward_only=forward_only)
                 for layer in layers.values())

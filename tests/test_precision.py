@@ -177,6 +177,17 @@ def test_bad_precision_input_gets_one_clear_line(tmp_path, capsys, monkeypatch):
         check_precision(METHODS["lora"](), "int4")
 
 
+def test_a_model_without_frozen_linear_layers_is_refused_with_its_reason():
+    from app.precision import quantized_weight_bytes
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4))
+    for precision in LOWER:
+        with pytest.raises(ConfigError, match=f"no frozen linear layer to store in {precision}"):
+            apply_backbone_precision(model, precision, [], forward_only=True, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="no frozen linear layer to store in int4"):
+        quantized_weight_bytes(model, "int4", [], forward_only=False)
+
+
 def test_cli_reports_the_precision_and_the_quantized_part(tmp_path, capsys):
     from app.cli import main
 
@@ -246,3 +257,18 @@ def test_lst_on_an_int8_smollm2_beats_the_majority_class(session_store):
     assert record["status"] == "finished", record.get("error")
     assert record["metrics"]["test_accuracy"] > 0.6  # balanced classes: the majority class scores 0.5
     assert record["metrics"]["memory_breakdown"]["quantized"] > 0
+
+
+def test_the_ladder_page_shows_an_int8_lst_runs_gates(runs_dir, monkeypatch):
+    from test_ui_pages import charts, open_app
+
+    from app.store import RunStore
+
+    store = RunStore(runs_dir)
+    record = train_now(store, method="lst", steps=4, eval_every=2, backbone_precision="int8")
+    assert record["status"] == "finished", record.get("error")
+    at = open_app(runs_dir, monkeypatch, "ladder", {"run": record["id"]})
+    assert not at.error, [e.value for e in at.error]
+    gates = next(s for t, s in charts(at).items() if t.startswith("Ladder gates"))
+    assert [row[-1] for row in gates["data"][0]["z"]] == pytest.approx(
+        store.telemetry(record["id"], "step")[-1]["lst"]["gates"])
