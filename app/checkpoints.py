@@ -68,9 +68,9 @@ class LoadedRun:
 
 
 def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "cpu", *,
-                   backbone_precision: str | None = None) -> LoadedRun:
+                   fp32_backbone: bool = False) -> LoadedRun:
     """Rebuild a finished run's model with its trained weights, in eval mode; its frozen backbone in the
-    run's precision unless `backbone_precision` says otherwise."""
+    run's precision, or in fp32 with `fp32_backbone` (for tools that need plain layers)."""
     record = store.get_run(run_id)
     if record["status"] != "finished":
         raise LabError(f"run '{run_id}' is {record['status']}, not finished: it has no trained model")
@@ -97,7 +97,8 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
     model.load_state_dict(state, strict=False)
     model.to(device)
     # Trained against a quantized backbone, the run answers with that backbone.
-    apply_backbone_precision(model, backbone_precision or config.backbone_precision, method.trainable_parameters(model),
+    apply_backbone_precision(model, "fp32" if fp32_backbone else config.backbone_precision,
+                             method.trainable_parameters(model),
                              forward_only=method.trains_side_network, device=device)
     model.eval()
     return LoadedRun(record, method, model, list(label_names), config, ctx)

@@ -64,9 +64,9 @@ def load_explainer(store, run_id: str) -> Explainer:
     """A finished run's model, ready to attribute. Integrated Gradients needs gradients through the
     backbone, which quantized layers do not all give (torchao's dynamic int8 gives none): a run trained
     on an int8/int4 backbone is explained with the backbone's fp32 weights, and says so."""
-    precision = store.get_run(run_id).get("config", {}).get("backbone_precision", "fp32")
+    loaded = load_run_model(store, run_id, "cpu", fp32_backbone=True)
+    precision = loaded.config.backbone_precision
     quantized = precision in QUANTIZED
-    loaded = load_run_model(store, run_id, "cpu", backbone_precision="fp32" if quantized else None)
     return Explainer(
         note=(f"This run trained with its frozen backbone in {precision}; it is explained with the backbone's fp32 "
               "weights and its trained weights as they are (Integrated Gradients needs gradients through the "

@@ -124,7 +124,7 @@ def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) ->
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Every format holds fp32 weights: deployment tools load plain tensors, not a training library's
     # quantized layers. A run trained on a quantized backbone says how far that moves its answers.
-    predictor = load_predictor(store, run_id, allow_pairs=True, backbone_precision="fp32")
+    predictor = load_predictor(store, run_id, allow_pairs=True, fp32_backbone=True)
     probe = probe_texts(predictor.tokenizer)
     notes: list[str] = []
     sections: list[str] = []

@@ -73,10 +73,8 @@ def check_precision(method, precision: str, device: torch.device | None = None) 
 
 
 def library_of(precision: str, *, forward_only: bool):
-    """The library module that stores this precision; a clear error when it is not installed."""
-    name = LIBRARY[(precision, forward_only)].split()[0]
-    if name == "torch":
-        return torch
+    """The library module that stores int8/int4; a clear error when it is not installed."""
+    name = "torchao" if (precision, forward_only) == ("int8", True) else "bitsandbytes"
     try:
         with quiet_import():
             if name == "torchao":
@@ -89,9 +87,9 @@ def library_of(precision: str, *, forward_only: bool):
     return module
 
 
-# Import-time chatter of the quantization libraries (optional CUDA extensions, an optional hub kernel,
-# deprecations inside torch) that says nothing about a run.
-IMPORT_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
+# Import-time chatter of bitsandbytes (its optional CUDA and hub kernels) that says nothing about a run;
+# torchao's and torch's own are silenced for good below.
+IMPORT_LOGGERS = ("bitsandbytes",)
 # peft imports torchao by itself whenever it is installed, outside `quiet_import`: torchao then reports
 # its CUDA-only extensions missing on a CPU build, and registers enums with torch's pytree, which torch
 # 2.13 answers with a deprecation line. Neither says anything a user can act on.

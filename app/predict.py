@@ -48,12 +48,11 @@ class Predictor:
                 "labels": [names[i] for i in probabilities.argmax(-1).tolist()]}
 
 
-def load_predictor(store, run_id: str, *, allow_pairs: bool = False, backbone_precision: str | None = None
-                   ) -> Predictor:
+def load_predictor(store, run_id: str, *, allow_pairs: bool = False, fp32_backbone: bool = False) -> Predictor:
     """`allow_pairs`: also a sentence-pair run (an export's check feeds any text through the same
-    function; typed predictions on single texts would not match its training). `backbone_precision`
-    overrides the run's (an export carries fp32 weights)."""
-    loaded = load_run_model(store, run_id, "cpu", backbone_precision=backbone_precision)
+    function; typed predictions on single texts would not match its training). `fp32_backbone`: the
+    frozen backbone in fp32 whatever the run trained with (an export carries fp32 weights)."""
+    loaded = load_run_model(store, run_id, "cpu", fp32_backbone=fp32_backbone)
     if loaded.config.text_pair_column and not allow_pairs:
         raise LabError(f"run '{run_id}' classifies sentence pairs; predicting typed single texts would not match "
                        "what it was trained on")

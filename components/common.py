@@ -218,18 +218,22 @@ def run_label(record: dict) -> str:
     dataset = Path(record["dataset"]).name if "/" in record["dataset"] else record["dataset"]
     # Nothing that changes over a run's life (its status): a selectbox keeps showing the label its
     # choice had when picked, even after the options are relabelled.
-    return f"{record['id']}{name} · {record['method']}{precision_suffix(record)} · {record['backbone']} · {dataset}"
+    return f"{record['id']}{name} · {record['method']}{precision_suffix(run_precision(record))} · {record['backbone']} · {dataset}"
 
 
-def precision_suffix(record: dict) -> str:
-    """' int8' for a run whose frozen backbone was stored below fp32, else nothing."""
-    precision = (record.get("config") or {}).get("backbone_precision", "fp32")
+def run_precision(record: dict) -> str:
+    """How a run stored its frozen backbone (runs from before the setting: fp32)."""
+    return (record.get("config") or {}).get("backbone_precision", "fp32")
+
+
+def precision_suffix(precision: str) -> str:
+    """' int8' for a frozen backbone stored below fp32, else nothing."""
     return "" if precision == "fp32" else f" {precision}"
 
 
 def short_run_label(record: dict) -> str:
     """A compact name for chips of multiselects and chart legends."""
-    return f"{record['method']}{precision_suffix(record)} · {record['id'][-6:]}"
+    return f"{record['method']}{precision_suffix(run_precision(record))} · {record['id'][-6:]}"
 
 
 def run_link(run_id: str) -> str:

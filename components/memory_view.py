@@ -8,7 +8,7 @@ import streamlit as st
 from app.errors import ConfigError
 from app.methods import method_class
 from components import figures
-from components.common import fmt_count, fmt_mib, method_title, precision_suffix, short_run_label
+from components.common import fmt_count, fmt_mib, method_title, precision_suffix, run_precision, short_run_label
 
 PARTS = figures.PARTS
 
@@ -24,7 +24,7 @@ def method_fact(name: str, fact: str) -> bool:
 
 def _title(row: dict) -> str:
     """The method's title, and its frozen backbone's precision when that is not fp32."""
-    return method_title(row["method"]) + precision_suffix({"config": {"backbone_precision": row.get("precision", "fp32")}})
+    return method_title(row["method"]) + precision_suffix(row.get("precision", "fp32"))
 
 
 def memory_row(store, record: dict) -> dict:
@@ -54,7 +54,7 @@ def memory_row(store, record: dict) -> dict:
         "cuda_peak": metrics.get("cuda_max_allocated_bytes"),
         "shape": list(shape) if shape else None,
         "padding": config.get("padding", "max"),
-        "precision": config.get("backbone_precision", "fp32"),
+        "precision": run_precision(record),
     }
     for part in PARTS:
         row[part] = (breakdown or {}).get(part)

@@ -181,7 +181,7 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     check_cancel()
     # Compression starts from plain fp32 layers (pruning and its own quantization rewrite them); a run
     # trained on a quantized backbone is compressed from its fp32 form.
-    loaded = load_run_model(store, run_id, "cpu", backbone_precision="fp32")
+    loaded = load_run_model(store, run_id, "cpu", fp32_backbone=True)
     trained = {id(p) for _, p in loaded.method.trainable_parameters(loaded.model)}
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(id(parameter) in trained)  # recovery trains what the method trained
