@@ -60,6 +60,13 @@ class RunConfig:
         "the last weights).",
         min=0, max=1000,
     )
+    patience_from: float = option(
+        0.0,
+        "Fraction of the steps before early stopping may end the run (the best weights are tracked from "
+        "the start). With a decaying learning rate, a model often improves again once the rate has "
+        "fallen; 0.5 waits for half of the schedule.",
+        min=0.0, max=1.0,
+    )
     max_train_examples: int | None = option(None, "Use at most this many training examples.", min=1)
     max_eval_examples: int | None = option(1000, "Use at most this many validation and test examples.", min=1)
     seed: int = option(42, "Seed for weights of new layers, data order and any sampling.", min=0)

@@ -118,8 +118,9 @@ class EarlyStopping:
     """Asks the loop to stop after `patience` validation passes without a better accuracy, and puts
     the best pass's trainable weights back at the end (ties go to the lower validation loss)."""
 
-    def __init__(self, patience: int, named_trainable: list):
+    def __init__(self, patience: int, named_trainable: list, start_fraction: float = 0.0):
         self.patience = patience
+        self.start_fraction = start_fraction
         self.named_trainable = named_trainable
         self.best_key: tuple[float, float] | None = None
         self.best_step: int | None = None
@@ -133,7 +134,8 @@ class EarlyStopping:
             self.best_weights = [p.detach().to("cpu", copy=True) for _, p in self.named_trainable]
             return
         self.passes_without_gain += 1
-        if self.passes_without_gain >= self.patience:
+        armed = state.step >= self.start_fraction * state.total_steps
+        if self.passes_without_gain >= self.patience and armed:
             state.stop_requested = True
 
     def restore_best(self, state: TrainState) -> None:
@@ -145,7 +147,7 @@ class EarlyStopping:
         state.extra["restored_best"] = True
 
     def summary(self, state: TrainState) -> dict:
-        return {"patience": self.patience, "best_step": self.best_step, "stopped_at_step": state.step,
+        return {"patience": self.patience, "patience_from": self.start_fraction, "best_step": self.best_step, "stopped_at_step": state.step,
                 "best_val_accuracy": self.best_key[0] if self.best_key else None,
                 "stopped_early": state.step < state.total_steps}
 
@@ -316,7 +318,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     batcher = batcher_for(prepared)
     batches = TrainingBatches(batcher, splits["train"], config.batch_size, config.seed, world)
     validation = Validation(prepared, model, splits["validation"], batcher, autocast, hooks.check_cancel,
-                            EarlyStopping(config.patience, named_trainable) if config.patience and main else None)
+                            EarlyStopping(config.patience, named_trainable, config.patience_from) if config.patience and main else None)
     tally = Tally()
     last_val: dict | None = None
     method.on_train_start(model, state)

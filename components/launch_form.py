@@ -17,7 +17,7 @@ UPLOAD_KINDS = "CSV, TSV, JSONL, JSON, Excel .xlsx or Parquet"
 UPLOAD_CHOICE = "Upload a file…"
 GENERAL_FIELDS = ("steps", "batch_size", "max_length", "padding", "lr", "eval_every", "max_train_examples", "seed",
                   "backbone_precision")
-ADVANCED_FIELDS = ("patience", "decoder_pooling", "max_eval_examples", "weight_decay", "warmup_ratio", "grad_clip", "split_seed", "memory_every",
+ADVANCED_FIELDS = ("patience", "patience_from", "decoder_pooling", "max_eval_examples", "weight_decay", "warmup_ratio", "grad_clip", "split_seed", "memory_every",
                    "bf16", "report_to_mlflow", "name")
 # report_to has one choice besides none, so the form shows it as a checkbox rather than a selectbox.
 REPORT_TO_MLFLOW = {

@@ -42,6 +42,8 @@ MATRIX: dict[str, tuple[dict, dict]] = {
     "p_tuning": ({"num_virtual_tokens": 4, "encoder_hidden_size": 32}, {"lr": 3e-2, "learning_backbone": "minilm-l6"}),
     "lora": ({"rank": 4}, {"lr": 1e-2}),
     "lst": ({}, {"lr": 3e-3}),
+    "linear_probe": ({}, {"lr": 3e-2, "learning_backbone": "minilm-l6", "trainable_exactly": lambda names: {
+        n for n in names if n.startswith("classifier.")}}),
 }
 
 TEST_ONLY_KEYS = ("lr", "learning_backbone", "loss_ratio", "trainable_exactly")  # not run settings

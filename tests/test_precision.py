@@ -25,7 +25,7 @@ CASES = [pytest.param(b, m, p, id=f"{b}-{m}-{p}") for b in BACKBONES for m in FR
 
 
 def test_the_methods_that_take_a_lower_precision_are_those_with_a_frozen_backbone():
-    assert FROZEN_BACKBONE_METHODS == ["adapter", "bitfit", "lora", "lst", "p_tuning", "prompt_tuning"]
+    assert FROZEN_BACKBONE_METHODS == ["adapter", "bitfit", "linear_probe", "lora", "lst", "p_tuning", "prompt_tuning"]
 
 
 def _build(backbone_name: str, name: str, easy_csv, matrix_store):

@@ -26,6 +26,8 @@ REAL: dict[str, dict] = {
     "theseus": dict(steps=60, eval_every=15, loss_falls_after=30, method_config={"layers": 3}),
     "distill": dict(steps=60, eval_every=60, method_config={"layers": 3, "student_init": "teacher"}),
     "lst": dict(steps=40, eval_every=40),
+    # One linear layer on MiniLM's mean final state: the floor of the frozen-backbone methods.
+    "linear_probe": dict(steps=60, eval_every=60, lr=1e-2),
     # Frozen-backbone methods at their own default learning rates (each method's default_lr).
     # Bias terms and the classifier alone (the pooler's weight frozen, as in the BitFit reference)
     # need more steps: 0.60 validation after 60 steps here, 0.71 after 100.
@@ -122,6 +124,7 @@ DECODER_REAL: dict[str, dict] = {
     "p_tuning": dict(steps=40, eval_every=40),
     "truncate": dict(steps=40, eval_every=40, lr=1e-4, method_config={"layers": 10}),
     "lst": dict(steps=40, eval_every=40),
+    "linear_probe": dict(steps=40, eval_every=40),
     "adapter": dict(steps=40, eval_every=40),
     # The backbone's first 10 layers as the student. Started from every other teacher layer (15) it
     # stayed near the majority class here: 0.545 after 30 steps, 0.575 after 60.

@@ -11,6 +11,7 @@ from .base import Method
 from .bitfit import BitFit
 from .distill import Distill
 from .full_ft import FullFineTuning
+from .linear_probe import LinearProbe
 from .lora import Lora
 from .lst import LadderSideTuning
 from .p_tuning import PTuning
@@ -31,6 +32,7 @@ METHODS: dict[str, type[Method]] = {
         Theseus,
         Distill,
         LadderSideTuning,
+        LinearProbe,
     )
 }
 

@@ -21,6 +21,7 @@ is pooled.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,23 @@ class LSTConfig(MethodConfig):
         advanced=True,
     )
     gate_temperature: float = option(
-        0.1, "Temperature T of the ladder gates mu = sigmoid(alpha / T); alpha starts at 0 (mu = 0.5).",
+        0.1, "Temperature T of the ladder gates mu = sigmoid(alpha / T).",
         min=1e-3, max=100.0, advanced=True,
+    )
+    gate_init: float | None = option(
+        None, "Starting value of every ladder gate mu, the share of the side stream kept at each block (the "
+        "rest comes from the backbone's ladder). Block k's output reaches the head scaled by the product "
+        "of the later gates, so at 0.5 on a 30-block stack the first gates get gradients near 1e-11 and "
+        "never move. Empty: 0.5 (the paper's) up to 12 side blocks, the paper's T5-base depth; beyond, "
+        "0.5^((12/n)^2) for n blocks: 0.84 on 24, 0.895 on 30, where every gate then gets a gradient "
+        "above 1e-5 (0.5^(12/n), 0.758 on 30, still leaves 4 below 1e-6).",
+        min=0.01, max=0.99, advanced=True,
+    )
+    final_merge: bool = option(
+        False, "Mix the frozen backbone's own final hidden state into the side network's output before the "
+        "head, through one learned gate (starting at half each). The official code's merge_last option; "
+        "Quantized Side Tuning mixes the two the same way. Costs no memory for backward: nothing "
+        "backpropagates into the backbone.",
     )
     pooling: str = option(
         "auto", "How the final side states become one vector: auto (the mean over tokens on encoders, the last "
@@ -109,6 +125,16 @@ class LSTConfig(MethodConfig):
             raise ConfigError(f"layer_indices must be 0 or more, got {self.layer_indices}")
         if len(set(self.layer_indices)) != len(self.layer_indices):
             raise ConfigError(f"layer_indices must not repeat a layer, got {self.layer_indices}")
+
+
+PAPER_DEPTH = 12  # side blocks of T5-base, where the paper's gates start at 0.5
+
+
+def starting_gate(config: LSTConfig, blocks: int) -> float:
+    """The gates' starting value: the setting, or by depth (see `LSTConfig.gate_init`)."""
+    if config.gate_init is not None:
+        return config.gate_init
+    return 0.5 ** ((PAPER_DEPTH / max(PAPER_DEPTH, blocks)) ** 2)
 
 
 def feed_layers(config: LSTConfig, num_layers: int) -> list[int]:
@@ -191,7 +217,8 @@ class LadderSideNetwork(nn.Module):
     """Frozen backbone + gated ladder + side network + head; `forward(**inputs)` gives logits."""
 
     def __init__(self, backbone: nn.Module, side_config, feeds: list[int], label_names: list[str], *,
-                 pooling: str, gate_temperature: float, classifier_dropout: float):
+                 pooling: str, gate_temperature: float, classifier_dropout: float, gate_init: float = 0.5,
+                 final_merge: bool = False):
         super().__init__()
         self.backbone = backbone
         self.view = LayerStack(backbone)
@@ -204,7 +231,11 @@ class LadderSideNetwork(nn.Module):
         self.embedding_dropout = nn.Dropout(getattr(side_config, "hidden_dropout_prob", 0.0))
         # downs[0] starts the side stream from the embeddings; downs[k + 1] feeds side block k.
         self.downs = nn.ModuleList(nn.Linear(d, ds) for _ in range(len(self.feeds) + 1))
-        self.gate_alpha = nn.Parameter(torch.zeros(len(self.feeds)))
+        # mu = sigmoid(alpha / T) = gate_init at the start
+        start = gate_temperature * math.log(gate_init / (1 - gate_init))
+        self.gate_alpha = nn.Parameter(torch.full((len(self.feeds),), start))
+        # The share of the side output in what the head reads when the backbone's final state is merged in.
+        self.merge_alpha = nn.Parameter(torch.zeros(())) if final_merge else None
         self.side_layers = lst_init.build_side_layers(self.view, side_config, len(self.feeds))
         self.side_norm: nn.Module | None = None
         if self.view.family.causal:
@@ -242,20 +273,35 @@ class LadderSideNetwork(nn.Module):
     def gates(self) -> torch.Tensor:
         return torch.sigmoid(self.gate_alpha / self.gate_temperature)
 
+    def merge_gate(self) -> torch.Tensor | None:
+        """The side output's share of the head's input (the backbone's final state has the rest)."""
+        return None if self.merge_alpha is None else torch.sigmoid(self.merge_alpha / self.gate_temperature)
+
+    @property
+    def state_count(self) -> int:
+        """States the ladder reads: the embeddings, each feeding layer's output, and the backbone's
+        final state when it is merged in."""
+        return len(self.feeds) + 1 + (self.merge_alpha is not None)
+
     # -- the frozen part ------------------------------------------------------------------
     @torch.no_grad()
     def _backbone_states(self, input_ids, attention_mask, token_type_ids) -> list[torch.Tensor]:
-        """Embeddings, then each feeding layer's output (batch, length, d). Layers after the last
-        feeding one are not run at all."""
+        """Embeddings, then each feeding layer's output (batch, length, d), then with the final merge
+        the backbone's final state (after its final norm on decoders). Layers after the last one
+        needed are not run at all."""
         hidden = self.view.embed(input_ids, token_type_ids)
         mask = self.view.layer_mask(attention_mask, hidden)
         context = self.view.layer_context(hidden)
         states = [hidden]
         wanted = set(self.feeds)
-        for i, layer in enumerate(self.view.layers[: self.feeds[-1] + 1]):
+        last = self.view.num_layers - 1 if self.merge_alpha is not None else self.feeds[-1]
+        for i, layer in enumerate(self.view.layers[: last + 1]):
             hidden = self.view.run_layer(layer, hidden, mask, context)
             if i in wanted:
                 states.append(hidden)
+        if self.merge_alpha is not None:
+            final_norm = self.view.family.final_norm(self.view.model) if self.view.family.causal else None
+            states.append(final_norm(hidden) if final_norm is not None else hidden)
         return states
 
     def backbone_states(self, input_ids, attention_mask, token_type_ids, example_index=None):
@@ -265,7 +311,7 @@ class LadderSideNetwork(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         use_cache = self.cache is not None and example_index is not None and self.training
         if use_cache:
-            cached = self.cache.lookup(example_index, attention_mask, (len(self.feeds) + 1, self.view.config.hidden_size))
+            cached = self.cache.lookup(example_index, attention_mask, (self.state_count, self.view.config.hidden_size))
             if cached is not None:
                 return cached
         states = self._backbone_states(input_ids, attention_mask, token_type_ids)
@@ -278,6 +324,10 @@ class LadderSideNetwork(nn.Module):
     # -- the trained part -------------------------------------------------------------------
     def side_features(self, input_ids, attention_mask=None, token_type_ids=None, example_index=None) -> torch.Tensor:
         """The pooled final side state (batch, d/r): what the head sees before upsampling."""
+        return self._side_pass(input_ids, attention_mask, token_type_ids, example_index)[0]
+
+    def _side_pass(self, input_ids, attention_mask, token_type_ids, example_index):
+        """The pooled final side state, the ladder's inputs and the attention mask used."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         states = self.backbone_states(input_ids, attention_mask, token_type_ids, example_index)
@@ -301,9 +351,11 @@ class LadderSideNetwork(nn.Module):
                 stats.append(_block_stats(h, side_term, ladder_term, real))
         if capture:
             self.last_stats = {"blocks": stats, "gates": mus.detach()}
+            if self.merge_alpha is not None:
+                self.last_stats["merge_gate"] = self.merge_gate().detach()
         if self.side_norm is not None:
             h = self.side_norm(h)
-        return pool_tokens(h, attention_mask, self.pooling)
+        return pool_tokens(h, attention_mask, self.pooling), states, attention_mask
 
     def side_contexts(self, hidden: torch.Tensor) -> list[dict]:
         """Each side layer's per-forward inputs: the backbone's (MPNet's position bias), or rotary
@@ -321,10 +373,16 @@ class LadderSideNetwork(nn.Module):
         return contexts
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, example_index=None):
-        pooled = self.side_features(input_ids, attention_mask, token_type_ids, example_index)
+        pooled, states, attention_mask = self._side_pass(input_ids, attention_mask, token_type_ids, example_index)
         # Upsampling d/r -> d as in the official code. It is linear, so upsampling the pooled
         # vector equals pooling upsampled tokens (mean weights sum to 1), at a fraction of the cost.
-        return self.classifier(self.head_dropout(self.upsample(pooled)))
+        features = self.upsample(pooled)
+        if self.merge_alpha is not None:
+            # Pooling is linear too, so mixing pooled vectors equals mixing every token's state.
+            share = self.merge_gate()
+            final = pool_tokens(states[-1], attention_mask, self.pooling)
+            features = share * features + (1 - share) * final
+        return self.classifier(self.head_dropout(features))
 
 
 @torch.no_grad()
@@ -379,7 +437,8 @@ class LadderSideTuning(Method):
             shrunk.attention_dropout = cfg.attention_dropout  # LLaMA family
             shrunk.attn_pdrop = cfg.attention_dropout  # GPT-2
         model = LadderSideNetwork(encoder, shrunk, feeds, ctx.label_names, pooling=cfg.pooling,
-                                  gate_temperature=cfg.gate_temperature, classifier_dropout=cfg.classifier_dropout)
+                                  gate_temperature=cfg.gate_temperature, classifier_dropout=cfg.classifier_dropout,
+                                  gate_init=starting_gate(cfg, len(feeds)), final_merge=cfg.final_merge)
         model.to(ctx.device)
         std = getattr(view.config, "initializer_range", 0.02)
         lst_init.init_like_pretraining(model.downs, std)
@@ -441,6 +500,7 @@ class LadderSideTuning(Method):
         rows = torch.stack(stats["blocks"]).cpu().tolist()
         return {"lst": {
             "gates": [float(g) for g in stats["gates"].cpu().tolist()],
+            **({"merge_gate": float(stats["merge_gate"].cpu())} if "merge_gate" in stats else {}),
             "layers": [{"mean": r[0], "std": r[1], "rms": r[2], "hist": [int(round(c)) for c in r[5:]]}
                        for r in rows],
             "hist_edges": list(HIST_EDGES),
@@ -467,6 +527,8 @@ class LadderSideTuning(Method):
             "side_hidden_size": model.upsample.in_features,
             "init": self.config.init,
         }
+        if model.merge_alpha is not None:
+            summary["merge_gate"] = float(model.merge_gate().detach().cpu())
         if model.cache is not None:
             summary["hidden_state_cache"] = model.cache.summary()
             summary["hidden_state_cache"]["backbone_passes"] = model.backbone_passes
