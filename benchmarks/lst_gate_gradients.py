@@ -53,7 +53,7 @@ def gradients(backbone_name: str, gate_init, args) -> dict:
     F.cross_entropy(logits.float(), batch["labels"]).backward()
     gate = model.gate_alpha.grad.abs().tolist()
     ladder = [down.weight.grad.norm().item() for down in model.downs[1:]]
-    return {"gate_init": float(model.gates()[0]), "gate_grad": gate, "ladder_grad_norm": ladder,
+    return {"gate_init": model.gates()[0].item(), "gate_grad": gate, "ladder_grad_norm": ladder,
             "blocks": len(gate), "smallest_gate_grad": min(gate),
             "blocks_below_threshold": sum(g <= THRESHOLD for g in gate)}
 

@@ -193,17 +193,20 @@ def block_names(backbone_layers: list[int] | None, count: int) -> list[str]:
 
 
 def gates_heatmap(steps: list[int], gates: list[list[float]], backbone_layers: list[int] | None) -> go.Figure:
-    """mu_i over steps: rows are side blocks, columns steps."""
+    """mu_i over steps: rows are side blocks, columns steps, coloured by the change from the start."""
+    start = list(gates[0]) if gates else []
     steps, gates = thin_columns(steps, gates)
     count = len(gates[0]) if gates else 0
-    z = [[row[i] for row in gates] for i in range(count)]
-    # Gates start at 0.5 and move a few hundredths in a short run: a 0-1 scale would show one flat
-    # colour, so the scale is centred on the start and spans what this run reached.
-    reach = max([abs(v - 0.5) for row in z for v in row if v is not None] + [0.02])
+    mu = [[row[i] for row in gates] for i in range(count)]
+    # Gates move a few hundredths in a short run, and deep stacks start them above 0.5: a 0-1 scale
+    # would show one flat colour, so the colour is each gate's change from its own start, on a
+    # scale spanning what this run reached.
+    z = [[None if v is None else v - start[i] for v in row] for i, row in enumerate(mu)]
+    reach = max([abs(v) for row in z for v in row if v is not None] + [0.02])
     fig = go.Figure(go.Heatmap(
-        x=steps, y=block_names(backbone_layers, count), z=z, zmid=0.5, zmin=0.5 - reach, zmax=0.5 + reach,
-        colorscale="RdBu", colorbar=dict(title="μ (from 0.5)"),
-        hovertemplate="step %{x}<br>%{y}<br>μ = %{z:.3f}<extra></extra>",
+        x=steps, y=block_names(backbone_layers, count), z=z, zmid=0.0, zmin=-reach, zmax=reach, customdata=mu,
+        colorscale="RdBu", colorbar=dict(title="μ − start"),
+        hovertemplate="step %{x}<br>%{y}<br>μ = %{customdata:.3f} (%{z:+.3f})<extra></extra>",
     ))
     # blue: the block keeps more of its side stream; red: it takes more of the backbone
     fig = _layout(fig, "step", "side block", "Ladder gates μᵢ = σ(αᵢ / T), blue ↑ red ↓",

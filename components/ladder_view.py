@@ -20,6 +20,14 @@ def lst_series(store, run_id: str) -> dict:
     return {"steps": steps, "data": data, "pca": pca}
 
 
+def start_phrase(start: list[float]) -> str:
+    """How the gates started, from the first recorded step (taken before its update)."""
+    low, high = min(start), max(start)
+    if high - low < 5e-3:
+        return f"Every gate started at {low:.2f}"
+    return f"The gates started between {low:.2f} and {high:.2f}"
+
+
 def render_ladder(run_id: str) -> bool:
     store = get_store()
     record = store.get_run(run_id)
@@ -47,10 +55,14 @@ def render_ladder(run_id: str) -> bool:
                    "backbone's (down-projected) layer output instead.")
     with top_right:
         st.plotly_chart(figures.gates_heatmap(steps, [d["gates"] for d in data], levels), key="ladder.gates")
-        gates = latest["gates"]
-        st.caption(f"Every gate starts at 0.5; the colours span what this run reached ({min(gates):.2f} to "
+        gates, start = latest["gates"], data[0]["gates"]
+        st.caption(f"{start_phrase(start)}; the colours span what this run reached ({min(gates):.2f} to "
                    f"{max(gates):.2f} now). Blue: the block keeps more of its side stream; red: it takes more of "
                    "the backbone. In a short run the gates move by hundredths; the direction is the signal.")
+    if "merge_gate" in latest:
+        share = latest["merge_gate"]
+        st.caption(f"Final merge at step {steps[-1]}: the head reads {share:.2f} of the side network's output and "
+                   f"{1 - share:.2f} of the backbone's own final state (half each at the start).")
 
     st.subheader("Side activations")
     stat = st.segmented_control("Statistic", STATS, default="rms", key="ladder.stat",

@@ -402,6 +402,17 @@ def test_patience_stops_early_and_keeps_the_best_validation_weights(store):
     assert record["metrics"]["val_loss"] == pytest.approx(best["loss"], abs=1e-6)
 
 
+def test_early_stopping_waits_for_patience_from_but_tracks_the_best_from_the_start(store):
+    eager = train_now(store, steps=60, eval_every=3, patience=2, lr=3e-2)
+    stopped = eager["summary"]["early_stopping"]["stopped_at_step"]
+    assert stopped < 45  # what patience alone does at this setting
+    waiting = train_now(store, steps=60, eval_every=3, patience=2, lr=3e-2, patience_from=0.75)
+    early = waiting["summary"]["early_stopping"]
+    assert early["stopped_at_step"] >= 45 and early["patience_from"] == 0.75
+    passes = [e for e in store.evals(waiting["id"]) if e["split"] == "validation"]
+    best = max(passes, key=lambda e: (e["accuracy"], -e["loss"]))
+    assert early["best_step"] == best["step"] and waiting["metrics"]["val_accuracy"] == best["accuracy"]
+
 def test_patience_is_refused_for_a_method_that_stops_early_itself(store):
     from app.errors import ConfigError
     from app.preparation import prepare_run

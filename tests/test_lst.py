@@ -127,6 +127,88 @@ def test_gates_start_at_one_half_and_learn():
     assert model.gate_alpha.grad is not None and model.gate_alpha.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("blocks, expected", [(4, 0.5), (12, 0.5), (24, 0.5 ** 0.25), (30, 0.5 ** 0.16)])
+def test_gates_start_nearer_one_on_stacks_deeper_than_the_papers(blocks, expected):
+    from app.methods.lst import LSTConfig, starting_gate
+
+    assert starting_gate(LSTConfig(), blocks) == pytest.approx(expected)
+    assert starting_gate(LSTConfig(gate_init=0.3), blocks) == 0.3  # a value set is a value kept
+
+
+def test_a_gate_start_set_by_the_user_is_where_every_gate_starts():
+    _, model = build({"gate_init": 0.8})
+    torch.testing.assert_close(model.gates(), torch.full((4,), 0.8))
+
+
+def _deep_decoder(tmp_path, layers=30):
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=get_backbone("tiny-random-llama").config.vocab_size, hidden_size=64,
+                         intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=4, max_position_embeddings=64)
+    folder = tmp_path / "deep-llama"
+    torch.manual_seed(0)
+    from transformers import AutoModel
+
+    AutoModel.from_config(config).save_pretrained(folder)
+    get_backbone("tiny-random-llama").tokenizer.save_pretrained(folder)
+    return get_backbone(str(folder))
+
+
+@pytest.mark.parametrize("settings, all_above", [({}, True), ({"gate_init": 0.5}, False)])
+def test_every_gate_of_a_30_layer_decoder_gets_a_gradient_at_the_defaults(tmp_path, settings, all_above):
+    import torch.nn.functional as F
+
+    backbone = _deep_decoder(tmp_path)
+    method = create_method("lst", {"reduction_factor": 4, **settings})
+    torch.manual_seed(0)
+    model = method.build(BuildContext(backbone=backbone, label_names=LABELS, device=torch.device("cpu"), seed=0))
+    model.train()
+    inputs = backbone.tokenizer(["a fine film", "a dull one, far too long"] * 4, padding="max_length", max_length=12,
+                                return_tensors="pt")
+    F.cross_entropy(model(**inputs), torch.tensor([1, 0] * 4)).backward()
+    smallest = model.gate_alpha.grad.abs().min().item()
+    # At 0.5 the first block's output reaches the head scaled by 0.5^29: its gate's gradient vanishes.
+    assert (smallest > 1e-6) == all_above, smallest
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny-random", "tiny-random-llama", "tiny-random-gpt2"])
+def test_final_merge_starts_at_half_and_leaves_the_backbone_untouched(backbone_name):
+    backbone = get_backbone(backbone_name)
+    method = create_method("lst", {"final_merge": True, "layer_dropping": "list", "layer_indices": [0]})
+    torch.manual_seed(0)
+    model = method.build(BuildContext(backbone=backbone, label_names=LABELS, device=torch.device("cpu"), seed=0))
+    before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    inputs = backbone.tokenizer(["a fine film", "a dull one, far too long"] * 2, padding="max_length", max_length=12,
+                                return_tensors="pt")
+    model.train()
+    logits = model(**inputs)
+    assert torch.isfinite(logits).all() and model.merge_gate().item() == 0.5
+    logits.sum().backward()
+    assert model.merge_alpha.grad is not None and model.merge_alpha.grad.abs() > 0
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.backbone.named_parameters())
+    # The merged state is the backbone's final one, computed past the last layer that feeds a ladder.
+    states = model.backbone_states(inputs["input_ids"], inputs["attention_mask"], None)
+    assert len(states) == model.state_count == 3
+    with torch.no_grad():
+        final = model.backbone(**inputs).last_hidden_state
+    real = inputs["attention_mask"].bool()  # padded positions differ and are never read
+    torch.testing.assert_close(states[-1][real], final[real], rtol=1e-4, atol=1e-5)
+    assert "merge_gate" in method.step_telemetry(model, TrainState(1, 1, torch.device("cpu"), torch.Generator()))["lst"]
+    assert method.run_summary(model)["merge_gate"] == 0.5
+
+
+def test_the_cache_holds_the_merged_final_state_too(store):
+    common = dict(steps=12, eval_every=12, max_train_examples=32, batch_size=8)
+    plain = train_now(store, method="lst", method_config={"final_merge": True}, **common)
+    cached = train_now(store, method="lst", method_config={"final_merge": True, "cache_hidden_states": True}, **common)
+    a = [s["loss"] for s in store.steps(plain["id"])]
+    b = [s["loss"] for s in store.steps(cached["id"])]
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
+    assert cached["summary"]["method_summary"]["hidden_state_cache"]["hits"] > 0
+
+
 # --- pruning init ------------------------------------------------------------------------------
 
 

@@ -42,9 +42,16 @@ MATRIX: dict[str, tuple[dict, dict]] = {
     "p_tuning": ({"num_virtual_tokens": 4, "encoder_hidden_size": 32}, {"lr": 3e-2, "learning_backbone": "minilm-l6"}),
     "lora": ({"rank": 4}, {"lr": 1e-2}),
     "lst": ({}, {"lr": 3e-3}),
+    # Rows named method+setting put a setting that changes the model through the same checks.
+    "lst+final_merge": ({"final_merge": True}, {"lr": 3e-3}),
+    "lst+gate_init": ({"gate_init": 0.9}, {"lr": 3e-3}),
     "linear_probe": ({}, {"lr": 3e-2, "learning_backbone": "minilm-l6", "trainable_exactly": lambda names: {
         n for n in names if n.startswith("classifier.")}}),
 }
+
+def method_of(row: str) -> str:
+    return row.split("+", 1)[0]
+
 
 TEST_ONLY_KEYS = ("lr", "learning_backbone", "loss_ratio", "trainable_exactly")  # not run settings
 BACKBONES = ("tiny-random", "tiny-random-llama", "tiny-random-gpt2")
@@ -53,7 +60,7 @@ BACKBONES = ("tiny-random", "tiny-random-llama", "tiny-random-gpt2")
 def _supported(backbone_name: str, method_name: str) -> bool:
     from app.backbones import get_backbone
 
-    return METHODS[method_name].backbone_refusal(get_backbone(backbone_name)) is None
+    return METHODS[method_of(method_name)].backbone_refusal(get_backbone(backbone_name)) is None
 
 
 def _pairs(methods) -> list:
@@ -76,18 +83,18 @@ def reference_runs(matrix_store, easy_csv):
 
 
 def test_every_registered_method_has_a_matrix_row():
-    assert set(MATRIX) == set(METHODS)
+    assert set(METHODS) <= set(MATRIX) and {method_of(row) for row in MATRIX} == set(METHODS)
 
 
 def method_settings(name: str, reference_run: str | None) -> dict:
     settings = dict(MATRIX[name][0])
-    for field_name in METHODS[name].reference_fields:
+    for field_name in METHODS[method_of(name)].reference_fields:
         settings.setdefault(field_name, reference_run)
     return settings
 
 
 def _needs_reference(name: str) -> bool:
-    return bool(METHODS[name].reference_fields)
+    return bool(METHODS[method_of(name)].reference_fields)
 
 
 @pytest.fixture
@@ -128,14 +135,14 @@ def _learning_backbone(backbone_name: str, name: str) -> str:
     return learning if learning and backbone_name == "tiny-random" else backbone_name
 
 
-@pytest.mark.parametrize("backbone_name,name", _pairs(METHODS))
+@pytest.mark.parametrize("backbone_name,name", _pairs(MATRIX))
 def test_method_trains_only_what_it_declares(backbone_name, name, matrix_store, easy_csv, reference_for):
     from app.backbones import get_backbone
 
     backbone_name = _learning_backbone(backbone_name, name)
     backbone = get_backbone(backbone_name)
     batches = _easy_batches(backbone, easy_csv)
-    method = create_method(name, method_settings(name, reference_for(name, backbone_name)))
+    method = create_method(method_of(name), method_settings(name, reference_for(name, backbone_name)))
     torch.manual_seed(0)
     model = method.build(_context(matrix_store, backbone, batches))
     model.train()
@@ -182,7 +189,7 @@ def test_method_trains_exactly_what_its_paper_trains(backbone_name, name, matrix
     from app.backbones import get_backbone
 
     backbone = get_backbone(backbone_name)
-    method = create_method(name, method_settings(name, reference_for(name, backbone_name)))
+    method = create_method(method_of(name), method_settings(name, reference_for(name, backbone_name)))
     model = method.build(_context(matrix_store, backbone, _easy_batches(backbone, easy_csv, n_batches=1)))
     names = [n for n, _ in model.named_parameters()]
     declared = {n for n, _ in method.trainable_parameters(model)}
@@ -193,7 +200,7 @@ def test_method_trains_exactly_what_its_paper_trains(backbone_name, name, matrix
     assert requires_grad == expected
 
 
-@pytest.mark.parametrize("backbone_name,name", _pairs(METHODS))
+@pytest.mark.parametrize("backbone_name,name", _pairs(MATRIX))
 def test_method_runs_in_the_engine_and_export_round_trips(backbone_name, name, matrix_store, easy_csv, reference_for,
                                                           tmp_path):
     from app.checkpoints import load_run_model
@@ -201,7 +208,7 @@ def test_method_runs_in_the_engine_and_export_round_trips(backbone_name, name, m
 
     method_config, run_config = MATRIX[name]
     settings = method_settings(name, reference_for(name, backbone_name))
-    record = train_now(matrix_store, backbone=backbone_name, method=name, dataset=str(easy_csv), method_config=settings,
+    record = train_now(matrix_store, backbone=backbone_name, method=method_of(name), dataset=str(easy_csv), method_config=settings,
                        steps=6, eval_every=3, batch_size=8, max_length=24, max_train_examples=None,
                        **{k: v for k, v in run_config.items() if k not in TEST_ONLY_KEYS})
     assert record["status"] == "finished", record.get("traceback") or record.get("error")
@@ -227,7 +234,7 @@ def test_method_runs_in_the_engine_and_export_round_trips(backbone_name, name, m
             got = out.logits if hasattr(out, "logits") else out
     assert reference_model is not None
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    assert METHODS[name].exports_plain_model == (result["format"] == "transformers")
+    assert METHODS[method_of(name)].exports_plain_model == (result["format"] == "transformers")
     # the ONNX graph, run by ONNX Runtime alone, on a batch it was not traced on
     import onnxruntime
 
@@ -237,7 +244,7 @@ def test_method_runs_in_the_engine_and_export_round_trips(backbone_name, name, m
     torch.testing.assert_close(torch.from_numpy(session.run(["logits"], fed)[0]), expected.float(),
                                rtol=1e-4, atol=1e-4)
     card = (tmp_path / "export" / "README.md").read_text()
-    assert card.startswith("---\n") and f"| method | {name} |" in card and "## How to load it" in card
+    assert card.startswith("---\n") and f"| method | {method_of(name)} |" in card and "## How to load it" in card
 
 
 @pytest.mark.parametrize("backbone_name,name", [

@@ -81,7 +81,7 @@ def ui_runs(tmp_path_factory):
     store = RunStore(path)
     quick = dict(steps=4, eval_every=2, max_eval_examples=48)
     runs = {"full_ft": train_now(store, method="full_ft", **quick)}
-    runs["lst"] = train_now(store, method="lst", **quick)
+    runs["lst"] = train_now(store, method="lst", method_config={"final_merge": True}, **quick)
     runs["theseus"] = train_now(store, method="theseus", method_config={"predecessor": runs["full_ft"]["id"]}, **quick)
     for method, record in runs.items():
         assert record["status"] == "finished", (method, record.get("error"))
@@ -557,9 +557,15 @@ def test_ladder_page_shows_the_lst_runs_gates_activations_and_pca(ui_runs, monke
     telemetry = [r["lst"] for r in store.telemetry(run_id, "step")]
     specs = charts(at)
     gates_spec = next(s for t, s in specs.items() if t.startswith("Ladder gates"))
-    z = gates_spec["data"][0]["z"]
+    z, mu = gates_spec["data"][0]["z"], gates_spec["data"][0]["customdata"]
     assert len(z) == len(telemetry[-1]["gates"])
-    assert [row[-1] for row in z] == pytest.approx(telemetry[-1]["gates"])
+    assert [row[-1] for row in mu] == pytest.approx(telemetry[-1]["gates"])
+    # coloured by each gate's change from its start
+    assert [row[-1] for row in z] == pytest.approx([g - s for g, s in zip(telemetry[-1]["gates"], telemetry[0]["gates"])])
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Every gate started at 0.50") for c in captions), captions
+    share = telemetry[-1]["merge_gate"]
+    assert any(f"the head reads {share:.2f} of the side network's output" in c for c in captions), captions
     diagram = next(s for t, s in specs.items() if t.startswith("The ladder"))
     assert diagram["data"][0]["text"] == [f"μ = {g:.2f}" for g in telemetry[-1]["gates"]]
     stats = next(s for t, s in specs.items() if t.startswith("Side activations: rms"))
