@@ -90,6 +90,23 @@ def test_estimate_matches_the_measured_step_on_decoders(backbone, method, batch,
     assert abs(total_predicted - total_measured) <= TOLERANCE * total_measured, (predicted, measured)
 
 
+
+@pytest.mark.parametrize("backbone", ["tiny-random", "tiny-random-llama"])
+def test_estimate_matches_lst_with_the_final_merge(backbone, session_store):
+    """The merge adds a gate and reads the backbone's final state: past the last ladder layer when
+    the ladders stop early."""
+    from app.estimate import estimate_memory
+
+    settings = {"final_merge": True, "layer_dropping": "list", "layer_indices": [0]}
+    record = train_now(session_store, backbone=backbone, method="lst", method_config=settings, batch_size=6,
+                       max_length=40, padding="max", steps=1, eval_every=10, max_train_examples=64, max_eval_examples=8)
+    assert record["status"] == "finished", record.get("error")
+    measured = record["metrics"]["memory_breakdown"]
+    estimate = estimate_memory(backbone, "lst", 6, 40, settings)
+    total_measured, total_predicted = sum(measured.values()), sum(estimate.breakdown.values())
+    assert abs(total_predicted - total_measured) <= TOLERANCE * total_measured, (estimate.breakdown, measured)
+    assert estimate.trainable_params == record["summary"]["trainable_params"]
+
 def test_theseus_peak_is_its_longest_autograd_stretch():
     """Successor module 0 followed by predecessor blocks keeps more activations than the successor
     alone; the estimate reports that step as the peak and keeps the other one beside it."""

@@ -116,7 +116,7 @@ def estimated_peak_ratio(configs: dict) -> float | None:
 
 _CPU_DATA = {"backbone": "minilm-l6", "dataset": "sms-spam", "device": "cpu"}
 _CUDA_DATA = {"backbone": "minilm-l6", "dataset": "rotten-tomatoes", "device": "cuda"}
-_SMOLLM2_RUN = dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=32,
+_SMOLLM2_RUN = dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=16,
                     padding="max", steps=40, eval_every=40, max_train_examples=1000, max_eval_examples=200)
 
 LESSON = Lesson(
