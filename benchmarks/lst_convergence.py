@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         write(True)
 
     summary = summarise(runs, memory, list(dict.fromkeys([r["role"] for r in runs] + list(roles))))
-    print(f"\n| configuration | test accuracy | vs full FT (points) | best epoch | peak memory | vs full FT |"
+    print("\n| configuration | test accuracy | vs full FT (points) | best epoch | peak memory | vs full FT |"
           "\n|---|---:|---:|---:|---:|---:|")
     for role, row in summary.items():
         gap = row.get("gap_to_full_ft_points")

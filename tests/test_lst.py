@@ -675,3 +675,18 @@ def test_fisher_on_gpt2_reads_query_key_and_value_off_the_fused_matrix():
     for third, name in enumerate(("query", "key", "value")):
         torch.testing.assert_close(scores[name], squared[third * width:(third + 1) * width])
     assert all(scores[name].sum() > 0 for name in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"))
+
+
+def test_the_convergence_preset_is_the_official_schedule_and_a_valid_run(store):
+    from app.config import RunConfig
+    from app.methods.lst import LadderSideTuning
+
+    preset = LadderSideTuning.presets["convergence"]
+    run = RunConfig.from_dict(dict(preset["run"], method="lst", method_config=preset["method_config"]))
+    assert (run.lr, run.weight_decay, run.patience_from) == (1e-3, 0.0, 0.5)
+    record = train_now(store, method="lst", **dict(preset["run"], steps=8, eval_every=2, batch_size=8,
+                                                    max_train_examples=32))
+    assert record["status"] == "finished", record.get("traceback")
+    early = record["summary"]["early_stopping"]
+    assert early["patience_from"] == 0.5 and early["stopped_at_step"] >= 4
+    assert record["summary"]["lr"] == 1e-3

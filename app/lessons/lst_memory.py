@@ -116,8 +116,8 @@ def estimated_peak_ratio(configs: dict) -> float | None:
 
 _CPU_DATA = {"backbone": "minilm-l6", "dataset": "sms-spam", "device": "cpu"}
 _CUDA_DATA = {"backbone": "minilm-l6", "dataset": "rotten-tomatoes", "device": "cuda"}
-_SMOLLM2_RUN = dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=16,
-                    padding="max", steps=40, eval_every=40, max_train_examples=1000, max_eval_examples=200)
+_SMOLLM2_RUN = dict(backbone="smollm2-135m", dataset="sms-spam", device="auto", batch_size=8, max_length=24,
+                    padding="max", steps=30, eval_every=30, max_train_examples=1000, max_eval_examples=150)
 
 LESSON = Lesson(
     name="lst-memory",
@@ -159,7 +159,7 @@ LESSON = Lesson(
                  "fp32, the reference. Adds the claim LST-int8's peak ≤ 0.5 × LoRA-int8's with accuracy within 3 "
                  "points. 64 tokens, not 32: at 32 LoRA keeps fewer activations and LST-int8 measured 0.566 × its "
                  "peak.",
-            run=dict(_SMOLLM2_RUN, max_length=64),
+            run=dict(_SMOLLM2_RUN, max_length=64, steps=40, eval_every=40, max_eval_examples=200),
             roles={role: {"backbone_precision": "int8"} for role in ("adapter", "lora", "prompt_tuning", "lst")},
         ),
         "tiny": Preset(help=TINY_HELP, run=dict(TINY_RUN, padding="max")),
