@@ -17,6 +17,11 @@ family (RMSNorm, SwiGLU, grouped-query attention with the same head and key/valu
 they use rotary positions at the side head size with the kept dimension pairs' own frequencies.
 A final norm pruned from the backbone's closes the side stream, and the last real token's state
 is pooled.
+
+Two settings go beyond the paper's defaults: `gate_init` starts the gates nearer 1 on stacks deeper
+than the paper's 12 blocks (at 0.5 the first blocks of a 30-layer decoder get no usable gradient),
+and `final_merge` mixes the backbone's own final state into the head's input through one more gate
+(the official code's `merge_last`).
 """
 
 from __future__ import annotations
