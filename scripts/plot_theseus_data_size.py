@@ -43,6 +43,9 @@ def figure(data: dict):
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    sizes = sorted({r[0]: r[3] for rows in data.values() for r in rows}.items())
+    whole = max(size for size, _ in sizes)
+    ticks = [f"{size:,}" + (" (all, 3 epochs)" if size == whole else "") + f"<br>{seeds} seeds" for size, seeds in sizes]
     for role, label in SCHEDULERS.items():
         rows = sorted(data[role])
         fig.add_trace(go.Scatter(
@@ -54,9 +57,9 @@ def figure(data: dict):
                   annotation_position="top left")
     fig.update_layout(
         title="BERT-of-Theseus 6 → 3 minus truncation to 3 layers (MiniLM-L6, Rotten Tomatoes, test accuracy, "
-              "mean ± std over 3 seeds)",
-        xaxis=dict(title="training examples", type="log"), yaxis=dict(title="successor − truncation (points)"),
-        width=1000, height=520, template="plotly_white", legend=dict(x=0.01, y=0.02),
+              "mean ± std over seeds)",
+        xaxis=dict(title="training examples", type="log", tickvals=[size for size, _ in sizes], ticktext=ticks), yaxis=dict(title="successor − truncation (points)"),
+        width=1000, height=540, template="plotly_white", legend=dict(x=0.01, y=0.02),
     )
     return fig
 
