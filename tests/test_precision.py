@@ -270,5 +270,5 @@ def test_the_ladder_page_shows_an_int8_lst_runs_gates(runs_dir, monkeypatch):
     at = open_app(runs_dir, monkeypatch, "ladder", {"run": record["id"]})
     assert not at.error, [e.value for e in at.error]
     gates = next(s for t, s in charts(at).items() if t.startswith("Ladder gates"))
-    assert [row[-1] for row in gates["data"][0]["z"]] == pytest.approx(
+    assert [row[-1] for row in gates["data"][0]["customdata"]] == pytest.approx(
         store.telemetry(record["id"], "step")[-1]["lst"]["gates"])
