@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, tiny_config, train_now
-from test_method_matrix import MATRIX
+from test_method_matrix import MATRIX, method_of
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 WORKER = str(ROOT / "tests" / "data_parallel_worker.py")
 # Settings that turn off each method's own dropout (the backbone's is off in its folder).
 NO_DROPOUT = {"full_ft": {"classifier_dropout": 0.0}, "truncate": {"classifier_dropout": 0.0},
               "distill": {"classifier_dropout": 0.0}, "lst": {"classifier_dropout": 0.0},
-              "lora": {"dropout": 0.0}}
+              "linear_probe": {"classifier_dropout": 0.0}, "lora": {"dropout": 0.0}}
 # Distillation's hidden-state and attention terms are means over a batch's real tokens; DDP
 # averages each process's mean, and shares of a batch hold different numbers of tokens, so its
 # loss is the same quantity only up to that weighting (the gradient is DDP's, as in any trainer).
@@ -67,14 +67,15 @@ def test_every_method_takes_the_same_steps_on_two_processes_as_on_one(tmp_path, 
                                         method_config=NO_DROPOUT["full_ft"]))
     assert reference["status"] == "finished", reference.get("error")
     configs = []
-    for method, (settings, run_settings) in MATRIX.items():
+    for row, (settings, run_settings) in MATRIX.items():  # a row is a method, or a method with a setting
+        method = method_of(row)
         method_config = dict(settings, **NO_DROPOUT.get(method, {}))
         if method == "theseus":
             method_config["predecessor"] = reference["id"]
         if method == "distill":
             method_config["teacher"] = reference["id"]
         configs.append(dict(base, method=method, method_config=method_config, lr=run_settings["lr"],
-                            name=f"ddp {method}"))
+                            name=f"ddp {row}"))
     configs_path = tmp_path / "configs.json"
     configs_path.write_text(json.dumps(configs))
     result = torchrun([WORKER, "runs", str(store.runs_dir), str(configs_path)])
@@ -82,14 +83,14 @@ def test_every_method_takes_the_same_steps_on_two_processes_as_on_one(tmp_path, 
 
     by_name = {run["name"]: run for run in store.list_runs()}
     for config in configs:
-        method = config["method"]
-        parallel = by_name[f"ddp {method}"]
+        method, row = config["method"], config["name"].removeprefix("ddp ")
+        parallel = by_name[f"ddp {row}"]
         assert parallel["status"] == "finished", (method, parallel.get("error"))
         assert parallel["config"]["processes"] == 2
         ranks = parallel["summary"]["data_parallel"]["ranks"]
         assert [r["rank"] for r in ranks] == [0, 1] and all(r["peak_memory_bytes"] > 0 for r in ranks), method
         assert len(store.evals(parallel["id"], "validation")) == 2  # evaluated once per eval step, by rank 0
-        single = train_now(store, **dict(config, name=f"single {method}"))
+        single = train_now(store, **dict(config, name=f"single {row}"))
         assert single["status"] == "finished", (method, single.get("error"))
         one, two = losses(store, single["id"]), losses(store, parallel["id"])
         assert len(one) == len(two) == 6, method
