@@ -66,6 +66,20 @@ class LayerStack:
             states.append(hidden)
         return states
 
+    def normed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last layer's output as the model's head reads it: after a decoder's final norm."""
+        return self.family.final_norm(self.model)(hidden) if self.family.causal else hidden
+
+    def final_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's final hidden state (after a decoder's final norm), keeping no earlier layer's."""
+        hidden = self.embed(input_ids, token_type_ids)
+        mask = self.layer_mask(attention_mask, hidden)
+        context = self.layer_context(hidden)
+        for layer in self.layers:
+            hidden = self.run_layer(layer, hidden, mask, context)
+        return self.normed(hidden)
+
 
 def layer_list(model: nn.Module) -> nn.ModuleList:
     """The layer stack of a model with or without a task head."""

@@ -58,13 +58,7 @@ class ProbedBackbone(nn.Module):
 
     @torch.no_grad()
     def final_state(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
-        hidden = self.view.embed(input_ids, token_type_ids)
-        mask = self.view.layer_mask(attention_mask, hidden)
-        context = self.view.layer_context(hidden)
-        for layer in self.view.layers:
-            hidden = self.view.run_layer(layer, hidden, mask, context)
-        if self.view.family.causal:
-            hidden = self.view.family.final_norm(self.view.model)(hidden)
+        hidden = self.view.final_state(input_ids, attention_mask, token_type_ids)
         return pool_tokens(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):

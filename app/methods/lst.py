@@ -317,8 +317,7 @@ class LadderSideNetwork(nn.Module):
             if i in wanted:
                 states.append(hidden)
         if self.merge_alpha is not None:
-            final_norm = self.view.family.final_norm(self.view.model) if self.view.family.causal else None
-            states.append(final_norm(hidden) if final_norm is not None else hidden)
+            states.append(self.view.normed(hidden))
         return states
 
     def backbone_states(self, input_ids, attention_mask, token_type_ids, example_index=None):
