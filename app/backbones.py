@@ -372,6 +372,16 @@ class Backbone:
             return use_token_pooling(model, LAST)
         return use_mean_pooling(model) if self.pooling == MEAN else model
 
+    def load_for_causal_lm(self, **kwargs):
+        """`AutoModelForCausalLM` with its own (usually tied) LM head, fresh weights each call."""
+        with TRANSFORMERS_IMPORTS:
+            from transformers import AutoModelForCausalLM
+
+        if not self.family.causal:
+            raise BackboneError(f"backbone '{self.name}' is an encoder: it has no language-model head to continue text")
+        kwargs.setdefault("pad_token_id", self.pad_token_id)
+        return self._from_pretrained(AutoModelForCausalLM, **kwargs)
+
     @property
     def pad_token_id(self) -> int | None:
         if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:

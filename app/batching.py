@@ -67,6 +67,8 @@ class Batcher:
                 for key in TOKEN_FIELDS:
                     if key in out:
                         out[key] = out[key][:, cut]
+                if out["labels"].ndim == 2:  # causal-lm: a label per token
+                    out["labels"] = out["labels"][:, cut]
         if device is not None:
             out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         out["index"] = indices

@@ -86,7 +86,7 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
     device = torch.device(device)
     ctx = BuildContext(backbone=get_backbone(config.backbone), label_names=list(label_names), device=device,
                        seed=config.seed, restoring=True, load_reference=lambda ref: load_reference(store, ref, device),
-                       max_length=config.max_length, decoder_pooling=config.decoder_pooling)
+                       max_length=config.max_length, decoder_pooling=config.decoder_pooling, task=config.task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = set_decoder_pooling(method.build(ctx), ctx.decoder_pooling)

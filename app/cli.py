@@ -28,7 +28,7 @@ from .errors import ConfigError, LabError
 from .estimate import GiB, estimate_memory
 from .bundles import checkpoint_bytes, export_bundle, import_bundle
 from .export import export_run
-from .predict import load_predictor
+from .predict import load_predictor, load_writer
 from .lessons import LESSONS, describe_lessons, get_lesson, lessons_with_given_role, run_lesson
 from .manager import RunManager, default_runs_dir
 from .methods import describe_methods, method_class, supported_methods
@@ -479,6 +479,26 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    writer = load_writer(_store(args), args.run_id)
+    if args.json:
+        result = writer.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 seed=args.seed)
+        _print_json(dataclasses.asdict(result))
+        return 0
+    shown = 0
+
+    def show(text: str) -> None:  # stream: print what each token added
+        nonlocal shown
+        print(text[shown:], end="", flush=True)
+        shown = len(text)
+
+    writer.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                    on_text=show)
+    print()
+    return 0
+
+
 def cmd_compress(args) -> int:
 
     plan = as_plan(given_flags(args, CompressionPlan))
@@ -562,6 +582,7 @@ SUBCOMMANDS = {
     "datasets": cmd_datasets,
     "export": cmd_export,
     "predict": cmd_predict,
+    "generate": cmd_generate,
     "estimate": cmd_estimate,
     "compress": cmd_compress,
     "lesson": cmd_lesson,
@@ -654,6 +675,15 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a finished run's predictions on texts (the reference its exports are checked on)")
     predict.add_argument("run_id")
     predict.add_argument("--text", action="append", required=True, metavar="TEXT", help="a text to classify (repeatable)")
+
+    generate = sub.add_parser("generate", parents=[common],
+                              help="a finished causal-lm run's continuation of a prompt, streamed token by token")
+    generate.add_argument("run_id")
+    generate.add_argument("--prompt", required=True, metavar="TEXT")
+    generate.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="default: 64")
+    generate.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                          help="0 (the default) is greedy; above 0 samples, seeded by --seed")
+    generate.add_argument("--seed", type=int, default=0)
 
     compress = sub.add_parser("compress", parents=[common],
                               help="prune and quantize a finished run's model; measure accuracy, size, latency")

@@ -10,8 +10,10 @@ from .backbones import DEFAULT_BACKBONE
 from .batching import PADDING_CHOICES
 from .data import DEFAULT_DATASET
 from .errors import ConfigError
+from .lm_data import LM_FORMATS
 from .options import check_bounds, describe_fields, option
 from .precision import PRECISIONS
+from .tasks import TASKS
 
 
 @dataclass
@@ -27,10 +29,27 @@ class RunConfig:
         "written by datasets' save_to_disk, or a hub dataset id.",
     )
     method: str = option("full_ft", "Training method (see `python -m app methods`).")
+    task: str = option(
+        "classification",
+        "What the model learns: classification (a label per text) or causal-lm (decoders: to continue text, "
+        "the loss on the tokens it should write; validation perplexity and greedy generations at every "
+        "evaluation).",
+        choices=list(TASKS),
+    )
     method_config: dict = field(default_factory=dict, metadata={"help": "Settings of the method."})
     text_column: str = option("text", "Column holding the text (files and hub datasets).")
     text_pair_column: str | None = option(None, "Column holding a second text for sentence pairs (optional).")
     label_column: str = option("label", "Column holding the class label (files and hub datasets).")
+    lm_format: str = option(
+        "auto",
+        "causal-lm data: text (documents packed into blocks of max_length), prompt_response (the loss on the "
+        "response only), alpaca (instruction, input, output), chat (a messages list, rendered with the "
+        "tokenizer's chat template, the loss on assistant turns), text_to_text (a classification dataset "
+        "as prompt -> label word, scored by exact match); auto picks by the dataset's columns.",
+        choices=list(LM_FORMATS),
+    )
+    prompt_column: str = option("prompt", "causal-lm prompt/response data: the column holding the prompt.")
+    response_column: str = option("response", "causal-lm prompt/response data: the column holding the response.")
     steps: int = option(100, "Optimizer steps to take.", min=1, max=1_000_000)
     batch_size: int = option(16, "Examples per step.", min=1, max=4096)
     max_length: int = option(64, "Tokens per example (longer texts are truncated).", min=8, max=8192)
@@ -69,6 +88,9 @@ class RunConfig:
     )
     max_train_examples: int | None = option(None, "Use at most this many training examples.", min=1)
     max_eval_examples: int | None = option(1000, "Use at most this many validation and test examples.", min=1)
+    generations: int = option(
+        4, "causal-lm: validation prompts answered greedily at every evaluation (0: none).", min=0, max=32)
+    max_new_tokens: int = option(32, "causal-lm: tokens each of those answers may take.", min=1, max=1024)
     seed: int = option(42, "Seed for weights of new layers, data order and any sampling.", min=0)
     split_seed: int = option(0, "Seed of the train/validation/test split (kept apart so runs compare).", min=0)
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")

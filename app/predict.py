@@ -10,7 +10,9 @@ import torch
 from .checkpoints import LoadedRun, load_run_model
 from .data import encode
 from .errors import LabError
+from .generation import Generated, generate_text
 from .methods.base import MODEL_INPUTS
+from .tasks import CAUSAL_LM
 
 
 @dataclass
@@ -53,7 +55,40 @@ def load_predictor(store, run_id: str, *, allow_pairs: bool = False, fp32_backbo
     function; typed predictions on single texts would not match its training). `fp32_backbone`: the
     frozen backbone in fp32 whatever the run trained with (an export carries fp32 weights)."""
     loaded = load_run_model(store, run_id, "cpu", fp32_backbone=fp32_backbone)
+    if loaded.config.task == CAUSAL_LM:
+        raise LabError(f"run '{run_id}' is a language model (task causal-lm): it writes text rather than predicting "
+                       f"a class; try python -m app generate {run_id} --prompt TEXT")
     if loaded.config.text_pair_column and not allow_pairs:
         raise LabError(f"run '{run_id}' classifies sentence pairs; predicting typed single texts would not match "
                        "what it was trained on")
     return Predictor(loaded)
+
+
+@dataclass
+class TextWriter:
+    """A causal-LM run's model with its tokenizer: continuations of typed prompts."""
+
+    loaded: LoadedRun
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
+                 on_text=None) -> Generated:
+        """Greedy at temperature 0, else sampled with `seed`; `on_text` sees the answer grow token by token."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise LabError("give a non-empty prompt")
+        if max_new_tokens < 1:
+            raise LabError(f"max new tokens must be at least 1, got {max_new_tokens}")
+        if not 0 <= temperature <= 10:
+            raise LabError(f"temperature must be between 0 (greedy) and 10, got {temperature}")
+        loaded = self.loaded
+        return generate_text(loaded.method, loaded.model, loaded.backbone.tokenizer, prompt,
+                             max_new_tokens=max_new_tokens, max_positions=loaded.backbone.max_length,
+                             temperature=temperature, seed=seed, on_text=on_text)
+
+
+def load_writer(store, run_id: str) -> TextWriter:
+    """A finished causal-LM run, ready to continue prompts (on the CPU, in the run's backbone precision)."""
+    loaded = load_run_model(store, run_id, "cpu")
+    if loaded.config.task != CAUSAL_LM:
+        raise LabError(f"run '{run_id}' is a classifier (task {loaded.config.task}): it predicts classes rather than "
+                       f"writing text; try python -m app predict {run_id} --text TEXT")
+    return TextWriter(loaded)

@@ -14,12 +14,14 @@ from .batching import Batcher
 from .checkpoints import check_reference
 from .config import RunConfig
 from .config_models import CONFIG_ONLY_NOTE
-from .data import ColumnMap, TextDataset, load_dataset
+from .data import ColumnMap, TextDataset, load_dataset, tokenize_split
 from .errors import ConfigError
+from .lm_data import LMColumns, LMDataset, load_lm_dataset, tokenize_lm_split
 from .methods import create_method
 from .methods.base import Method
 from .precision import QUANTIZED, check_precision
 from .store import RunStore
+from .tasks import CAUSAL_LM
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,7 +61,7 @@ def check_length_fits(backbone: Backbone, method: Method, max_length: int) -> No
 class PreparedRun:
     config: RunConfig
     backbone: Backbone
-    dataset: TextDataset
+    dataset: TextDataset | LMDataset
     method: Method
     device: torch.device
     notes: list[str] = field(default_factory=list)
@@ -67,6 +69,22 @@ class PreparedRun:
     @property
     def lr(self) -> float:
         return self.config.lr if self.config.lr is not None else self.method.default_lr
+
+    @property
+    def causal_lm(self) -> bool:
+        return self.config.task == CAUSAL_LM
+
+    @property
+    def label_names(self) -> list[str]:
+        """The classes a classifier predicts (a language model has none)."""
+        return [] if self.causal_lm else list(self.dataset.label_names)
+
+    def tokens(self, split: str) -> dict:
+        """One split's padded tensors, cached: `labels` per example, or per token on causal-lm."""
+        tokenizer, max_length = self.backbone.tokenizer, self.config.max_length
+        if self.causal_lm:
+            return tokenize_lm_split(tokenizer, self.dataset, split, max_length).tensors
+        return tokenize_split(tokenizer, self.dataset, split, max_length)
 
 
 def check_processes(config: RunConfig, device: torch.device) -> None:
@@ -83,7 +101,15 @@ def check_processes(config: RunConfig, device: torch.device) -> None:
         raise ConfigError(f"data-parallel runs use cuda or cpu, not {device.type}")
 
 
-def load_run_dataset(config: RunConfig) -> TextDataset:
+def load_run_dataset(config: RunConfig) -> TextDataset | LMDataset:
+    if config.task == CAUSAL_LM:
+        return load_lm_dataset(
+            config.dataset, format=config.lm_format,
+            columns=LMColumns(text=config.text_column, prompt=config.prompt_column, response=config.response_column,
+                              label=config.label_column, text_pair=config.text_pair_column or None),
+            split_seed=config.split_seed, max_train_examples=config.max_train_examples,
+            max_eval_examples=config.max_eval_examples,
+        )
     return load_dataset(
         config.dataset,
         columns=ColumnMap(config.text_column, config.label_column, config.text_pair_column or None),
@@ -108,6 +134,10 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
     refusal = method.backbone_refusal(backbone)
     if refusal:
         raise ConfigError(refusal)
+    method.check_task(config.task)
+    if config.task == CAUSAL_LM and not backbone.family.causal:
+        raise ConfigError(f"task causal-lm needs a decoder (LLaMA, Qwen, Mistral, GPT-2 families); '{backbone.name}' "
+                          "is an encoder, which has no language-model head to continue text")
     check_length_fits(backbone, method, config.max_length)
     check_precision(method, config.backbone_precision, device)
     if config.processes > 1 and config.backbone_precision in QUANTIZED:
@@ -115,26 +145,38 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
                           "take fp32 or bf16 (DDP's start-up broadcast of the weights has not been checked with "
                           "quantized layers)")
     dataset = load_run_dataset(config)
-    if config.batch_size > len(dataset.train):
+    notes = list(dataset.notes)
+    if config.task == CAUSAL_LM:
+        # Tokenising says how many blocks packing makes and refuses what cannot be trained on (a prompt
+        # that fills max_length, chat data without a chat template) before anything is stored.
+        tokens = {split: tokenize_lm_split(backbone.tokenizer, dataset, split, config.max_length)
+                  for split in ("train", "validation", "test")}
+        train_examples = len(tokens["train"].tensors["labels"])
+        notes += [note for part in tokens.values() for note in part.notes]
+    else:
+        train_examples = len(dataset.train)
+    if config.batch_size > train_examples:
         raise ConfigError(
-            f"batch_size {config.batch_size} is larger than the training set ({len(dataset.train)} examples)"
+            f"batch_size {config.batch_size} is larger than the training set ({train_examples} examples)"
         )
     check_processes(config, device)
-    if config.decoder_pooling != "last" and not backbone.family.causal:
+    if config.decoder_pooling != "last" and (config.task == CAUSAL_LM or not backbone.family.causal):
+        if config.task == CAUSAL_LM:
+            raise ConfigError("decoder_pooling applies to classifiers; a causal-lm run reads every token")
         raise ConfigError(f"decoder_pooling applies to decoder backbones; '{backbone.name}' is an encoder, whose "
                           "classifier pools the way it was pretrained")
     if config.patience and method.stops_early_itself:
         raise ConfigError(f"{method.title} stops early on its own (its 'patience' setting); leave the run's "
                           "patience at 0")
-    notes = list(dataset.notes)
     if config.bf16 and device.type != "cuda":
         notes.append("bf16 autocast asked for but ignored: it runs on CUDA only")
     for field_name in method.reference_fields:
         value = getattr(method.config, field_name, None)
         if value:
             check_reference(store, value, dataset.label_names, field_name, pending_ids=pending_ids)
-    method.check_compatible(backbone, dataset.label_names)
-    return PreparedRun(config, backbone, dataset, method, device, notes)
+    prepared = PreparedRun(config, backbone, dataset, method, device, notes)
+    method.check_compatible(backbone, prepared.label_names)
+    return prepared
 
 
 def batcher_for(prepared: PreparedRun) -> Batcher:

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from .batching import Batcher, batch_tokens
 from .checkpoints import load_reference, save_checkpoint
 from .config import RunConfig
-from .data import tokenize_split
 from .distributed import DataParallel
 from .errors import ConfigError, LabError, RunCancelled
+from .generation import generate_text
+from .lm_data import generation_prompts
+from .lm_loss import causal_lm_sums
 from .memory import PARTS, MemoryMeter, count_parameters
 from .methods.base import BuildContext, Method, StepOutput, TrainState
 from .pooling import set_decoder_pooling
@@ -98,6 +100,29 @@ def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: t
     }
 
 
+@torch.no_grad()
+def evaluate_language_model(method: Method, model, tensors: dict, *, batch_size: int, device: torch.device,
+                            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                            check_cancel: Callable[[], None] = lambda: None, batcher: Batcher = Batcher()) -> dict:
+    """Next-token loss per labelled token, its perplexity, and how often the most likely token is the label.
+    `accuracy` is that token accuracy, so runs of both tasks line up in tables and early stopping."""
+    was_training = model.training
+    model.eval()
+    loss, tokens, correct = 0.0, 0, 0
+    try:
+        for batch in batcher.in_order(tensors, batch_size, device):
+            check_cancel()
+            with autocast():
+                hidden, head = method.lm_outputs(model, batch)
+                part = causal_lm_sums(hidden, head, batch["labels"])
+            loss, tokens, correct = loss + part[0], tokens + part[1], correct + part[2]
+    finally:
+        model.train(was_training)
+    mean = loss / max(1, tokens)
+    return {"accuracy": correct / max(1, tokens), "macro_f1": None, "loss": mean,
+            "perplexity": float(np.exp(min(mean, 50.0))), "tokens": tokens, "examples": int(len(tensors["labels"]))}
+
+
 # --- the loop ----------------------------------------------------------------------------
 
 
@@ -116,21 +141,25 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
 
 class EarlyStopping:
     """Asks the loop to stop after `patience` validation passes without a better accuracy, and puts
-    the best pass's trainable weights back at the end (ties go to the lower validation loss)."""
+    the best pass's trainable weights back at the end (ties go to the lower validation loss). A
+    language model is judged by its validation loss (perplexity) first."""
 
-    def __init__(self, patience: int, named_trainable: list, start_fraction: float = 0.0):
+    def __init__(self, patience: int, named_trainable: list, start_fraction: float = 0.0, by_loss: bool = False):
         self.patience = patience
+        self.by_loss = by_loss
         self.start_fraction = start_fraction
         self.named_trainable = named_trainable
         self.best_key: tuple[float, float] | None = None
         self.best_step: int | None = None
+        self.best_metrics: dict | None = None
         self.best_weights: list[torch.Tensor] | None = None
         self.passes_without_gain = 0
 
     def observe(self, model, state: TrainState, metrics: dict) -> None:
-        key = (metrics["accuracy"], -metrics["loss"])
+        key = (-metrics["loss"], metrics["accuracy"]) if self.by_loss else (metrics["accuracy"], -metrics["loss"])
         if self.best_key is None or key > self.best_key:
             self.best_key, self.best_step, self.passes_without_gain = key, state.step, 0
+            self.best_metrics = metrics
             self.best_weights = [p.detach().to("cpu", copy=True) for _, p in self.named_trainable]
             return
         self.passes_without_gain += 1
@@ -148,7 +177,8 @@ class EarlyStopping:
 
     def summary(self, state: TrainState) -> dict:
         return {"patience": self.patience, "patience_from": self.start_fraction, "best_step": self.best_step, "stopped_at_step": state.step,
-                "best_val_accuracy": self.best_key[0] if self.best_key else None,
+                "best_val_accuracy": self.best_metrics["accuracy"] if self.best_metrics else None,
+                "best_val_loss": self.best_metrics["loss"] if self.best_metrics else None,
                 "stopped_early": state.step < state.total_steps}
 
 
@@ -182,14 +212,14 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
     batcher = batcher_for(prepared)
 
     def train_batches():
-        tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "train", config.max_length)
+        tensors = prepared.tokens("train")
         generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(tensors["labels"]), generator=generator)
         for start in range(0, len(order), config.batch_size):
             yield batcher.batch(tensors, order[start : start + config.batch_size], device)
 
     def validation_batches():
-        tensors = tokenize_split(prepared.backbone.tokenizer, prepared.dataset, "validation", config.max_length)
+        tensors = prepared.tokens("validation")
         yield from batcher.in_order(tensors, max(config.batch_size, 32), device)
 
     def progress(message: str) -> None:
@@ -199,7 +229,7 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
 
     return BuildContext(
         backbone=prepared.backbone,
-        label_names=prepared.dataset.label_names,
+        label_names=prepared.label_names,
         device=device,
         seed=config.seed,
         train_batches=train_batches,
@@ -208,6 +238,7 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
         progress=progress,
         max_length=config.max_length,
         decoder_pooling=config.decoder_pooling,
+        task=config.task,
     )
 
 
@@ -294,8 +325,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     check_cancel = (lambda: world.check_cancel(hooks.check_cancel)) if world else hooks.check_cancel
     seed_everything(config.seed)
     check_cancel()
-    splits = {split: tokenize_split(prepared.backbone.tokenizer, prepared.dataset, split, config.max_length)
-              for split in ("train", "validation", "test")}
+    splits = {split: prepared.tokens(split) for split in ("train", "validation", "test")}
 
     model = build_model(prepared, build_context(prepared, store, hooks))
     named_trainable = select_trainable(method, model)
@@ -318,10 +348,14 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
     batcher = batcher_for(prepared)
     batches = TrainingBatches(batcher, splits["train"], config.batch_size, config.seed, world)
     validation = Validation(prepared, model, splits["validation"], batcher, autocast, hooks.check_cancel,
-                            EarlyStopping(config.patience, named_trainable, config.patience_from) if config.patience and main else None)
+                            EarlyStopping(config.patience, named_trainable, config.patience_from, by_loss=prepared.causal_lm)
+                            if config.patience and main else None)
     tally = Tally()
     last_val: dict | None = None
     method.on_train_start(model, state)
+    if prepared.causal_lm and main:
+        # The untuned model's perplexity and answers first: every later pass is read against them.
+        last_val = validation.run(store, run_id, state)
     started = time.perf_counter()
     for step in range(1, config.steps + 1):
         check_cancel()
@@ -389,7 +423,7 @@ def train(prepared: PreparedRun, store: RunStore, run_id: str, hooks: LoopHooks 
         last_val = validation.metrics()
     test = validation.evaluate(splits["test"])
     store.log_eval(run_id, state.step, "test", test)
-    save_checkpoint(store, run_id, method, model, config, prepared.dataset.label_names)
+    save_checkpoint(store, run_id, method, model, config, prepared.label_names)
     metrics = final_metrics(config, state, last_val, test, train_seconds, tally)
     record_end(store, run_id, method, model, state, metrics, validation.early_stop, world, ranks, rank_peaks)
     return metrics
@@ -412,15 +446,35 @@ class Validation:
         self.autocast, self.check_cancel, self.early_stop = autocast, check_cancel, early_stop
         sample = torch.arange(min(EVAL_TELEMETRY_SAMPLE, len(tensors["labels"])))
         self.telemetry_sample = batcher.batch(tensors, sample, prepared.device)
+        config = prepared.config
+        self.prompts = (generation_prompts(prepared.backbone.tokenizer, prepared.dataset, config.generations,
+                                           config.max_length) if prepared.causal_lm and config.generations else [])
 
     def evaluate(self, tensors: dict) -> dict:
         config = self.prepared.config
+        if self.prepared.causal_lm:
+            return evaluate_language_model(self.prepared.method, self.model, tensors,
+                                           batch_size=max(config.batch_size, 32), device=self.prepared.device,
+                                           autocast=self.autocast, check_cancel=self.check_cancel, batcher=self.batcher)
         return evaluate(self.prepared.method, self.model, tensors, batch_size=max(config.batch_size, 32),
                         device=self.prepared.device, num_labels=self.prepared.dataset.num_labels,
                         autocast=self.autocast, check_cancel=self.check_cancel, batcher=self.batcher)
 
     def metrics(self) -> dict:
         return self.evaluate(self.tensors)
+
+    def generations(self) -> list[dict]:
+        """Each fixed validation prompt answered greedily by the model as it is now."""
+        prepared = self.prepared
+        rows = []
+        for prompt in self.prompts:
+            self.check_cancel()
+            with self.autocast():
+                answer = generate_text(prepared.method, self.model, prepared.backbone.tokenizer, prompt["prompt"],
+                                       max_new_tokens=prepared.config.max_new_tokens,
+                                       max_positions=prepared.backbone.max_length, device=prepared.device)
+            rows.append({"prompt": prompt["prompt"], "reference": prompt["reference"], "answer": answer.text})
+        return rows
 
     def run(self, store: RunStore, run_id: str, state: TrainState) -> dict:
         method, model = self.prepared.method, self.model
@@ -430,6 +484,8 @@ class Validation:
             model.eval()
             telemetry = method.eval_telemetry(model, self.telemetry_sample, state)
             model.train(was_training)
+        if self.prompts:
+            telemetry = dict(telemetry or {}, generations=self.generations())
         store.log_eval(run_id, state.step, "validation", metrics, telemetry)
         method.after_eval(model, state, metrics)
         if self.early_stop is not None:
@@ -484,6 +540,10 @@ def final_metrics(config: RunConfig, state: TrainState, validation: dict, test: 
         "torch_threads": torch.get_num_threads(),
         **peak_summary(tally.peak_sample),
     }
+    for split, result in (("val", validation), ("test", test)):
+        if "perplexity" in result:  # causal-lm: `accuracy` is the token accuracy
+            metrics[f"{split}_perplexity"] = result["perplexity"]
+            metrics[f"{split}_token_accuracy"] = result["accuracy"]
     if tally.peak_sample:
         metrics["peak_memory_shape"] = tally.peak_sample["batch_shape"]
         metrics["peak_memory_step"] = tally.peak_sample["step"]

@@ -15,6 +15,7 @@ from app.errors import LabError
 from app.store import ACTIVE_STATUSES
 from components import figures
 from components.common import STATUS_ICONS, fmt_mib, fmt_pct, fmt_seconds, get_manager_for_app, method_title
+from components.generations_view import render_generations, render_try_it
 
 
 def progress_text(record: dict, steps: list[dict]) -> tuple[float, str]:
@@ -47,10 +48,16 @@ def render_live(run_id: str) -> bool:
         manager.cancel(run_id)
     val = [e for e in evals if e["split"] == "validation"]
     test = [e for e in evals if e["split"] == "test"]
+    causal_lm = record["config"].get("task") == "causal-lm"
     cols = st.columns(5)
     cols[0].metric("loss", f"{steps[-1]['loss']:.4f}" if steps and steps[-1].get("loss") is not None else "–")
-    cols[1].metric("validation accuracy", fmt_pct(val[-1]["accuracy"]) if val else "–")
-    cols[2].metric("test accuracy", fmt_pct(test[-1]["accuracy"]) if test else "–")
+    if causal_lm:
+        cols[1].metric("validation perplexity", f"{val[-1]['perplexity']:.2f}" if val else "–",
+                       help="exp of the mean next-token loss on the validation split's labelled tokens")
+        cols[2].metric("test perplexity", f"{test[-1]['perplexity']:.2f}" if test else "–")
+    else:
+        cols[1].metric("validation accuracy", fmt_pct(val[-1]["accuracy"]) if val else "–")
+        cols[2].metric("test accuracy", fmt_pct(test[-1]["accuracy"]) if test else "–")
     cols[3].metric("examples / s", f"{steps[-1]['examples_per_second']:.1f}"
                    if steps and steps[-1].get("examples_per_second") else "–")
     peak = max((s["peak_bytes"] for s in steps if s.get("peak_bytes")), default=None)
@@ -63,7 +70,8 @@ def render_live(run_id: str) -> bool:
     stamp = (run_id, len(steps), len(evals), record["status"])
     cached = st.session_state.get("run.figures")
     if not cached or cached[0] != stamp:
-        cached = (stamp, [figures.loss_figure(steps), figures.accuracy_figure(evals), figures.throughput_figure(steps),
+        quality = figures.perplexity_figure(evals) if causal_lm else figures.accuracy_figure(evals)
+        cached = (stamp, [figures.loss_figure(steps), quality, figures.throughput_figure(steps),
                           figures.memory_parts_figure(steps)])
         st.session_state["run.figures"] = cached
     loss, accuracy, throughput, memory = cached[1]
@@ -72,6 +80,8 @@ def render_live(run_id: str) -> bool:
     right.plotly_chart(accuracy, key="run.accuracy")
     left.plotly_chart(throughput, key="run.throughput")
     right.plotly_chart(memory, key="run.memory")
+    if causal_lm:
+        render_generations(run_id)
     return active
 
 
@@ -136,6 +146,8 @@ def render_details(record: dict) -> None:
     if reporting:  # a tracking server that failed is only ever said here, so say it up front
         link = f" [Open in MLflow]({reporting['url']})" if reporting.get("ok") and reporting.get("url") else ""
         st.caption(f"MLflow: {reporting.get('note') or ''}.{link}")
+    if record["status"] == "finished" and record["config"].get("task") == "causal-lm":
+        render_try_it(run_id)
     with st.expander("Configuration"):
         st.json(record["config"], expanded=2)
         summary = {k: v for k, v in (record.get("summary") or {}).items() if k not in ("notes",)}

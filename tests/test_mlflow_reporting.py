@@ -164,7 +164,7 @@ def test_a_server_that_is_not_there_costs_the_run_nothing(store, mlflow_env):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     mlflow_env(uri)
     started = time.monotonic()
-    plain = train_now(store, steps=3, eval_every=3)
+    train_now(store, steps=3, eval_every=3)
     plain_seconds = time.monotonic() - started
     started = time.monotonic()
     record = train_now(store, steps=3, eval_every=3, report_to="mlflow")

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..lm_loss import causal_lm_loss
+from ..tasks import CLASSIFICATION
 from .export_writers import export_plain_or_state
 
 
@@ -56,6 +58,8 @@ class BuildContext:
     shapes_only: bool = False
     # How decoder classifiers pool (the run's `decoder_pooling`): 'last' or 'mean'.
     decoder_pooling: str = "last"
+    # What the model learns (the run's `task`): a classifier, or a language model that keeps its LM head.
+    task: str = CLASSIFICATION
 
     @property
     def num_labels(self) -> int:
@@ -105,6 +109,21 @@ def logits_of(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
+def has_token_labels(batch: dict) -> bool:
+    """A causal-LM batch: a label per token (-100 where the loss skips) rather than one per example."""
+    return batch["labels"].ndim == 2
+
+
+def language_model_outputs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, nn.Module]:
+    """A transformers causal LM's final states (after its final norm) and its LM head, without the
+    logits: the loss applies the head chunk by chunk (`app.lm_loss`). peft wraps the model; the states
+    come from the wrapped model's body, through whatever adapters peft put in it."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+    hidden = inner.base_model(**inputs, use_cache=False).last_hidden_state
+    return hidden, inner.get_output_embeddings()
+
+
 class Method:
     """Base of every training method. Subclasses set the class attributes and `build`."""
 
@@ -139,6 +158,8 @@ class Method:
     # (nothing trained depends on the layer count otherwise): a step's memory is then an affine
     # function of the layer count, which lets the estimate measure a few layers and extrapolate.
     memory_grows_by_layer: ClassVar[bool] = False
+    # The run tasks this method can train (`RunConfig.task`).
+    tasks: ClassVar[tuple[str, ...]] = (CLASSIFICATION,)
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -162,6 +183,19 @@ class Method:
     def backbone_refusal(cls, backbone) -> str | None:
         """Why this method cannot train on this backbone whatever its settings, or None."""
         return None
+
+    @classmethod
+    def task_refusal(cls, task: str) -> str | None:
+        """Why this method cannot train for this task, or None."""
+        if task in cls.tasks:
+            return None
+        return f"{cls.title} trains for {' and '.join(cls.tasks)} only, not {task}"
+
+    def check_task(self, task: str) -> None:
+        """Refuse a task this method, with these settings, cannot train for."""
+        reason = self.task_refusal(task)
+        if reason:
+            raise ConfigError(reason)
 
     def check_backbone(self, backbone, label_names: list[str]) -> None:
         """Refuse a backbone this method cannot train on, then run the method's own checks."""
@@ -191,8 +225,14 @@ class Method:
         pass
 
     def training_step(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
+        if has_token_labels(batch):
+            return StepOutput(causal_lm_loss(*self.lm_outputs(model, batch), batch["labels"]))
         logits = logits_of(model(**model_inputs(batch)))
         return StepOutput(F.cross_entropy(logits.float(), batch["labels"]), logits)
+
+    def lm_outputs(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, nn.Module]:
+        """causal-lm: the final states (batch, length, hidden) and the head that reads them (no logits)."""
+        return language_model_outputs(model, batch)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return logits_of(model(**model_inputs(batch)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..options import option
+from ..tasks import CAUSAL_LM, TASKS
 from .base import BuildContext, Method, MethodConfig
 
 
@@ -23,11 +24,15 @@ class FullFineTuning(Method):
     default_lr = 1e-4  # small encoders on short CPU budgets; 2e-5..5e-5 suits long BERT-base runs
     exports_plain_model = True
     memory_grows_by_layer = True
+    tasks = TASKS
 
     def build(self, ctx: BuildContext):
-        model = ctx.backbone.load_for_classification(
-            ctx.label_names, classifier_dropout=self.config.classifier_dropout
-        )
+        if ctx.task == CAUSAL_LM:
+            model = ctx.backbone.load_for_causal_lm()
+        else:
+            model = ctx.backbone.load_for_classification(
+                ctx.label_names, classifier_dropout=self.config.classifier_dropout
+            )
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..options import option
+from ..tasks import CAUSAL_LM, TASKS
 from .base import BuildContext, Method, MethodConfig
 from .peft_support import (
     LAYER_ROLES,
@@ -68,6 +69,7 @@ class Lora(Method):
     exports_plain_model = True
     backprop_crosses_frozen_backbone = True
     memory_grows_by_layer = True
+    tasks = TASKS
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         layer_roles(backbone.config.model_type)
@@ -75,6 +77,13 @@ class Lora(Method):
     def build(self, ctx: BuildContext):
         from peft import LoraConfig, TaskType
 
+        if ctx.task == CAUSAL_LM:
+            # The LM head is the (tied) input embedding: frozen, as LoRA leaves every backbone weight.
+            language_model = ctx.backbone.load_for_causal_lm()
+            return wrap_with_peft(language_model, LoraConfig(
+                task_type=TaskType.CAUSAL_LM, r=self.config.rank, lora_alpha=self.config.alpha,
+                lora_dropout=self.config.dropout,
+                target_modules=layer_module_pattern(language_model.config.model_type, self.config.target_modules)))
         classifier = ctx.backbone.load_for_classification(ctx.label_names)
         model_type = classifier.config.model_type
         peft_config = LoraConfig(

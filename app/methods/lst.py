@@ -36,10 +36,12 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack
+from ..lm_loss import causal_lm_loss
 from ..options import option
 from ..pooling import FIRST, LAST, MEAN, pool_tokens
+from ..tasks import CAUSAL_LM, TASKS
 from . import lst_init
-from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, model_inputs
+from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, has_token_labels, model_inputs
 from .export_writers import save_lab_state
 
 LAYER_DROPPING = ("all", "every_other", "list")
@@ -89,6 +91,14 @@ class LSTConfig(MethodConfig):
         "0.5^((12/n)^2) for n blocks: 0.84 on 24, 0.895 on 30, where every gate then gets a gradient "
         "above 1e-5 (0.5^(12/n), 0.758 on 30, still leaves 4 below 1e-6).",
         min=0.01, max=0.99, advanced=True,
+    )
+    lm_output: str = option(
+        "residual", "causal-lm only: what the frozen LM head reads. residual: the backbone's own final state plus "
+        "the upsampled side output, the upsampling starting at zero, so step 0 writes exactly what the backbone "
+        "writes and training moves it from there (the way LoRA's update starts at zero); side: the upsampled "
+        "side output alone, as the official T5 code feeds its LM head (step 0 then starts from the pruned "
+        "copy, far from the backbone's answers).",
+        choices=["residual", "side"],
     )
     final_merge: bool = option(
         False, "Mix the frozen backbone's own final hidden state into the side network's output before the "
@@ -231,11 +241,15 @@ def resolve_pooling(pooling: str, causal: bool) -> str:
 
 
 class LadderSideNetwork(nn.Module):
-    """Frozen backbone + gated ladder + side network + head; `forward(**inputs)` gives logits."""
+    """Frozen backbone + gated ladder + side network + head; `forward(**inputs)` gives logits.
+
+    With `lm_head` (causal-lm) there is no classifier: `token_states` gives what the backbone's frozen
+    LM head reads at every position, and `lm_output` says whether that is the backbone's own final
+    state plus the side output (residual) or the side output alone (side)."""
 
     def __init__(self, backbone: nn.Module, side_config, feeds: list[int], label_names: list[str], *,
                  pooling: str, gate_temperature: float, classifier_dropout: float, gate_init: float = 0.5,
-                 final_merge: bool = False):
+                 final_merge: bool = False, lm_head: nn.Module | None = None, lm_output: str = "residual"):
         super().__init__()
         self.backbone = backbone
         self.view = LayerStack(backbone)
@@ -268,7 +282,11 @@ class LadderSideNetwork(nn.Module):
             self.register_buffer("side_inv_freq", backbone_freq[::stride][:half].repeat(len(self.feeds), 1).clone())
         self.upsample = nn.Linear(ds, d)
         self.head_dropout = nn.Dropout(classifier_dropout)
-        self.classifier = nn.Linear(d, len(label_names))
+        # The frozen LM head keeps the backbone's name prefix: it is the backbone's, trains never and
+        # is never saved with the side network (on tied models it is the input embedding itself).
+        self.backbone_head = lm_head
+        self.lm_output = lm_output if lm_head is not None else None
+        self.classifier = nn.Linear(d, len(label_names)) if lm_head is None else None
         self.cache: HiddenStateCache | None = None
         self.record_stats = True  # per-block statistics for telemetry (read values: off for estimates)
         self.backbone_passes = 0  # how often the backbone really ran in training (cache misses)
@@ -285,7 +303,12 @@ class LadderSideNetwork(nn.Module):
         return self
 
     def side_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith(("backbone.", "backbone_head."))]
+
+    @property
+    def reads_final_state(self) -> bool:
+        """Whether the backbone's own final state is one of the ladder's inputs (merged or added)."""
+        return self.merge_alpha is not None or self.lm_output == "residual"
 
     def gates(self) -> torch.Tensor:
         return torch.sigmoid(self.gate_alpha / self.gate_temperature)
@@ -298,7 +321,7 @@ class LadderSideNetwork(nn.Module):
     def state_count(self) -> int:
         """States the ladder reads: the embeddings, each feeding layer's output, and the backbone's
         final state when it is merged in."""
-        return len(self.feeds) + 1 + (self.merge_alpha is not None)
+        return len(self.feeds) + 1 + self.reads_final_state
 
     # -- the frozen part ------------------------------------------------------------------
     @torch.no_grad()
@@ -311,12 +334,12 @@ class LadderSideNetwork(nn.Module):
         context = self.view.layer_context(hidden)
         states = [hidden]
         wanted = set(self.feeds)
-        last = self.view.num_layers - 1 if self.merge_alpha is not None else self.feeds[-1]
+        last = self.view.num_layers - 1 if self.reads_final_state else self.feeds[-1]
         for i, layer in enumerate(self.view.layers[: last + 1]):
             hidden = self.view.run_layer(layer, hidden, mask, context)
             if i in wanted:
                 states.append(hidden)
-        if self.merge_alpha is not None:
+        if self.reads_final_state:
             states.append(self.view.normed(hidden))
         return states
 
@@ -344,6 +367,12 @@ class LadderSideNetwork(nn.Module):
 
     def _side_pass(self, input_ids, attention_mask, token_type_ids, example_index):
         """The pooled final side state, the ladder's inputs and the attention mask used."""
+        h, states, attention_mask = self._side_stream(input_ids, attention_mask, token_type_ids, example_index)
+        return pool_tokens(h, attention_mask, self.pooling), states, attention_mask
+
+    def _side_stream(self, input_ids, attention_mask, token_type_ids, example_index):
+        """Every token's final side state (after the side norm on decoders), the ladder's inputs and the
+        attention mask used."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         states = self.backbone_states(input_ids, attention_mask, token_type_ids, example_index)
@@ -371,7 +400,13 @@ class LadderSideNetwork(nn.Module):
                 self.last_stats["merge_gate"] = self.merge_gate().detach()
         if self.side_norm is not None:
             h = self.side_norm(h)
-        return pool_tokens(h, attention_mask, self.pooling), states, attention_mask
+        return h, states, attention_mask
+
+    def token_states(self, input_ids, attention_mask=None, token_type_ids=None, example_index=None) -> torch.Tensor:
+        """causal-lm: what the frozen LM head reads at every position."""
+        h, states, _ = self._side_stream(input_ids, attention_mask, token_type_ids, example_index)
+        side = self.upsample(h)
+        return states[-1] + side if self.lm_output == "residual" else side
 
     def side_contexts(self, hidden: torch.Tensor) -> list[dict]:
         """Each side layer's per-forward inputs: the backbone's (MPNet's position bias), or rotary
@@ -431,6 +466,18 @@ class LadderSideTuning(Method):
     presets = {"convergence": CONVERGENCE_PRESET}
     trains_side_network = True
     memory_grows_by_layer = True
+    tasks = TASKS
+
+    def check_task(self, task: str) -> None:
+        super().check_task(task)
+        if task != CAUSAL_LM:
+            return
+        if self.config.final_merge:
+            raise ConfigError("final_merge mixes the backbone's final state into a classifier's input; on causal-lm "
+                              "lm_output=residual adds it to the side output already")
+        if self.config.init == "fisher":
+            raise ConfigError("init 'fisher' scores the side network on a classification loss; on causal-lm use "
+                              "magnitude or random")
 
     def memory_affine_in_layers(self) -> bool:
         # every_other and list feed a side block from some layers only: not one block per layer
@@ -445,7 +492,13 @@ class LadderSideTuning(Method):
 
     def build(self, ctx: BuildContext) -> nn.Module:
         cfg = self.config
-        encoder = ctx.backbone.load_encoder()
+        lm_head = None
+        if ctx.task == CAUSAL_LM:
+            language_model = ctx.backbone.load_for_causal_lm()
+            encoder, lm_head = language_model.base_model, language_model.get_output_embeddings()
+            lm_head.requires_grad_(False)
+        else:
+            encoder = ctx.backbone.load_encoder()
         view = LayerStack(encoder)
         feeds = feed_layers(cfg, view.num_layers)
         shrunk = lst_init.side_config(view.config, cfg.reduction_factor)
@@ -455,19 +508,21 @@ class LadderSideTuning(Method):
             shrunk.attn_pdrop = cfg.attention_dropout  # GPT-2
         model = LadderSideNetwork(encoder, shrunk, feeds, ctx.label_names, pooling=cfg.pooling,
                                   gate_temperature=cfg.gate_temperature, classifier_dropout=cfg.classifier_dropout,
-                                  gate_init=starting_gate(cfg, len(feeds)), final_merge=cfg.final_merge)
+                                  gate_init=starting_gate(cfg, len(feeds)), final_merge=cfg.final_merge,
+                                  lm_head=lm_head, lm_output=cfg.lm_output)
         model.to(ctx.device)
         std = getattr(view.config, "initializer_range", 0.02)
         lst_init.init_like_pretraining(model.downs, std)
         lst_init.init_like_pretraining(model.side_layers, std)
         lst_init.init_like_pretraining(model.upsample, std)
-        lst_init.init_like_pretraining(model.classifier, std)
+        if model.classifier is not None:
+            lst_init.init_like_pretraining(model.classifier, std)
         if model.side_norm is not None:
             lst_init.init_like_pretraining(model.side_norm, std)
         if cfg.cache_hidden_states:
             model.cache = HiddenStateCache(cfg.cache_mb * 1024 * 1024)
         if ctx.restoring or ctx.shapes_only or cfg.init == "random":
-            return model  # restoring: the trained weights are loaded over these; shapes only: no values
+            return start_from_backbone(model)  # restoring: the trained weights load over these; shapes only: no values
         if cfg.init == "fisher":
             if ctx.train_batches is None:
                 raise ConfigError("Fisher initialisation needs the training set, which is not available here")
@@ -480,7 +535,7 @@ class LadderSideTuning(Method):
             scores = lst_init.magnitude_scores(view, feeds)
         if model.rotary:
             _init_decoder_side(model, view, scores, feeds, cfg.reduction_factor)
-            return model
+            return start_from_backbone(model)
         indices = lst_init.choose_indices(scores, num_heads=view.config.num_attention_heads,
                                           reduction_factor=cfg.reduction_factor)
         for side_layer, backbone_index in zip(model.side_layers, feeds):
@@ -496,19 +551,25 @@ class LadderSideTuning(Method):
         for down in model.downs:
             lst_init.selection_projection(down, indices.hidden)
         lst_init.selection_projection(model.upsample, indices.hidden, transpose=True)
-        return model
+        return start_from_backbone(model)
 
     def trainable_parameters(self, model: nn.Module):
         return model.side_parameters()
 
     def training_step(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
         model.record_stats = not state.shapes_only
+        if has_token_labels(batch):
+            hidden = model.token_states(**model_inputs(batch), example_index=batch.get("index"))
+            return StepOutput(causal_lm_loss(hidden, model.backbone_head, batch["labels"]))
         logits = model(**model_inputs(batch), example_index=batch.get("index"))
         return StepOutput(F.cross_entropy(logits.float(), batch["labels"]), logits)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         # No example index: evaluation splits have their own indices, so they never meet the cache.
         return model(**model_inputs(batch))
+
+    def lm_outputs(self, model: nn.Module, batch: dict):
+        return model.token_states(**model_inputs(batch)), model.backbone_head
 
     def step_telemetry(self, model: nn.Module, state: TrainState) -> dict | None:
         stats = model.last_stats
@@ -527,6 +588,8 @@ class LadderSideTuning(Method):
         }}
 
     def eval_telemetry(self, model: nn.Module, batch: dict, state: TrainState) -> dict | None:
+        if has_token_labels(batch):
+            return None  # the side-feature map colours examples by class; a language model has none
         features = model.side_features(**model_inputs(batch)).float()
         points, explained = pca_2d(features)
         return {"lst_pca": {
@@ -554,7 +617,7 @@ class LadderSideTuning(Method):
     def export(self, model: nn.Module, out_dir: Path, ctx: BuildContext) -> dict:
         """The side network, ladders, gates and head as safetensors; the frozen backbone is only
         named (its weights reload from that backbone), which keeps the export a few MB."""
-        state = {n: t for n, t in model.state_dict().items() if not n.startswith("backbone.")}
+        state = {n: t for n, t in model.state_dict().items() if not n.startswith(("backbone.", "backbone_head."))}
         return save_lab_state(
             self, state, out_dir, ctx,
             "# Exported LST model\n\n"
@@ -564,6 +627,15 @@ class LadderSideTuning(Method):
             "Load it with this lab:\n\n"
             "    from app.export import load_exported\n    model = load_exported('PATH')\n",
         )
+
+
+def start_from_backbone(model: LadderSideNetwork) -> LadderSideNetwork:
+    """causal-lm with lm_output=residual: a zero upsampling makes step 0 write what the backbone writes."""
+    if model.lm_output == "residual":
+        with torch.no_grad():
+            model.upsample.weight.zero_()
+            model.upsample.bias.zero_()
+    return model
 
 
 def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

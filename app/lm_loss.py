@@ -1,0 +1,67 @@
+"""The causal-LM loss without the whole logits tensor.
+
+A language model's head turns every position's state into one score per vocabulary entry. On
+SmolLM2 (49,152 entries) a batch of 8 × 256 tokens makes 400 MB of fp32 logits, and a plain loss
+keeps them (and their softmax) for backward: more than LST's whole side network. Here the head
+and the loss run on chunks of positions under activation checkpointing, so backward keeps each
+chunk's input states only and recomputes its logits; at most one chunk's logits exist at a time.
+
+Labels follow transformers' convention: `labels[b, t]` is the token at position t, and -100 marks a
+position the loss skips (a prompt, padding); the state at t - 1 predicts the label at t.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+# The fp32 logits of one chunk: 32 MB is 170 positions of SmolLM2, 650 of GPT-2's 50,257 entries.
+LOGITS_CHUNK_BYTES = 32 * 2**20
+
+
+def chunk_positions(vocab_size: int, budget_bytes: int | None = None) -> int:
+    """Positions per chunk so that one chunk's fp32 logits fit the budget."""
+    return max(1, (budget_bytes or LOGITS_CHUNK_BYTES) // (4 * max(1, vocab_size)))
+
+
+def next_token_pairs(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every position's state with the label it predicts (the next position's), flattened."""
+    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1)
+    return states, targets
+
+
+def _chunk_loss_sum(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(states).float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def causal_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """The mean next-token cross-entropy over labelled positions, computed chunk by chunk."""
+    states, targets = next_token_pairs(hidden, labels)
+    size = chunk_positions(head.weight.shape[0])
+    total = states.new_zeros((), dtype=torch.float32)
+    for start in range(0, states.shape[0], size):
+        part = (head, states[start:start + size], targets[start:start + size])
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss_sum, *part, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(*part)
+    return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
+
+
+@torch.no_grad()
+def causal_lm_sums(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> tuple[float, int, int]:
+    """(summed next-token loss, labelled positions, positions whose most likely token is the label)."""
+    states, targets = next_token_pairs(hidden, labels)
+    size = chunk_positions(head.weight.shape[0])
+    loss, correct = 0.0, 0
+    for start in range(0, states.shape[0], size):
+        logits = head(states[start:start + size]).float()
+        part = targets[start:start + size]
+        loss += float(F.cross_entropy(logits, part, ignore_index=IGNORE_INDEX, reduction="sum"))
+        correct += int(((logits.argmax(-1) == part) & (part != IGNORE_INDEX)).sum())
+    return loss, int((targets != IGNORE_INDEX).sum()), correct
