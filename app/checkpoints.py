@@ -23,6 +23,7 @@ from .methods.layer_surgery import GENERIC_LABEL
 from .pooling import restore_pooling, set_decoder_pooling
 from .precision import apply_backbone_precision
 from .store import RUN_ID_PATTERN, RunStore
+from .tasks import CAUSAL_LM
 
 WEIGHTS_FILE = "trainable.safetensors"
 RUN_FILE = "run.json"
@@ -51,6 +52,14 @@ def save_checkpoint(store: RunStore, run_id: str, method: Method, model: torch.n
         )
     )
     return folder
+
+
+def refuse_language_model(record: dict, action: str) -> None:
+    """`action` (exporting, compressing, explaining) reads a classifier; say so for a causal-lm run."""
+    if record["config"].get("task") == CAUSAL_LM:
+        raise LabError(f"run '{record['id']}' is a language model (task causal-lm): {action} covers classifiers "
+                       f"only so far; its trained weights are in the run's folder, and python -m app generate "
+                       f"{record['id']} --prompt TEXT writes with them")
 
 
 @dataclass

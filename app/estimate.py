@@ -43,6 +43,7 @@ from .pooling import restore_pooling
 from .precision import (LIBRARY, QUANTIZED, apply_backbone_precision, check_precision, embeddings_to_bf16,
                         quantized_weight_bytes)
 from .preparation import check_length_fits
+from .tasks import CAUSAL_LM, CLASSIFICATION
 from .training import select_trainable
 
 GiB = 1024**3
@@ -219,8 +220,10 @@ def _to_fake(model: torch.nn.Module, mode, device: torch.device) -> None:
                 module._buffers[name] = fake(tensor)
 
 
-def _synthetic_batch(backbone: Backbone, batch_size: int, length: int, device: torch.device) -> dict:
-    """A full batch of the worst shape; values do not matter to fake tensors."""
+def _synthetic_batch(backbone: Backbone, batch_size: int, length: int, device: torch.device,
+                     task: str = CLASSIFICATION) -> dict:
+    """A full batch of the worst shape; values do not matter to fake tensors. A causal-LM batch has a
+    label at every position (packed text: the loss reads every token)."""
     batch = {
         "input_ids": torch.ones(batch_size, length, dtype=torch.long, device=device),
         "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),
@@ -229,7 +232,8 @@ def _synthetic_batch(backbone: Backbone, batch_size: int, length: int, device: t
     wants_types = ("token_type_ids" in names) if names is not None else getattr(backbone.config, "type_vocab_size", 0) > 1
     if wants_types:
         batch["token_type_ids"] = torch.zeros(batch_size, length, dtype=torch.long, device=device)
-    batch["labels"] = torch.zeros(batch_size, dtype=torch.long, device=device)
+    label_shape = (batch_size, length) if task == CAUSAL_LM else (batch_size,)
+    batch["labels"] = torch.zeros(label_shape, dtype=torch.long, device=device)
     batch["index"] = torch.arange(batch_size)
     return batch
 
@@ -238,7 +242,8 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
                     method_config: dict | None = None, *, bf16: bool = False,
                     label_names: list[str] | None = None, device: str | torch.device = "cpu",
                     seed: int = 0, extrapolate: bool = True, processes: int = 1,
-                    padding: str = "dynamic", backbone_precision: str = "fp32") -> MemoryEstimate:
+                    padding: str = "dynamic", backbone_precision: str = "fp32",
+                    task: str = CLASSIFICATION) -> MemoryEstimate:
     """Predicted training memory of one run's worst step; raises `LabError` on bad input.
 
     `padding` says which batches have this shape: with "max" every one, with "dynamic" the longest.
@@ -264,9 +269,12 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
             setattr(method_obj.config, field_name, "backbone-shaped")
     check_length_fits(backbone_obj, method_obj, max_length)
     method_obj.check_backbone(backbone_obj, labels)
+    method_obj.check_task(task)
+    if task == CAUSAL_LM and not backbone_obj.family.causal:
+        raise ConfigError(f"task causal-lm needs a decoder; '{backbone_obj.name}' is an encoder")
     check_precision(method_obj, backbone_precision, device)
     shape = dict(batch_size=-(-batch_size // processes), max_length=max_length, bf16=bf16, labels=labels, device=device,
-                 seed=seed, precision=backbone_precision)
+                 seed=seed, precision=backbone_precision, task=task)
     estimate = None
     probes = _layer_probes(backbone_obj) if extrapolate and method_obj.memory_affine_in_layers() else None
     if probes:
@@ -347,7 +355,8 @@ def _extend_to_depth(measured: list[MemoryEstimate], layers: int) -> MemoryEstim
 
 
 def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: int, max_length: int, bf16: bool,
-                   labels: list[str], device: torch.device, seed: int, precision: str = "fp32") -> MemoryEstimate:
+                   labels: list[str], device: torch.device, seed: int, precision: str = "fp32",
+                   task: str = CLASSIFICATION) -> MemoryEstimate:
     """One fake training step (of each kind the method has) at full size."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -362,7 +371,7 @@ def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: in
         ctx = BuildContext(
             backbone=backbone_obj, label_names=labels, device=meta, seed=seed,
             load_reference=_reference_loader(backbone_obj, labels, notes), max_length=max_length,
-            shapes_only=True,
+            shapes_only=True, task=task,
         )
         model = method_obj.build(ctx)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -382,7 +391,7 @@ def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: in
                                                      forward_only=method_obj.trains_side_network)
         meter = MemoryMeter(model, optimizer=None, device=torch.device("cpu"))
         input_length = max_length + method_obj.extra_input_tokens()
-        batch = _synthetic_batch(backbone_obj, batch_size, max_length, device)
+        batch = _synthetic_batch(backbone_obj, batch_size, max_length, device, task)
         state = TrainState(step=1, total_steps=2, device=device, generator=torch.Generator().manual_seed(seed),
                            shapes_only=True)
         use_autocast = bf16

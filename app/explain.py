@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checkpoints import load_run_model
+from .checkpoints import load_run_model, refuse_language_model
 from .data import ColumnMap, encode, join_pairs, load_dataset
 from .errors import LabError
 from .families import BY_MODEL_TYPE, family_of
@@ -64,6 +64,7 @@ def load_explainer(store, run_id: str) -> Explainer:
     """A finished run's model, ready to attribute. Integrated Gradients needs gradients through the
     backbone, which quantized layers do not all give (torchao's dynamic int8 gives none): a run trained
     on an int8/int4 backbone is explained with the backbone's fp32 weights, and says so."""
+    refuse_language_model(store.get_run(run_id), "explaining")
     loaded = load_run_model(store, run_id, "cpu", fp32_backbone=True)
     precision = loaded.config.backbone_precision
     quantized = precision in QUANTIZED

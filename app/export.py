@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from .backbones import get_backbone
+from .checkpoints import refuse_language_model
 from .data import encode
 from .errors import LabError
 from .methods import create_method
@@ -118,6 +119,7 @@ def _write_primary(predictor: Predictor, out_dir: Path, probe: list[str], expect
 
 def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) -> dict:
     """Write a finished run's model in every format that predicts what the lab predicts."""
+    refuse_language_model(store.get_run(run_id), "exporting")
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise LabError(f"'{out_dir}' exists and is not empty; choose a new folder")

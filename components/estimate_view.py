@@ -23,7 +23,7 @@ CUDA_GAP_NOTE = (
 @st.cache_data(show_spinner=False, max_entries=512)
 def cached_estimate(backbone: str, method: str, batch_size: int, max_length: int, method_config_json: str,
                     bf16: bool, num_labels: int, device: str, processes: int = 1,
-                    backbone_precision: str = "fp32") -> dict:
+                    backbone_precision: str = "fp32", task: str = "classification") -> dict:
     """The engine's estimate as plain data, or {"error": message}; cached so the form stays responsive."""
     # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.estimate import estimate_memory
@@ -31,7 +31,8 @@ def cached_estimate(backbone: str, method: str, batch_size: int, max_length: int
     try:
         estimate = estimate_memory(backbone, method, batch_size, max_length, json.loads(method_config_json),
                                    bf16=bf16, label_names=[f"class_{i}" for i in range(num_labels)],
-                                   device=device, processes=processes, backbone_precision=backbone_precision)
+                                   device=device, processes=processes, backbone_precision=backbone_precision,
+                                   task=task)
     except LabError as exc:
         return {"error": str(exc)}
     return estimate.as_dict()
@@ -58,7 +59,7 @@ def estimate_for(config: dict, *, num_labels: int = 2, shape: list[int] | None =
     return cached_estimate(str(config.get("backbone", "")), str(config.get("method", "")), batch_size, max_length,
                            json.dumps(method_config, sort_keys=True, default=str), bool(config.get("bf16")),
                            num_labels, _estimate_device(str(config.get("device", "auto"))), processes,
-                           str(config.get("backbone_precision") or "fp32"))
+                           str(config.get("backbone_precision") or "fp32"), str(config.get("task") or "classification"))
 
 
 def render_estimate(config: dict) -> dict | None:

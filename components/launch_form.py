@@ -47,10 +47,34 @@ def backbone_registry() -> dict[str, str]:
 
 
 @st.cache_data(show_spinner=False)
-def dataset_registry() -> dict[str, str]:
+def dataset_registry(task: str = "classification") -> dict[str, str]:
+    if task == "causal-lm":
+        from app.lm_data import LM_REGISTRY
+
+        return {name: entry.description for name, entry in LM_REGISTRY.items()}
     from app.data import REGISTRY
 
     return {name: entry.description for name, entry in REGISTRY.items()}
+
+
+TASK_HELP = {
+    "classification": "a label per text: the model learns to predict classes",
+    "causal-lm": "decoders learn to continue text: the loss on the tokens to write, validation perplexity and the "
+                 "model's answers to a few validation prompts at every evaluation",
+}
+
+
+def task_picker(info: dict | None) -> str:
+    """What the run teaches: classification always, causal-lm on decoders."""
+    choices = ["classification", "causal-lm"] if info and info.get("causal") else ["classification"]
+    if st.session_state.get("launch.task") not in choices:
+        st.session_state["launch.task"] = "classification"
+    task = st.radio("Task", choices, key="launch.task", horizontal=True, format_func=lambda t: t,
+                    help="; ".join(f"{t}: {TASK_HELP[t]}" for t in TASK_HELP))
+    if len(choices) == 1:
+        st.caption("An encoder trains classifiers; pick a decoder (SmolLM2, the tiny LLaMA or GPT-2) to train a "
+                   "language model.")
+    return task
 
 
 ALL_GPUS = "all GPUs (DDP)"
@@ -201,12 +225,14 @@ def upload_picker() -> dict:
             "text_pair_column": None if pair == "(none)" else pair}
 
 
-def dataset_picker() -> dict:
+def dataset_picker(task: str = "classification") -> dict:
     """Returns the dataset part of a run config (`dataset` and the column mapping)."""
-    registry = dataset_registry()
+    registry = dataset_registry(task)
     options = list(registry) + [UPLOAD_CHOICE]
     if "launch.dataset" not in st.session_state:
         st.session_state["launch.dataset"] = "rotten-tomatoes"
+    if task == "causal-lm" and st.session_state["launch.dataset"] not in options:
+        st.session_state["launch.dataset"] = "movie-dialog"
     choice = st.selectbox(
         "Dataset", options, key="launch.dataset", accept_new_options=True,
         format_func=lambda n: f"{n} — {registry[n]}" if n in registry else n,
@@ -215,10 +241,59 @@ def dataset_picker() -> dict:
     )
     if choice != UPLOAD_CHOICE:
         return {"dataset": choice or ""}
-    return upload_picker()
+    return lm_upload_picker() if task == "causal-lm" else upload_picker()
 
 
-def general_settings(max_length_limit: int | None, default_lr: float) -> dict:
+LM_UPLOAD_FORMATS = {
+    "auto": "by its columns: messages → chat, instruction + output → Alpaca, prompt + response, else text",
+    "text": "a text column; documents are packed into blocks of max_length",
+    "prompt_response": "a prompt and a response column; the loss on the response only",
+    "alpaca": "instruction, optional input, output",
+    "chat": "a messages column of {role, content} lists, rendered with the tokenizer's chat template",
+}
+
+
+def lm_upload_picker() -> dict:
+    """An uploaded file of text to learn: saved, previewed, its format and columns chosen."""
+    limit_mb = max(1, int(max_file_bytes() / 2**20))
+    uploaded = st.file_uploader(
+        f"Text to learn ({UPLOAD_KINDS}; up to {limit_mb} MB)", type=[s[1:] for s in UPLOAD_SUFFIXES],
+        key="launch.upload", max_upload_size=limit_mb,
+    )
+    if uploaded is None:
+        st.info("Upload documents (a text column), prompt/response pairs, Alpaca JSON or chat JSONL (a messages "
+                "column); you pick the format and columns next.")
+        return {"dataset": ""}
+    try:
+        path = save_upload(uploaded)
+        table = read_upload(str(path), path.stat().st_size, None)
+    except LabError as exc:
+        st.error(str(exc))
+        return {"dataset": ""}
+    columns = list(table.columns)
+    st.caption(f"Saved as `{path.name}` in the runs folder: {len(table):,} rows, {len(columns)} columns. First rows:")
+    st.dataframe([{c: _cell(v) for c, v in row.items()} for row in table.head(5).to_dict("records")],
+                 hide_index=True, key="launch.preview")
+    lm_format = st.selectbox("Format", list(LM_UPLOAD_FORMATS), key=f"launch.lm_format.{path.name}",
+                             format_func=lambda f: f"{f}: {LM_UPLOAD_FORMATS[f]}")
+    part = {"dataset": str(path), "lm_format": lm_format}
+    if lm_format == "text":
+        part["text_column"] = st.selectbox("Text column", columns, index=_pick(columns, "text", 0),
+                                           key=f"launch.text_col.{path.name}")
+    elif lm_format == "prompt_response":
+        cols = st.columns(2)
+        part["prompt_column"] = cols[0].selectbox("Prompt column", columns, index=_pick(columns, "prompt", 0),
+                                                  key=f"launch.prompt_col.{path.name}")
+        part["response_column"] = cols[1].selectbox("Response column", columns,
+                                                    index=_pick(columns, "response", len(columns) - 1),
+                                                    key=f"launch.response_col.{path.name}")
+    return part
+
+
+LM_FIELDS = ("generations", "max_new_tokens")
+
+
+def general_settings(max_length_limit: int | None, default_lr: float, task: str = "classification") -> dict:
     # imported on first use: it loads torch (1.0 s here), which a page's first draw does not wait for
     from app.config import describe_fields_cache
 
@@ -232,7 +307,7 @@ def general_settings(max_length_limit: int | None, default_lr: float) -> dict:
     current = st.session_state.get("run.max_length")
     if max_length_limit and isinstance(current, int) and current > max_length_limit:
         st.session_state["run.max_length"] = max_length_limit  # a shorter backbone was picked
-    basic = [dict(fields[name]) for name in GENERAL_FIELDS]
+    basic = [dict(fields[name]) for name in GENERAL_FIELDS + (LM_FIELDS if task == "causal-lm" else ())]
     advanced = [dict(fields.get(name) or REPORT_TO_MLFLOW, advanced=True) for name in ADVANCED_FIELDS]
     overrides["report_to_mlflow"] = {"label": "Report to MLflow"}
     values = settings_form(basic + advanced, "run", columns=4, overrides=overrides)

@@ -24,6 +24,10 @@ if not runs:
     st.stop()
 
 record = pick_run(runs, label="Finished run", preferred=featured_runs(get_store(), "shrink") or featured_runs(get_store()))
+if record["config"].get("task") == "causal-lm":
+    st.info("This run is a language model (task causal-lm); compression measures classifiers' accuracy and covers "
+            "classifiers only so far. Pick a classification run.")
+    st.stop()
 show_lesson(lesson if lesson and lesson["runs"]["model"] == record["id"] else lesson_for_page("compress", [record["id"]]))
 board = get_job_board()
 live(render_sweep, record["id"], active=any(j.active for j in board.jobs(run_id=record["id"], kind=JOB_KIND)))

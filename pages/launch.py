@@ -12,7 +12,8 @@ from components.common import (
 )
 from components.estimate_view import render_estimate
 from components.forms import settings_form
-from components.launch_form import backbone_picker, dataset_picker, device_settings, devices, general_settings, method_preset_buttons
+from components.launch_form import (backbone_picker, dataset_picker, device_settings, devices, general_settings,
+                                    method_preset_buttons, task_picker)
 from components.lesson_view import lesson_launcher, lesson_query, start_lesson
 from components.live import live
 from components.navigation import page
@@ -52,22 +53,28 @@ with st.container(border=True):
     left, right = st.columns(2)
     with left:
         backbone, info = backbone_picker()
+        task = task_picker(info)
     with right:
-        data_part = dataset_picker()
+        data_part = dataset_picker(task)
 
 with st.container(border=True):
     st.subheader("Method")
     if st.session_state.get("launch.method") not in methods:
         st.session_state["launch.method"] = RunConfig.method if RunConfig.method in methods else next(iter(methods))
     supported = set(info["methods"]) if info else set(methods)
+    for_task = {n for n in methods if task in methods[n]["tasks"]}
     method_name = st.selectbox(
         "Method", list(methods), key="launch.method",
-        format_func=lambda n: f"{methods[n]['title']} ({n})" + ("" if n in supported else " · not for this backbone"))
+        format_func=lambda n: f"{methods[n]['title']} ({n})" + ("" if n in supported else " · not for this backbone")
+        + ("" if n in for_task else f" · not for {task}"))
     described = methods[method_name]
     st.caption(described["summary"])
     if method_name not in supported:
         st.warning(f"{described['title']} cannot train on {backbone}; on this backbone choose one of: "
                    + ", ".join(methods[n]["title"] for n in methods if n in supported) + ".")
+    elif method_name not in for_task:
+        st.warning(f"{described['title']} does not train for {task} yet; for {task} choose one of: "
+                   + ", ".join(methods[n]["title"] for n in methods if n in for_task and n in supported) + ".")
     method_preset_buttons(method_name, described)
     references = {}
     if described["reference_fields"]:
@@ -78,7 +85,7 @@ with st.container(border=True):
 
 with st.container(border=True):
     st.subheader("Training")
-    general = general_settings(info["max_length"] if info else None, described["default_lr"])
+    general = general_settings(info["max_length"] if info else None, described["default_lr"], task)
     device_options = devices()
     if st.session_state.get("launch.device") not in device_options:
         st.session_state["launch.device"] = "auto"
@@ -88,7 +95,7 @@ with st.container(border=True):
 
 
 def run_config(method: str, method_config: dict) -> dict:
-    return {"backbone": backbone, **data_part, "method": method, "method_config": method_config, **general,
+    return {"backbone": backbone, "task": task, **data_part, "method": method, "method_config": method_config, **general,
             **device_settings(device)}
 
 

@@ -233,3 +233,83 @@ def test_real_weights_learn_film_dialogue(method, lr, store):
     assert validation[-1]["perplexity"] < 0.75 * validation[0]["perplexity"], [e["perplexity"] for e in validation]
     answers = store.telemetry(record["id"], "eval:validation", after=-1)
     assert [g["answer"] for g in answers[0]["generations"]] != [g["answer"] for g in answers[-1]["generations"]]
+
+
+def test_the_launch_form_trains_a_language_model_and_the_run_page_shows_its_answers(runs_dir, monkeypatch):
+    """Through the app: pick a decoder, the causal-lm task and the film dialogue, launch; the Run page
+    then shows perplexity from step 0, the answers at every evaluation, and writes text in Try it."""
+    from streamlit.testing.v1 import AppTest
+
+    from app.manager import get_manager
+    from app.store import RunStore
+    from conftest import ROOT
+
+    monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.switch_page("../pages/launch.py")
+    at.run()
+    assert [r.options for r in at.radio if r.key == "launch.task"] == [["classification"]]  # an encoder
+    at.selectbox(key="launch.backbone").set_value("tiny-random-llama").run()
+    at.radio(key="launch.task").set_value("causal-lm").run()
+    assert any(option.startswith("movie-dialog") for option in at.selectbox(key="launch.dataset").options)
+    at.selectbox(key="launch.dataset").set_value("movie-dialog").run()
+    at.selectbox(key="launch.method").set_value("adapter").run()
+    assert any("does not train for causal-lm" in w.value for w in at.warning), [w.value for w in at.warning]
+    at.selectbox(key="launch.method").set_value("lst").run()
+    for key, value in (("run.steps", 4), ("run.batch_size", 4), ("run.max_length", 32), ("run.eval_every", 2),
+                       ("run.max_train_examples", 64), ("run.generations", 2), ("run.max_new_tokens", 4)):
+        at.number_input(key=key).set_value(value).run()
+    at.checkbox(key="launch.open").uncheck().run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.button(key="launch.submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [run] = RunStore(runs_dir).list_runs()
+    final = get_manager(runs_dir).wait(run["id"], timeout=240)
+    assert final["status"] == "finished", final.get("error")
+    assert final["config"]["task"] == "causal-lm" and final["config"]["generations"] == 2
+
+    at.switch_page("../pages/run.py")
+    at.query_params["run"] = run["id"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.label == "validation perplexity" for m in at.metric)
+    assert "Generations" in [s.value for s in at.subheader]
+    timeline = [frame.value for frame in at.dataframe if list(frame.value.columns) == ["step", "answer"]]
+    assert len(timeline) == 2, [frame.value for frame in at.dataframe] and list(timeline[0]["step"]) == [0, 2, 4]
+    at.text_area(key="run.try.prompt").input("hello there")
+    at.number_input(key="run.try.max_new_tokens").set_value(3)
+    at.button[[b.label for b in at.button].index("Generate")].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("tokens in" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+@pytest.mark.parametrize("page", ["home", "run", "ladder", "memory", "compare", "compress", "explain"])
+def test_every_page_opens_on_a_language_model_run(page, lm_run_dir, monkeypatch):
+    """No page breaks on a causal-lm run; those that read classifiers say so instead."""
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    runs_dir, run_id = lm_run_dir
+    monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.query_params["run"] = run_id
+    if page != "home":
+        at.switch_page(f"../pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page in ("compress", "explain"):
+        shown = [e.value for e in at.error] + [i.value for i in at.info] + [w.value for w in at.warning]
+        assert any("language model" in text for text in shown), shown
+
+
+@pytest.fixture(scope="module")
+def lm_run_dir(tmp_path_factory, easy_text):
+    from app.store import RunStore
+
+    runs_dir = tmp_path_factory.mktemp("lm-runs")
+    record = train_now(RunStore(runs_dir), backbone="tiny-random-llama", method="lst", task="causal-lm",
+                       dataset=str(easy_text), steps=4, eval_every=2, batch_size=8, generations=1, max_new_tokens=3,
+                       max_train_examples=None)
+    assert record["status"] == "finished", record.get("error")
+    return runs_dir, record["id"]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import Batcher
-from ..checkpoints import load_run_model
+from ..checkpoints import load_run_model, refuse_language_model
 from ..data import tokenize_split
 from ..errors import ConfigError, LabError, RunCancelled
 from ..families import BY_MODEL_TYPE
@@ -165,6 +165,7 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     record = store.get_run(run_id)
     if record["status"] != "finished":
         raise LabError(f"run '{run_id}' is {record['status']}, not finished: only a finished run can be compressed")
+    refuse_language_model(record, "compression")
     cancel = cancel or threading.Event()
     total = plan.point_count()
     done = 0

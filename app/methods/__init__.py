@@ -69,6 +69,7 @@ def describe_methods() -> list[dict]:
             "default_lr": cls.default_lr,
             "exports_plain_model": cls.exports_plain_model,
             "reference_fields": list(cls.reference_fields),
+            "tasks": list(cls.tasks),
             "presets": json.loads(json.dumps(cls.presets)),  # a copy: callers may change it
             "fields": describe_fields(cls.Config),
         }
