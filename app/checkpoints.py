@@ -23,7 +23,7 @@ from .methods.layer_surgery import GENERIC_LABEL
 from .pooling import restore_pooling, set_decoder_pooling
 from .precision import apply_backbone_precision
 from .store import RUN_ID_PATTERN, RunStore
-from .tasks import CAUSAL_LM
+from .tasks import CAUSAL_LM, CLASSIFICATION
 
 WEIGHTS_FILE = "trainable.safetensors"
 RUN_FILE = "run.json"
@@ -52,6 +52,21 @@ def save_checkpoint(store: RunStore, run_id: str, method: Method, model: torch.n
         )
     )
     return folder
+
+
+def rebuild_exported(folder: str | Path) -> tuple[Method, torch.nn.Module, Backbone]:
+    """A model exported as the lab's state, rebuilt with this lab's code: its method, the model that
+    serves predictions (in eval mode, on the CPU) and its backbone."""
+    folder = Path(folder)
+    info = json.loads((folder / "lab_config.json").read_text())
+    method = create_method(info["method"], info["method_config"])
+    backbone = get_backbone(info["backbone"])
+    ctx = BuildContext(backbone=backbone, label_names=info["label_names"], device=torch.device("cpu"), seed=0,
+                       restoring=True, decoder_pooling=info.get("decoder_pooling", "last"),
+                       task=info.get("task", CLASSIFICATION))
+    model = method.inference_model(set_decoder_pooling(method.build(ctx), ctx.decoder_pooling))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    return method, model.eval(), backbone
 
 
 def refuse_language_model(record: dict, action: str) -> None:

@@ -12,25 +12,22 @@ The writers of the first part live beside the methods (`app.methods.export_write
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from .backbones import get_backbone
-from .checkpoints import refuse_language_model
+from .checkpoints import rebuild_exported
 from .data import encode
 from .errors import LabError
-from .methods import create_method
-from .methods.base import MODEL_INPUTS, BuildContext
+from .methods.base import MODEL_INPUTS
 from .methods.export_writers import save_lab_state, unique_state
+from .lm_export import export_language_model
 from .model_card import model_card
 from .onnx_export import TOLERANCE, write_onnx
-from .pooling import set_decoder_pooling
 from .predict import Predictor, load_predictor
+from .tasks import CAUSAL_LM
 
 # Texts every export is checked on: short and long (padding inside a batch), punctuation, and, where
 # the tokenizer has one, its padding or end-of-text token inside a text, which decoder classifiers
@@ -52,15 +49,7 @@ def probe_texts(tokenizer) -> list[str]:
 
 def load_exported(folder: str | Path) -> torch.nn.Module:
     """Rebuild a model exported as the lab's state with this lab's code."""
-    folder = Path(folder)
-    info = json.loads((folder / "lab_config.json").read_text())
-    method = create_method(info["method"], info["method_config"])
-    ctx = BuildContext(backbone=get_backbone(info["backbone"]), label_names=info["label_names"],
-                       device=torch.device("cpu"), seed=0, restoring=True,
-                       decoder_pooling=info.get("decoder_pooling", "last"))
-    model = method.inference_model(set_decoder_pooling(method.build(ctx), ctx.decoder_pooling))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    return model.eval()
+    return rebuild_exported(folder)[1]
 
 
 @torch.no_grad()
@@ -119,11 +108,19 @@ def _write_primary(predictor: Predictor, out_dir: Path, probe: list[str], expect
 
 def export_run(store, run_id: str, out_dir: str | Path, *, onnx: bool = True) -> dict:
     """Write a finished run's model in every format that predicts what the lab predicts."""
-    refuse_language_model(store.get_run(run_id), "exporting")
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise LabError(f"'{out_dir}' exists and is not empty; choose a new folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    record = store.get_run(run_id)
+    if record["config"].get("task") == CAUSAL_LM:
+        result = export_language_model(store, run_id, out_dir)
+        method_note = out_dir / "README.md"
+        sections = [_method_note(method_note.read_text())] if method_note.exists() else []
+        notes = ["No ONNX export: a language model's export is checked by generating, which the ONNX graph of a "
+                 "single forward pass does not do."]
+        (out_dir / "README.md").write_text(model_card(record, [result], notes, sections))
+        return {**result, "run_id": run_id, "path": str(out_dir), "formats": [result], "notes": notes}
     # Every format holds fp32 weights: deployment tools load plain tensors, not a training library's
     # quantized layers. A run trained on a quantized backbone says how far that moves its answers.
     predictor = load_predictor(store, run_id, allow_pairs=True, fp32_backbone=True)

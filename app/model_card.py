@@ -7,8 +7,9 @@ import json
 
 from .backbones import hub_id_of
 
-METRICS = ("test_accuracy", "test_macro_f1", "val_accuracy")
-HUB_METRIC = {"test_accuracy": "accuracy", "test_macro_f1": "f1"}  # the hub's metric ids
+METRICS = ("test_accuracy", "test_macro_f1", "val_accuracy", "test_perplexity", "val_perplexity",
+           "test_token_accuracy")
+HUB_METRIC = {"test_accuracy": "accuracy", "test_macro_f1": "f1", "test_perplexity": "perplexity"}  # the hub's ids
 
 
 def _yaml_value(value) -> str:
@@ -23,19 +24,32 @@ def _front_matter(record: dict, formats: list[dict]) -> str:
         lines.append(f"base_model: {_yaml_value(base)}")
     library = "transformers" if any(f["format"] == "transformers" for f in formats) else "onnx"
     lines.append(f"library_name: {library}")
-    lines.append("pipeline_tag: text-classification")
+    writes = config.get("task") == "causal-lm"
+    lines.append(f"pipeline_tag: {'text-generation' if writes else 'text-classification'}")
     dataset = str(config.get("dataset", ""))
     if dataset.count("/") == 1 and not dataset.startswith((".", "/", "~")):
         lines += ["datasets:", f"- {_yaml_value(dataset)}"]
-    measured = [HUB_METRIC[m] for m in HUB_METRIC if (record.get("metrics") or {}).get(m) is not None]
+    shown = ("test_perplexity",) if config.get("task") == "causal-lm" else ("test_accuracy", "test_macro_f1")
+    measured = [HUB_METRIC[m] for m in shown if (record.get("metrics") or {}).get(m) is not None]
     if measured:
         lines += ["metrics:"] + [f"- {m}" for m in measured]
     lines += ["tags:", "- ladder-theseus-lab", f"- {_yaml_value(config['method'])}", "---"]
     return "\n".join(lines)
 
 
-def _how_to_load(item: dict, max_length: int) -> str:
+def _how_to_load(item: dict, max_length: int, writes: bool = False) -> str:
     kind = item["format"]
+    if kind == "transformers" and writes:
+        return (f"**transformers** (this folder; no lab code; {item.get('checked', '')}):\n\n"
+                "    from transformers import pipeline\n"
+                "    write = pipeline(\"text-generation\", model=\"PATH\")\n"
+                "    write(\"where were you last night?\", max_new_tokens=32, do_sample=False)\n")
+    if kind == "state_dict" and writes:
+        return (f"**Ladder & Theseus Lab state** (`model.safetensors` + `lab_config.json`; needs the lab's code and the "
+                f"backbone; {item.get('checked', '')}):\n\n"
+                "    from app.checkpoints import rebuild_exported\n    from app.predict import TextWriter\n"
+                "    writer = TextWriter(*rebuild_exported(\"PATH\"))\n"
+                "    print(writer.generate(\"where were you last night?\", max_new_tokens=32).text)\n")
     if kind == "transformers":
         return ("**transformers** (this folder; no lab code):\n\n"
                 "    from transformers import pipeline\n"
@@ -76,9 +90,11 @@ def model_card(record: dict, formats: list[dict], notes: list[str], sections: li
     if metrics.get("peak_memory_bytes"):
         rows.append(("peak training memory (measured)", f"{metrics['peak_memory_bytes'] / 2**20:,.1f} MiB"))
     table = "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
-    loading = "\n".join(_how_to_load(item, int(config.get("max_length") or 512)) for item in formats)
+    writes = config.get("task") == "causal-lm"
+    loading = "\n".join(_how_to_load(item, int(config.get("max_length") or 512), writes) for item in formats)
     said = "".join(f"- {note}\n" for note in notes)
     return (f"{_front_matter(record, formats)}\n\n# {record.get('name') or record['id']}\n\n"
-            f"A text classifier trained with Ladder & Theseus Lab (run `{record['id']}`).\n\n{table}\n\n"
+            f"A {'language model' if writes else 'text classifier'} trained with Ladder & Theseus Lab (run "
+            f"`{record['id']}`).\n\n{table}\n\n"
             f"## How to load it\n\nReplace PATH with this folder.\n\n{loading}\n"
             + (f"## Notes\n\n{said}\n" if said else "") + "".join(f"{section}\n\n" for section in sections if section))

@@ -11,7 +11,8 @@ from .checkpoints import LoadedRun, load_run_model
 from .data import encode
 from .errors import LabError
 from .generation import Generated, generate_text
-from .methods.base import MODEL_INPUTS
+from .backbones import Backbone
+from .methods.base import MODEL_INPUTS, Method
 from .tasks import CAUSAL_LM
 
 
@@ -66,9 +67,11 @@ def load_predictor(store, run_id: str, *, allow_pairs: bool = False, fp32_backbo
 
 @dataclass
 class TextWriter:
-    """A causal-LM run's model with its tokenizer: continuations of typed prompts."""
+    """A causal-LM model with its method and backbone: continuations of typed prompts."""
 
-    loaded: LoadedRun
+    method: Method
+    model: torch.nn.Module
+    backbone: Backbone
 
     def generate(self, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
                  on_text=None) -> Generated:
@@ -79,9 +82,8 @@ class TextWriter:
             raise LabError(f"max new tokens must be at least 1, got {max_new_tokens}")
         if not 0 <= temperature <= 10:
             raise LabError(f"temperature must be between 0 (greedy) and 10, got {temperature}")
-        loaded = self.loaded
-        return generate_text(loaded.method, loaded.model, loaded.backbone.tokenizer, prompt,
-                             max_new_tokens=max_new_tokens, max_positions=loaded.backbone.max_length,
+        return generate_text(self.method, self.model, self.backbone.tokenizer, prompt,
+                             max_new_tokens=max_new_tokens, max_positions=self.backbone.max_length,
                              temperature=temperature, seed=seed, on_text=on_text)
 
 
@@ -91,4 +93,4 @@ def load_writer(store, run_id: str) -> TextWriter:
     if loaded.config.task != CAUSAL_LM:
         raise LabError(f"run '{run_id}' is a classifier (task {loaded.config.task}): it predicts classes rather than "
                        f"writing text; try python -m app predict {run_id} --text TEXT")
-    return TextWriter(loaded)
+    return TextWriter(loaded.method, loaded.model, loaded.backbone)

@@ -313,3 +313,34 @@ def lm_run_dir(tmp_path_factory, easy_text):
                        max_train_examples=None)
     assert record["status"] == "finished", record.get("error")
     return runs_dir, record["id"]
+
+
+@pytest.mark.parametrize("backbone_name,method,expected_format", [
+    ("tiny-random-llama", "full_ft", "transformers"), ("tiny-random-gpt2", "lora", "transformers"),
+    ("tiny-random-llama", "lst", "state_dict")])
+def test_an_export_writes_what_the_run_writes_outside_the_lab(backbone_name, method, expected_format, store,
+                                                             easy_text, tmp_path):
+    """full fine-tuning and LoRA (merged) export a plain AutoModelForCausalLM folder that transformers'
+    own text-generation pipeline loads and that writes the run's tokens; LST exports its side network."""
+    from transformers import pipeline
+
+    from app.export import export_run
+    from app.predict import load_writer
+
+    record = train_now(store, backbone=backbone_name, method=method, task="causal-lm", dataset=str(easy_text),
+                       steps=6, eval_every=6, batch_size=8, lr=LM_MATRIX[method][1], generations=0,
+                       max_train_examples=None)
+    assert record["status"] == "finished", record.get("error")
+    result = export_run(store, record["id"], tmp_path / "export")
+    assert result["format"] == expected_format and "writes the run's greedy" in result["checked"]
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "language model" in card
+    if expected_format == "transformers":
+        prompt = "the cat sat on"
+        lab = load_writer(store, record["id"]).generate(prompt, max_new_tokens=6).text
+        writer = pipeline("text-generation", model=str(tmp_path / "export"), device="cpu")
+        plain = writer(prompt, max_new_tokens=6, do_sample=False, return_full_text=False)[0]["generated_text"]
+        assert plain == lab or lab.startswith(plain)  # the pipeline stops only at its own end-of-text
+    if method == "lora":
+        assert (tmp_path / "export" / "peft_adapter" / "adapter_config.json").exists()
+        assert "AutoModelForCausalLM" in card

@@ -17,7 +17,8 @@ def _is_plain_transformer(model) -> bool:
     # can fail; see app.backbones.TRANSFORMERS_IMPORTS.
     from transformers import PreTrainedModel
 
-    return isinstance(model, PreTrainedModel) and type(model).__name__.endswith("ForSequenceClassification")
+    return isinstance(model, PreTrainedModel) and type(model).__name__.endswith(("ForSequenceClassification",
+                                                                                   "ForCausalLM", "LMHeadModel"))
 
 
 def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -39,8 +40,9 @@ def export_plain_or_state(method, model: torch.nn.Module, out_dir: Path, ctx) ->
     if _is_plain_transformer(model):
         model.save_pretrained(out_dir, safe_serialization=True)
         ctx.backbone.tokenizer.save_pretrained(out_dir)
-        return {"format": "transformers", "path": str(out_dir),
-                "load": f"AutoModelForSequenceClassification.from_pretrained('{out_dir}')"}
+        auto_class = ("AutoModelForSequenceClassification" if type(model).__name__.endswith("ForSequenceClassification")
+                      else "AutoModelForCausalLM")
+        return {"format": "transformers", "path": str(out_dir), "load": f"{auto_class}.from_pretrained('{out_dir}')"}
     return save_lab_state(
         method, unique_state(model), out_dir, ctx,
         f"# Exported {method.name} model\n\n"
@@ -61,6 +63,6 @@ def save_lab_state(method, state: dict[str, torch.Tensor], out_dir: Path, ctx, r
     ctx.backbone.tokenizer.save_pretrained(out_dir)
     (out_dir / "lab_config.json").write_text(json.dumps(
         {"method": method.name, "method_config": method.config.as_dict(), "backbone": ctx.backbone.name,
-         "label_names": ctx.label_names, "decoder_pooling": ctx.decoder_pooling}, indent=2))
+         "label_names": ctx.label_names, "decoder_pooling": ctx.decoder_pooling, "task": ctx.task}, indent=2))
     (out_dir / "README.md").write_text(readme)
     return {"format": "state_dict", "path": str(out_dir), "load": "app.export.load_exported(path)"}

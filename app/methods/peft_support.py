@@ -18,6 +18,7 @@ from ..backbones import hub_id_of
 from ..errors import BackboneError, ConfigError
 from ..families import family_for, family_of
 from ..pooling import MEAN, pretrained_pooling, relink_pooling
+from ..tasks import CAUSAL_LM
 
 # Roles every family maps to its own module paths (`app.families`).
 LAYER_ROLES = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
@@ -121,9 +122,24 @@ def export_with_adapter(method, model, out_dir: Path, ctx, holds: str) -> dict:
     result = export_plain_or_state(method, method.inference_model(model), out_dir, ctx)
     folder = save_peft_adapter(model, Path(out_dir))
     readme = Path(out_dir) / "README.md"
-    readme.write_text((readme.read_text() if readme.exists() else "") + peft_adapter_note(folder, ctx.backbone, holds))
+    note = (language_model_adapter_note(folder, ctx.backbone) if ctx.task == CAUSAL_LM
+            else peft_adapter_note(folder, ctx.backbone, holds))
+    readme.write_text((readme.read_text() if readme.exists() else "") + note)
     result["peft_adapter"] = str(folder)
     return result
+
+
+def language_model_adapter_note(folder: Path, backbone) -> str:
+    return (
+        "\n## Loading with peft alone\n\n"
+        f"`{folder.name}/` is a standard peft adapter folder (the low-rank updates; the LM head stays the backbone's).\n"
+        "It loads on top of the backbone:\n\n"
+        "    from transformers import AutoModelForCausalLM\n"
+        "    from peft import PeftModel\n"
+        f"    base = AutoModelForCausalLM.from_pretrained('{hub_id_of(backbone.name) or backbone.source}')\n"
+        f"    model = PeftModel.from_pretrained(base, '{folder.name}')\n"
+        "\n(point the first path at wherever the backbone lives on your machine or at its hub id).\n"
+    )
 
 
 def peft_adapter_note(folder: Path, backbone, holds: str = "virtual tokens and the trained head") -> str:
