@@ -344,3 +344,74 @@ def test_an_export_writes_what_the_run_writes_outside_the_lab(backbone_name, met
     if method == "lora":
         assert (tmp_path / "export" / "peft_adapter" / "adapter_config.json").exists()
         assert "AutoModelForCausalLM" in card
+
+
+CHAT_ROWS = [{"messages": [{"role": "user", "content": f"how many cats, {i}?"},
+                           {"role": "assistant", "content": f"there are {i % 3} cats"}]} for i in range(48)]
+ALPACA_ROWS = [{"instruction": "Name the number.", "input": f"{i % 3}", "output": f"number {i % 3}"} for i in range(48)]
+PAIR_ROWS = "question,answer\n" + "".join(f"how are you {i}?,fine thanks {i % 3}\n" for i in range(48))
+
+
+def _lines(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+@pytest.mark.parametrize("name,content,format_choice,columns,stored", [
+    ("chat.jsonl", _lines(CHAT_ROWS), "auto", {}, {"lm_format": "auto"}),
+    ("alpaca.jsonl", _lines(ALPACA_ROWS), "alpaca", {}, {"lm_format": "alpaca"}),
+    ("pairs.csv", PAIR_ROWS.encode(), "prompt_response", {"Prompt column": "question", "Response column": "answer"},
+     {"lm_format": "prompt_response", "prompt_column": "question", "response_column": "answer"}),
+])
+def test_an_uploaded_file_of_each_format_trains_a_language_model(name, content, format_choice, columns, stored,
+                                                                 runs_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from app.manager import get_manager
+    from conftest import ROOT
+
+    monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.switch_page("../pages/launch.py")
+    at.run()
+    at.selectbox(key="launch.backbone").set_value("tiny-random-llama").run()
+    at.radio(key="launch.task").set_value("causal-lm").run()
+    at.selectbox(key="launch.dataset").set_value("Upload a file…").run()
+    at.file_uploader[0].set_value((name, content, "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    by_label = {s.label: s for s in at.selectbox}
+    by_label["Format"].set_value(format_choice).run()
+    by_label = {s.label: s for s in at.selectbox}
+    for label, column in columns.items():
+        by_label[label].set_value(column)
+    at.run()
+    at.selectbox(key="launch.method").set_value("full_ft").run()
+    for key, value in (("run.steps", 2), ("run.batch_size", 4), ("run.eval_every", 2), ("run.generations", 1),
+                       ("run.max_new_tokens", 3)):
+        at.number_input(key=key).set_value(value).run()
+    at.checkbox(key="launch.open").uncheck().run()
+    at.button(key="launch.submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    manager = get_manager(runs_dir)
+    [run] = manager.store.list_runs()
+    assert {k: run["config"][k] for k in stored} == stored
+    final = manager.wait(run["id"], timeout=240)
+    assert final["status"] == "finished", final.get("error")
+    answers = manager.store.telemetry(run["id"], "eval:validation", after=-1)
+    assert answers and answers[0]["generations"]
+
+
+@pytest.mark.parametrize("rows,reason", [
+    ([{"messages": [{"role": "narrator", "content": "once"}, {"role": "assistant", "content": "upon"}]}] * 20,
+     "narrator"),
+    ([{"messages": [{"role": "user", "content": "hello"}]}] * 20, "assistant"),
+])
+def test_a_bad_chat_file_is_refused_with_its_reason_before_anything_is_stored(rows, reason, store, tmp_path, capsys):
+    from app.cli import main
+
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes(_lines(rows))
+    code = main(["train", "--backbone", "tiny-random-llama", "--task", "causal-lm", "--dataset", str(path),
+                 "--method", "full_ft", "--steps", "2", "--batch-size", "4", "--runs-dir", str(store.runs_dir)])
+    assert code == 2
+    assert reason in capsys.readouterr().err
+    assert store.list_runs() == []
