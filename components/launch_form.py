@@ -186,16 +186,15 @@ def class_balance(table, label_column: str) -> None:
         st.warning(f"Column `{label_column}` holds a single class; classification needs at least two.")
 
 
-def upload_picker() -> dict:
-    """An uploaded file: saved under a generated name, previewed, its columns mapped by the user."""
+def uploaded_table(label: str, hint: str):
+    """The file the user uploads: saved under a generated name, its sheet picked, read and previewed.
+    (reference for the run config, table, saved file name), or None while there is none or it cannot be read."""
     limit_mb = max(1, int(max_file_bytes() / 2**20))
-    uploaded = st.file_uploader(
-        f"Labelled texts ({UPLOAD_KINDS}; up to {limit_mb} MB)", type=[s[1:] for s in UPLOAD_SUFFIXES],
-        key="launch.upload", max_upload_size=limit_mb,
-    )
+    uploaded = st.file_uploader(f"{label} ({UPLOAD_KINDS}; up to {limit_mb} MB)", type=[s[1:] for s in UPLOAD_SUFFIXES],
+                                key="launch.upload", max_upload_size=limit_mb)
     if uploaded is None:
-        st.info("Upload a file with a text column and a label column; you map the columns next.")
-        return {"dataset": ""}
+        st.info(hint)
+        return None
     sheet = None
     try:
         path = save_upload(uploaded)
@@ -207,21 +206,29 @@ def upload_picker() -> dict:
         table = read_upload(str(path), size, sheet)
     except LabError as exc:
         st.error(str(exc))
-        return {"dataset": ""}
-    columns = list(table.columns)
-    st.caption(f"Saved as `{path.name}` in the runs folder: {len(table):,} rows, {len(columns)} columns. First rows:")
+        return None
+    st.caption(f"Saved as `{path.name}` in the runs folder: {len(table):,} rows, {len(table.columns)} columns. "
+               "First rows:")
     st.dataframe([{c: _cell(v) for c, v in row.items()} for row in table.head(5).to_dict("records")],
                  hide_index=True, key="launch.preview")
-    cols = st.columns(3)
-    text = cols[0].selectbox("Text column", columns, index=_pick(columns, "text", 0),
-                             key=f"launch.text_col.{path.name}")
-    pair = cols[1].selectbox("Second text (optional)", ["(none)"] + columns, index=0,
-                             key=f"launch.pair_col.{path.name}")
-    label = cols[2].selectbox("Label column", columns, index=_pick(columns, "label", len(columns) - 1),
-                              key=f"launch.label_col.{path.name}")
-    class_balance(table, label)
+    return with_sheet(str(path), sheet), table, path.name
 
-    return {"dataset": with_sheet(str(path), sheet), "text_column": text, "label_column": label,
+
+def upload_picker() -> dict:
+    """An uploaded file of labelled texts, its columns mapped by the user."""
+    found = uploaded_table("Labelled texts", "Upload a file with a text column and a label column; you map the "
+                                             "columns next.")
+    if found is None:
+        return {"dataset": ""}
+    reference, table, name = found
+    columns = list(table.columns)
+    cols = st.columns(3)
+    text = cols[0].selectbox("Text column", columns, index=_pick(columns, "text", 0), key=f"launch.text_col.{name}")
+    pair = cols[1].selectbox("Second text (optional)", ["(none)"] + columns, index=0, key=f"launch.pair_col.{name}")
+    label = cols[2].selectbox("Label column", columns, index=_pick(columns, "label", len(columns) - 1),
+                              key=f"launch.label_col.{name}")
+    class_balance(table, label)
+    return {"dataset": reference, "text_column": text, "label_column": label,
             "text_pair_column": None if pair == "(none)" else pair}
 
 
@@ -254,39 +261,26 @@ LM_UPLOAD_FORMATS = {
 
 
 def lm_upload_picker() -> dict:
-    """An uploaded file of text to learn: saved, previewed, its format and columns chosen."""
-    limit_mb = max(1, int(max_file_bytes() / 2**20))
-    uploaded = st.file_uploader(
-        f"Text to learn ({UPLOAD_KINDS}; up to {limit_mb} MB)", type=[s[1:] for s in UPLOAD_SUFFIXES],
-        key="launch.upload", max_upload_size=limit_mb,
-    )
-    if uploaded is None:
-        st.info("Upload documents (a text column), prompt/response pairs, Alpaca JSON or chat JSONL (a messages "
-                "column); you pick the format and columns next.")
+    """An uploaded file of text to learn, its format and columns chosen."""
+    found = uploaded_table("Text to learn", "Upload documents (a text column), prompt/response pairs, Alpaca JSON or "
+                                            "chat JSONL (a messages column); you pick the format and columns next.")
+    if found is None:
         return {"dataset": ""}
-    try:
-        path = save_upload(uploaded)
-        table = read_upload(str(path), path.stat().st_size, None)
-    except LabError as exc:
-        st.error(str(exc))
-        return {"dataset": ""}
+    reference, table, name = found
     columns = list(table.columns)
-    st.caption(f"Saved as `{path.name}` in the runs folder: {len(table):,} rows, {len(columns)} columns. First rows:")
-    st.dataframe([{c: _cell(v) for c, v in row.items()} for row in table.head(5).to_dict("records")],
-                 hide_index=True, key="launch.preview")
-    lm_format = st.selectbox("Format", list(LM_UPLOAD_FORMATS), key=f"launch.lm_format.{path.name}",
+    lm_format = st.selectbox("Format", list(LM_UPLOAD_FORMATS), key=f"launch.lm_format.{name}",
                              format_func=lambda f: f"{f}: {LM_UPLOAD_FORMATS[f]}")
-    part = {"dataset": str(path), "lm_format": lm_format}
+    part = {"dataset": reference, "lm_format": lm_format}
     if lm_format == "text":
         part["text_column"] = st.selectbox("Text column", columns, index=_pick(columns, "text", 0),
-                                           key=f"launch.text_col.{path.name}")
+                                           key=f"launch.text_col.{name}")
     elif lm_format == "prompt_response":
         cols = st.columns(2)
         part["prompt_column"] = cols[0].selectbox("Prompt column", columns, index=_pick(columns, "prompt", 0),
-                                                  key=f"launch.prompt_col.{path.name}")
+                                                  key=f"launch.prompt_col.{name}")
         part["response_column"] = cols[1].selectbox("Response column", columns,
                                                     index=_pick(columns, "response", len(columns) - 1),
-                                                    key=f"launch.response_col.{path.name}")
+                                                    key=f"launch.response_col.{name}")
     return part
 
 
