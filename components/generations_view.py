@@ -29,7 +29,9 @@ def render_generations(run_id: str) -> None:
         return
     st.caption("Greedy answers to fixed validation prompts at every evaluation; step 0 is the untuned model.")
     for index, entry in enumerate(timeline):
-        with st.expander(f"Prompt {index + 1}: {entry['prompt'][-80:].strip()}", expanded=index == 0):
+        shown = " ".join(entry["prompt"].split())  # its end: a chat template's prompt starts with the template
+        shown = shown if len(shown) <= 80 else "…" + shown[-79:]
+        with st.expander(f"Prompt {index + 1}: {shown}", expanded=index == 0):
             st.code(entry["prompt"], language="text", wrap_lines=True)
             if entry["reference"]:
                 st.markdown(f"**Reference:** {entry['reference']}")
