@@ -34,6 +34,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..layer_stack import LayerStack
 from ..options import option
+from ..tasks import CAUSAL_LM, TASKS
 from .base import BuildContext, Method, MethodConfig
 from .peft_support import head_parameter_names
 
@@ -103,6 +104,10 @@ class AdapterClassifier(nn.Module):
     def forward(self, **inputs):
         return self.model(**inputs)
 
+    def get_base_model(self) -> nn.Module:
+        """The adapted transformers model (what a causal-lm step reads its states and LM head from)."""
+        return self.model
+
     def adapters(self) -> list[BottleneckAdapter]:
         return [m for m in self.modules() if isinstance(m, BottleneckAdapter)]
 
@@ -163,6 +168,7 @@ class HoulsbyAdapters(Method):
     exports_plain_model = False
     backprop_crosses_frozen_backbone = True
     memory_grows_by_layer = True
+    tasks = TASKS
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         check_adapter_places(backbone.family)
@@ -174,8 +180,11 @@ class HoulsbyAdapters(Method):
             )
 
     def build(self, ctx: BuildContext) -> AdapterClassifier:
-        classifier = ctx.backbone.load_for_classification(ctx.label_names)
-        head = head_parameter_names(classifier)
+        if ctx.task == CAUSAL_LM:  # no new head: the LM head is the backbone's, frozen
+            classifier, head = ctx.backbone.load_for_causal_lm(), set()
+        else:
+            classifier = ctx.backbone.load_for_classification(ctx.label_names)
+            head = head_parameter_names(classifier)
         layer_norms = {
             f"{module_name}.{parameter_name}"
             for module_name, module in classifier.named_modules() if is_norm(module)

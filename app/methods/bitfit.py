@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..families import family_of
+from ..tasks import CAUSAL_LM, TASKS
 from .base import BuildContext, Method, MethodConfig
 
 
@@ -42,6 +43,7 @@ class BitFit(Method):
     exports_plain_model = True
     backprop_crosses_frozen_backbone = True
     memory_grows_by_layer = True
+    tasks = TASKS
 
     @classmethod
     def backbone_refusal(cls, backbone) -> str | None:
@@ -56,6 +58,11 @@ class BitFit(Method):
         return None
 
     def build(self, ctx: BuildContext):
+        if ctx.task == CAUSAL_LM:  # the biases alone: the LM head is the (tied, frozen) input embedding
+            model = ctx.backbone.load_for_causal_lm()
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(is_bias(name))
+            return model
         model = ctx.backbone.load_for_classification(ctx.label_names)
         head = head_prefixes(model)
         for name, parameter in model.named_parameters():
