@@ -34,6 +34,7 @@ LM_MATRIX: dict[str, tuple[dict, float, float]] = {
     "lst": ({}, 3e-3, 0.98),
     "lst+side_output": ({"lm_output": "side"}, 3e-3, 0.98),
     "bitfit": ({}, 3e-2, 0.98),
+    "truncate": ({"layers": 2}, 1e-3, 0.8),
     "adapter": ({"bottleneck": 16}, 3e-3, 0.98),
 }
 DECODERS = ("tiny-random-llama", "tiny-random-gpt2")
@@ -230,13 +231,14 @@ def test_what_cannot_train_is_refused_before_anything_is_stored(overrides, reaso
     assert store.list_runs() == []
 
 
-@pytest.mark.parametrize("method,lr", [("lst", None), ("lora", None), ("full_ft", 1e-4), ("adapter", None)])
-def test_real_weights_learn_film_dialogue(method, lr, store):
+@pytest.mark.parametrize("method,lr,settings", [("lst", None, {}), ("lora", None, {}), ("full_ft", 1e-4, {}),
+                                                 ("adapter", None, {}), ("truncate", 1e-4, {"layers": 15})])
+def test_real_weights_learn_film_dialogue(method, lr, settings, store):
     """Real weights and real data: SmolLM2-135M on the shipped film dialogue lowers its validation
     perplexity within 10 steps, and its answers change from the untuned model's."""
     record = train_now(store, backbone="smollm2-135m", method=method, task="causal-lm", dataset="movie-dialog",
                        steps=10, eval_every=10, batch_size=8, max_length=64, max_train_examples=400,
-                       max_eval_examples=40, generations=2, max_new_tokens=8, lr=lr)
+                       max_eval_examples=40, generations=2, max_new_tokens=8, lr=lr, method_config=settings)
     assert record["status"] == "finished", record.get("error")
     validation = store.evals(record["id"], "validation")
     assert validation[-1]["perplexity"] < 0.75 * validation[0]["perplexity"], [e["perplexity"] for e in validation]
@@ -327,7 +329,7 @@ def lm_run_dir(tmp_path_factory, easy_text):
 @pytest.mark.parametrize("backbone_name,method,expected_format", [
     ("tiny-random-llama", "full_ft", "transformers"), ("tiny-random-gpt2", "lora", "transformers"),
     ("tiny-random-llama", "lst", "state_dict"), ("tiny-random-gpt2", "bitfit", "transformers"),
-    ("tiny-random-llama", "adapter", "state_dict")])
+    ("tiny-random-llama", "adapter", "state_dict"), ("tiny-random-llama", "truncate", "transformers")])
 def test_an_export_writes_what_the_run_writes_outside_the_lab(backbone_name, method, expected_format, store,
                                                              easy_text, tmp_path):
     """full fine-tuning and LoRA (merged) export a plain AutoModelForCausalLM folder that transformers'

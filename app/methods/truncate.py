@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..options import option
+from ..tasks import CAUSAL_LM, TASKS
 from .base import BuildContext, Method, MethodConfig
 
 
@@ -37,6 +38,7 @@ class Truncate(Method):
     Config = TruncateConfig
     default_lr = 1e-4  # as full fine-tuning: the same weights, fewer of them
     exports_plain_model = True
+    tasks = TASKS
 
     def check_compatible(self, backbone, label_names: list[str]) -> None:
         kept_layers(backbone.num_layers, self.config.layers)
@@ -44,9 +46,12 @@ class Truncate(Method):
     def build(self, ctx: BuildContext):
         kept = kept_layers(ctx.backbone.num_layers, self.config.layers)
         # Loading with a smaller num_hidden_layers reads layers 0..kept-1 and skips the others.
-        model = ctx.backbone.load_for_classification(
-            ctx.label_names, num_hidden_layers=kept, classifier_dropout=self.config.classifier_dropout
-        )
+        if ctx.task == CAUSAL_LM:  # the final norm and LM head stay, now reading layer `kept`
+            model = ctx.backbone.load_for_causal_lm(num_hidden_layers=kept)
+        else:
+            model = ctx.backbone.load_for_classification(
+                ctx.label_names, num_hidden_layers=kept, classifier_dropout=self.config.classifier_dropout
+            )
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         self._layers = (kept, ctx.backbone.num_layers)
