@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..options import option
+from ..tasks import CAUSAL_LM
 from .base import BuildContext, MethodConfig
 from .prompt_tuning import VirtualTokenMethod
 
@@ -44,7 +45,7 @@ class PTuning(VirtualTokenMethod):
 
         kinds = {"mlp": PromptEncoderReparameterizationType.MLP, "lstm": PromptEncoderReparameterizationType.LSTM}
         return PromptEncoderConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=TaskType.CAUSAL_LM if ctx.task == CAUSAL_LM else TaskType.SEQ_CLS,
             num_virtual_tokens=self.config.num_virtual_tokens,
             token_dim=token_dim,
             encoder_hidden_size=self.config.encoder_hidden_size,

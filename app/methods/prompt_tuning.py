@@ -16,8 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..errors import ConfigError
 from ..options import option
+from ..tasks import CAUSAL_LM, TASKS
 from .base import BuildContext, Method, MethodConfig
 from .peft_support import export_with_adapter, extra_head_modules, wrap_with_peft
 
@@ -31,6 +34,7 @@ class VirtualTokenMethod(Method):
     backprop_crosses_frozen_backbone = True
     prepends_virtual_tokens = True
     memory_grows_by_layer = True
+    tasks = TASKS
 
     def extra_input_tokens(self) -> int:
         return self.config.num_virtual_tokens
@@ -47,12 +51,32 @@ class VirtualTokenMethod(Method):
         raise NotImplementedError
 
     def build(self, ctx: BuildContext):
+        if ctx.task == CAUSAL_LM:  # the virtual tokens alone train; the LM head is the backbone's
+            language_model = ctx.backbone.load_for_causal_lm()
+            token_dim = language_model.get_input_embeddings().embedding_dim
+            return wrap_with_peft(language_model, self.peft_config(ctx, token_dim, None))
         classifier = ctx.backbone.load_for_classification(ctx.label_names)
         # ELECTRA's word embeddings can be narrower than its hidden size: the virtual tokens
         # join the word embeddings, so they take the embeddings' width.
         token_dim = classifier.get_input_embeddings().embedding_dim
         config = self.peft_config(ctx, token_dim, extra_head_modules(classifier) or None)
         return wrap_with_peft(classifier, config)
+
+    def lm_outputs(self, model, batch: dict):
+        """The virtual tokens' embeddings before the text's, the text's states after them: the same
+        sequence peft's own forward builds, read as states for the chunked loss."""
+        inner = model.get_base_model()
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        prompts = model.get_prompt(batch_size=ids.shape[0])
+        text = inner.get_input_embeddings()(ids)
+        embeds = torch.cat([prompts.to(text.dtype), text], dim=1)
+        virtual = prompts.shape[1]
+        mask = torch.cat([mask.new_ones(ids.shape[0], virtual), mask], dim=1)
+        hidden = inner.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        return hidden[:, virtual:], inner.get_output_embeddings()
 
     def export(self, model, out_dir: Path, ctx: BuildContext) -> dict:
         return export_with_adapter(self, model, out_dir, ctx, "virtual tokens and the trained head")
@@ -69,7 +93,8 @@ class PromptTuningConfig(MethodConfig):
     )
     init: str = option(
         "labels",
-        "Starting embeddings: labels (the words of the class names, the paper's best start), text (init_text), "
+        "Starting embeddings: labels (the words of the class names, the paper's best start; vocab on causal-lm, "
+        "which has none), text (init_text), "
         "random, or vocab (embeddings of random vocabulary words).",
         choices=list(PROMPT_INITS),
     )
@@ -96,6 +121,8 @@ class PromptTuning(VirtualTokenMethod):
         from peft import PromptTuningInit, TaskType
 
         init, text = self.config.init, None
+        if init == "labels" and ctx.task == CAUSAL_LM:
+            init = "vocab"  # a language model has no class names to start from
         if ctx.shapes_only:
             init = "random"  # same parameters; a text init would read the tokenizer and real embeddings
         if init == "labels":
@@ -105,7 +132,7 @@ class PromptTuning(VirtualTokenMethod):
         kinds = {"labels": PromptTuningInit.TEXT, "text": PromptTuningInit.TEXT,
                  "random": PromptTuningInit.RANDOM, "vocab": PromptTuningInit.SAMPLE_VOCAB}
         return PeftPromptTuningConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=TaskType.CAUSAL_LM if ctx.task == CAUSAL_LM else TaskType.SEQ_CLS,
             num_virtual_tokens=self.config.num_virtual_tokens,
             token_dim=token_dim,
             prompt_tuning_init=kinds[init],
