@@ -227,8 +227,8 @@ def cmd_execute(args) -> int:
 
 SWEEPABLE = ("batch_size", "max_length")
 # The run settings the memory estimate takes, as `train` names them.
-ESTIMATED_SETTINGS = ("backbone", "method", "batch_size", "max_length", "padding", "bf16", "backbone_precision",
-                      "processes")
+ESTIMATED_SETTINGS = ("backbone", "method", "task", "batch_size", "max_length", "padding", "bf16",
+                      "backbone_precision", "processes")
 
 
 def parse_sweep(pairs: list[str] | None, values: dict) -> list[dict]:
@@ -263,7 +263,7 @@ def cmd_estimate(args) -> int:
         estimate = estimate_memory(backbone, method, point["batch_size"], point["max_length"],
                                    parse_sets(args.set), bf16=values["bf16"], label_names=labels, device=args.device,
                                    processes=values["processes"], padding=values["padding"],
-                                   backbone_precision=values["backbone_precision"])
+                                   backbone_precision=values["backbone_precision"], task=values["task"])
         rows.append(estimate.as_dict())
     if args.json:
         _print_json(rows[0] if not args.sweep else {"backbone": backbone, "method": method, "rows": rows})
