@@ -132,13 +132,28 @@ def as_linear(layer: nn.Module) -> nn.Linear:
     return linear
 
 
+def output_heads(model: nn.Module) -> list[nn.Linear]:
+    """A language model's LM heads: linear layers that share an embedding table's weight (tied), or that
+    a model names as its output embeddings."""
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    heads = {id(m): m for m in model.modules() if isinstance(m, nn.Linear) and id(m.weight) in tied}
+    for module in model.modules():
+        named = getattr(module, "get_output_embeddings", None)
+        head = named() if callable(named) else None
+        if isinstance(head, nn.Linear):
+            heads[id(head)] = head
+    return list(heads.values())
+
+
 def frozen_linears(model: nn.Module, trainable_ids: set[int]) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, layer) for every linear layer whose weight is frozen; GPT-2's transposed
-    layers become `nn.Linear` first, so that every library sees the layout it knows."""
+    """(parent, attribute, layer) for every linear layer whose weight is frozen, LM heads aside (they
+    read the embedding space and are stored as the embeddings are, see `embeddings_to_bf16`); GPT-2's
+    transposed layers become `nn.Linear` first, so that every library sees the layout it knows."""
     found = []
+    heads = {id(head) for head in output_heads(model)}
     for parent in list(model.modules()):
         for attribute, child in list(parent.named_children()):
-            if id(getattr(child, "weight", None)) in trainable_ids:
+            if id(getattr(child, "weight", None)) in trainable_ids or id(child) in heads:
                 continue
             if is_transposed_linear(child):
                 child = as_linear(child)
@@ -163,12 +178,20 @@ def check_layers_found(layers: list, precision: str) -> None:
 
 
 def embeddings_to_bf16(model: nn.Module, trainable: list) -> None:
-    """Frozen embedding tables to bf16, in place (any precision below fp32 does this)."""
+    """Frozen embedding tables, and the frozen LM heads that read their space (often the same tensor),
+    to bf16, in place (any precision below fp32 does this). An LM head is never quantized, as
+    bitsandbytes' own loaders keep `lm_head` out: backprop crosses it to every method's trained part,
+    and its logits decide every generated token."""
     trainable_ids = {id(p) for _, p in trainable}
+    heads = output_heads(model)
     for module in model.modules():
         if type(module) is nn.Embedding and id(module.weight) not in trainable_ids:
             module.weight.data = module.weight.data.to(torch.bfloat16)
             module.__class__ = Bf16Embedding
+    for head in heads:
+        if type(head) is nn.Linear and id(head.weight) not in trainable_ids:
+            head.weight.data = head.weight.data.to(torch.bfloat16)
+            head.__class__ = Bf16Linear
 
 
 class Bf16Linear(nn.Linear):
@@ -221,6 +244,12 @@ def _bitsandbytes_layer(bnb, layer: nn.Linear, precision: str, device: torch.dev
             new = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=False, has_fp16_weights=False,
                                       threshold=0.0, device="meta")
             new.weight = bnb.nn.Int8Params(layer.weight.data.to("cpu"), requires_grad=False, has_fp16_weights=False)
+        if precision == "int4":
+            # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for inference the first time
+            # it runs in eval mode without autograd, for good: every later training step then takes a
+            # kernel without a backward, and nothing before the layer gets a gradient again (measured
+            # here: LoRA's updates stopped after the first validation pass). Kept off.
+            new.support_avx512bf16_for_cpu = False
         new = new.to(device)  # bitsandbytes quantizes as the weight moves to its device
     new.bias = bias  # the same Parameter: BitFit trains it, and the optimizer holds this object
     return new

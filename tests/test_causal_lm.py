@@ -459,3 +459,17 @@ def test_the_estimate_before_launch_matches_a_language_model_step(backbone_name,
         assert estimate.predicted_peak_bytes == measured
     classifier = estimate_memory(backbone_name, method, 8, 32)
     assert classifier.predicted_peak_bytes != estimate.predicted_peak_bytes  # the task changes the step
+
+
+@pytest.mark.parametrize("method,precision", [("lst", "int8"), ("lora", "int4"), ("adapter", "int8")])
+def test_a_language_model_trains_on_a_quantized_backbone(method, precision, store, easy_text):
+    """The frozen backbone in int8 or int4 while its LM head stays unquantized (bf16, as the embeddings it
+    is tied to): the run learns past its first validation pass, and its LM head is not among the
+    quantized layers."""
+    record = train_now(store, backbone="tiny-random-llama", method=method, task="causal-lm", dataset=str(easy_text),
+                       steps=8, eval_every=4, batch_size=8, lr=3e-2 if method == "lora" else 3e-3,
+                       backbone_precision=precision, generations=0, max_train_examples=None)
+    assert record["status"] == "finished", record.get("error")
+    assert record["summary"]["backbone_precision"]["layers"] == 4 * 7  # every layer's projections, no head
+    losses = [e["loss"] for e in store.evals(record["id"], "validation")]
+    assert losses[2] < losses[1] < losses[0], losses

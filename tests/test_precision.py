@@ -66,6 +66,11 @@ def test_frozen_backbone_in_lower_precision_is_smaller_stays_frozen_and_learns(b
     losses = []
     for step in range(1, 41):
         state.step = step
+        if step == 20:  # a validation pass midway, as the loop makes: training must go on learning after it
+            model.eval()
+            with torch.no_grad():
+                method.predict(model, batches[0])
+            model.train()
         method.on_step_start(model, state)
         out = method.training_step(model, batches[step % len(batches)], state)
         optimizer.zero_grad(set_to_none=True)

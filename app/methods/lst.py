@@ -302,6 +302,10 @@ class LadderSideNetwork(nn.Module):
         self.backbone.eval()
         return self
 
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The backbone's frozen LM head (causal-lm), as transformers models name theirs."""
+        return self.backbone_head
+
     def side_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if not n.startswith(("backbone.", "backbone_head."))]
 
