@@ -99,3 +99,24 @@ def render_attention(maps: dict, key: str) -> None:
     st.plotly_chart(figures.attention_heatmap(maps["tokens"], matrix, layer, head_label), key=f"{key}.heatmap")
     if maps.get("note"):
         st.caption(maps["note"])
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def generation_attributions(path: str, run_id: str, prompt: str, max_new_tokens: int) -> dict:
+    # imported on first use: it loads torch and captum, which a page's first draw does not wait for
+    from app.lm_explain import explain_generation
+
+    return explain_generation(get_store(), run_id, prompt, max_new_tokens=max_new_tokens)
+
+
+def render_generation_attribution(result: dict, key: str) -> None:
+    st.markdown(f"**Answer:** {html.escape(result['answer'])}")
+    st.markdown("Each prompt token's attribution to the whole answer:")
+    largest = max((abs(v) for v in result["sequence"]), default=0.0) or 1.0
+    st.markdown(highlighted_html(result["prompt_tokens"], [v / largest for v in result["sequence"]],
+                                 [False] * len(result["sequence"])), unsafe_allow_html=True)
+    st.caption("Green: taking the token out makes the answer less likely (it helped); red: more likely. Shading ∝ "
+               f"|attribution|, scaled to the largest. {result['method']}.")
+    if result.get("per_answer_token"):
+        st.plotly_chart(figures.generation_attribution_heatmap(result["prompt_tokens"], result["answer_tokens"],
+                                                               result["per_answer_token"]), key=key)

@@ -560,3 +560,16 @@ def plan_breakdown(rows: dict[str, dict[str, int]], *, allowance: dict[str, int]
     fig.update_xaxes(ticksuffix=" GiB")
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def generation_attribution_heatmap(prompt_tokens: list[str], answer_tokens: list[str],
+                                   matrix: list[list[float]]) -> go.Figure:
+    """Rows: the answer's tokens; columns: the prompt's; each cell the change in that answer token's
+    log-probability when the prompt token is taken out (captum's sign: positive helped)."""
+    limit = max((abs(v) for row in matrix for v in row), default=1.0) or 1.0
+    fig = go.Figure(go.Heatmap(z=matrix, x=[f"{i}:{t}" for i, t in enumerate(prompt_tokens)],
+                               y=[f"{i}:{t}" for i, t in enumerate(answer_tokens)], colorscale="RdBu",
+                               zmin=-limit, zmax=limit, colorbar={"title": "attribution"}))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "prompt token", "answer token", "Each prompt token's attribution to each answer token",
+                   height=max(260, 28 * len(answer_tokens) + 140))

@@ -2,7 +2,8 @@ import streamlit as st
 
 from app.errors import LabError
 from components.attribution import (
-    attention, attributions, examples, prediction, render_attention, render_attribution, render_prediction,
+    attention, attributions, examples, generation_attributions, prediction, render_attention, render_attribution,
+    render_generation_attribution, render_prediction,
 )
 from app.lessons import featured_runs
 from components.common import get_store, list_runs, method_title, runs_dir
@@ -23,6 +24,30 @@ chosen = pick_runs(runs, label="Runs (one or two)", key="explain.runs",
                    default=featured_runs(get_store())[:2] or [runs[0]["id"]], max_selections=2)
 if not chosen:
     st.info("Pick one or two runs above.")
+    st.stop()
+
+language_models = [record for record in chosen if record["config"].get("task") == "causal-lm"]
+if language_models:
+    # A language model's answer is explained by its prompt's tokens, not by class probabilities.
+    if len(language_models) < len(chosen):
+        st.caption("Classifier runs are explained when picked without a language-model run.")
+    cols = st.columns(2)
+    prompt = cols[0].text_area("Prompt", value="where were you last night?\n", key="explain.prompt", max_chars=1000)
+    new_tokens = cols[1].number_input("Max new tokens", min_value=1, max_value=64, value=12, key="explain.new_tokens")
+    if not prompt.strip():
+        st.info("Type a prompt to explain the answer to.")
+        st.stop()
+    for column, record in zip(st.columns(len(language_models)), language_models):
+        with column:
+            st.subheader(method_title(record["method"]))
+            st.caption(record["id"])
+            try:
+                with st.spinner("Writing the answer and taking out each prompt token in turn…"):
+                    result = generation_attributions(runs_dir(), record["id"], prompt, int(new_tokens))
+            except LabError as exc:
+                st.error(str(exc))
+                continue
+            render_generation_attribution(result, f"explain.generation.{record['id']}")
     st.stop()
 
 source = st.segmented_control("Sentence", ["Type one", "Pick from the test split"], default="Type one",

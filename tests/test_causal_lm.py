@@ -317,9 +317,13 @@ def test_every_page_opens_on_a_language_model_run(page, lm_run_dir, monkeypatch)
         at.switch_page(f"../pages/{page}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    if page in ("compress", "explain"):
+    if page == "compress":
         shown = [e.value for e in at.error] + [i.value for i in at.info] + [w.value for w in at.warning]
         assert any("language model" in text for text in shown), shown
+    if page == "explain":  # the answer to the default prompt, its tokens' attributions and their heatmap
+        assert not at.error, [e.value for e in at.error]
+        assert any(m.value.startswith("**Answer:**") for m in at.markdown), [m.value for m in at.markdown]
+        assert any("attribution" in (c.proto.spec or "") for c in at.get("plotly_chart"))
 
 
 @pytest.fixture(scope="module")
@@ -473,3 +477,21 @@ def test_a_language_model_trains_on_a_quantized_backbone(method, precision, stor
     assert record["summary"]["backbone_precision"]["layers"] == 4 * 7  # every layer's projections, no head
     losses = [e["loss"] for e in store.evals(record["id"], "validation")]
     assert losses[2] < losses[1] < losses[0], losses
+
+
+def test_an_answer_is_explained_by_its_prompt_tokens_with_captum(store, easy_text):
+    """captum's LLMAttribution (feature ablation) over the run's own forward pass: one attribution per
+    prompt token, one row per answer token, and taking out a token the answer leans on matters."""
+    from app.errors import LabError
+    from app.lm_explain import explain_generation
+
+    record = train_now(store, backbone="tiny-random-llama", method="lst", task="causal-lm", dataset=str(easy_text),
+                       steps=2, eval_every=2, batch_size=8, generations=0, max_train_examples=None)
+    result = explain_generation(store, record["id"], "the cat sat on the", max_new_tokens=4)
+    assert "".join(result["prompt_tokens"]) == "the cat sat on the"
+    assert len(result["sequence"]) == len(result["prompt_tokens"])
+    assert len(result["per_answer_token"]) == len(result["answer_tokens"]) > 0
+    assert all(len(row) == len(result["prompt_tokens"]) for row in result["per_answer_token"])
+    assert any(abs(v) > 1e-4 for v in result["sequence"])
+    with pytest.raises(LabError, match="non-empty prompt"):
+        explain_generation(store, record["id"], "  ")
