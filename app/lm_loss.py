@@ -54,14 +54,20 @@ def causal_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) 
 
 
 @torch.no_grad()
-def causal_lm_sums(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> tuple[float, int, int]:
-    """(summed next-token loss, labelled positions, positions whose most likely token is the label)."""
+def causal_lm_sums(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> tuple[float, int, int, int]:
+    """(summed next-token loss, labelled positions, positions whose most likely token is the label,
+    examples whose every labelled token is the most likely one). The last is greedy decoding's exact
+    match: fed the right answer, greedy decoding writes it, end-of-text included, only if each of its
+    tokens is the most likely at its place."""
     states, targets = next_token_pairs(hidden, labels)
     size = chunk_positions(head.weight.shape[0])
-    loss, correct = 0.0, 0
+    loss = 0.0
+    hits = torch.empty(targets.shape, dtype=torch.bool, device=targets.device)
     for start in range(0, states.shape[0], size):
         logits = head(states[start:start + size]).float()
         part = targets[start:start + size]
         loss += float(F.cross_entropy(logits, part, ignore_index=IGNORE_INDEX, reduction="sum"))
-        correct += int(((logits.argmax(-1) == part) & (part != IGNORE_INDEX)).sum())
-    return loss, int((targets != IGNORE_INDEX).sum()), correct
+        hits[start:start + size] = logits.argmax(-1) == part
+    labelled = targets != IGNORE_INDEX
+    whole = ((hits | ~labelled).reshape(labels.shape[0], -1).all(1) & labelled.reshape(labels.shape[0], -1).any(1))
+    return loss, int(labelled.sum()), int((hits & labelled).sum()), int(whole.sum())

@@ -103,24 +103,30 @@ def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: t
 @torch.no_grad()
 def evaluate_language_model(method: Method, model, tensors: dict, *, batch_size: int, device: torch.device,
                             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                            check_cancel: Callable[[], None] = lambda: None, batcher: Batcher = Batcher()) -> dict:
-    """Next-token loss per labelled token, its perplexity, and how often the most likely token is the label.
-    `accuracy` is that token accuracy, so runs of both tasks line up in tables and early stopping."""
+                            check_cancel: Callable[[], None] = lambda: None, batcher: Batcher = Batcher(),
+                            exact_match_accuracy: bool = False) -> dict:
+    """Next-token loss per labelled token, its perplexity, how often the most likely token is the label
+    (token accuracy), and how many examples greedy decoding would answer exactly (exact match). With
+    `exact_match_accuracy` (text-to-text classification), `accuracy` is the exact match, which compares
+    with a classifier's accuracy on the same data; otherwise it is the token accuracy."""
     was_training = model.training
     model.eval()
-    loss, tokens, correct = 0.0, 0, 0
+    loss, tokens, correct, exact = 0.0, 0, 0, 0
     try:
         for batch in batcher.in_order(tensors, batch_size, device):
             check_cancel()
             with autocast():
                 hidden, head = method.lm_outputs(model, batch)
                 part = causal_lm_sums(hidden, head, batch["labels"])
-            loss, tokens, correct = loss + part[0], tokens + part[1], correct + part[2]
+            loss, tokens, correct, exact = loss + part[0], tokens + part[1], correct + part[2], exact + part[3]
     finally:
         model.train(was_training)
     mean = loss / max(1, tokens)
-    return {"accuracy": correct / max(1, tokens), "macro_f1": None, "loss": mean,
-            "perplexity": float(np.exp(min(mean, 50.0))), "tokens": tokens, "examples": int(len(tensors["labels"]))}
+    examples = int(len(tensors["labels"]))
+    token_accuracy, exact_match = correct / max(1, tokens), exact / max(1, examples)
+    return {"accuracy": exact_match if exact_match_accuracy else token_accuracy, "macro_f1": None, "loss": mean,
+            "perplexity": float(np.exp(min(mean, 50.0))), "token_accuracy": token_accuracy,
+            "exact_match": exact_match, "tokens": tokens, "examples": examples}
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -455,7 +461,8 @@ class Validation:
         if self.prepared.causal_lm:
             return evaluate_language_model(self.prepared.method, self.model, tensors,
                                            batch_size=max(config.batch_size, 32), device=self.prepared.device,
-                                           autocast=self.autocast, check_cancel=self.check_cancel, batcher=self.batcher)
+                                           autocast=self.autocast, check_cancel=self.check_cancel, batcher=self.batcher,
+                                           exact_match_accuracy=self.prepared.dataset.format == "text_to_text")
         return evaluate(self.prepared.method, self.model, tensors, batch_size=max(config.batch_size, 32),
                         device=self.prepared.device, num_labels=self.prepared.dataset.num_labels,
                         autocast=self.autocast, check_cancel=self.check_cancel, batcher=self.batcher)
@@ -541,9 +548,10 @@ def final_metrics(config: RunConfig, state: TrainState, validation: dict, test: 
         **peak_summary(tally.peak_sample),
     }
     for split, result in (("val", validation), ("test", test)):
-        if "perplexity" in result:  # causal-lm: `accuracy` is the token accuracy
+        if "perplexity" in result:  # causal-lm: `accuracy` is the exact match on text-to-text, else the token accuracy
             metrics[f"{split}_perplexity"] = result["perplexity"]
-            metrics[f"{split}_token_accuracy"] = result["accuracy"]
+            metrics[f"{split}_token_accuracy"] = result["token_accuracy"]
+            metrics[f"{split}_exact_match"] = result["exact_match"]
     if tally.peak_sample:
         metrics["peak_memory_shape"] = tally.peak_sample["batch_shape"]
         metrics["peak_memory_step"] = tally.peak_sample["step"]

@@ -168,10 +168,10 @@ def test_the_chunked_loss_is_the_plain_loss_in_value_and_gradient(monkeypatch):
     (plain_grad,) = torch.autograd.grad(plain, hidden)
     torch.testing.assert_close(chunked, plain)
     torch.testing.assert_close(chunked_grad, plain_grad)
-    total, tokens, correct = lm_loss.causal_lm_sums(hidden.detach(), head, labels)
+    total, tokens, correct, whole = lm_loss.causal_lm_sums(hidden.detach(), head, labels)
     assert tokens == int((labels[:, 1:] != -100).sum())
     assert total / tokens == pytest.approx(float(plain), rel=1e-5)
-    assert 0 <= correct <= tokens
+    assert 0 <= correct <= tokens and 0 <= whole <= labels.shape[0]
 
 
 @pytest.mark.parametrize("backbone_name,method", [("tiny-random-llama", "lst"), ("tiny-random-gpt2", "lora"),
@@ -495,3 +495,26 @@ def test_an_answer_is_explained_by_its_prompt_tokens_with_captum(store, easy_tex
     assert any(abs(v) > 1e-4 for v in result["sequence"])
     with pytest.raises(LabError, match="non-empty prompt"):
         explain_generation(store, record["id"], "  ")
+
+
+def test_text_to_text_accuracy_is_what_greedy_answers_get_right(store, easy_csv):
+    """A classification set as prompt -> label word: the run's accuracy is the exact match of greedy
+    decoding (computed in one teacher-forced pass) and equals answering each prompt for real."""
+    from app.config import RunConfig
+    from app.lm_data import exact_match, generation_prompts
+    from app.predict import load_writer
+    from app.preparation import load_run_dataset
+
+    record = train_now(store, backbone="tiny-random-llama", method="full_ft", task="causal-lm", dataset=str(easy_csv),
+                       lm_format="text_to_text", steps=80, eval_every=80, batch_size=16, lr=3e-3, max_length=32,
+                       generations=0, max_train_examples=None, max_eval_examples=24)
+    assert record["status"] == "finished", record.get("error")
+    first, last = store.evals(record["id"], "validation")
+    assert first["exact_match"] == 0 and last["exact_match"] > 0.5  # the untuned model writes no label word
+    assert last["accuracy"] == last["exact_match"]
+    assert record["metrics"]["val_exact_match"] == last["exact_match"]
+    writer = load_writer(store, record["id"])
+    config = RunConfig.from_dict(record["config"])
+    prompts = generation_prompts(writer.backbone.tokenizer, load_run_dataset(config), 24, config.max_length)
+    answered = [exact_match(writer.generate(p["prompt"], max_new_tokens=4).text, p["reference"]) for p in prompts]
+    assert sum(answered) / len(answered) == pytest.approx(last["exact_match"])
