@@ -42,7 +42,7 @@ from .options import check_bounds
 from .pooling import restore_pooling
 from .precision import (LIBRARY, QUANTIZED, apply_backbone_precision, check_precision, embeddings_to_bf16,
                         quantized_weight_bytes)
-from .preparation import check_length_fits
+from .preparation import check_length_fits, check_task_fits
 from .tasks import CAUSAL_LM, CLASSIFICATION
 from .training import select_trainable
 
@@ -269,9 +269,7 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
             setattr(method_obj.config, field_name, "backbone-shaped")
     check_length_fits(backbone_obj, method_obj, max_length)
     method_obj.check_backbone(backbone_obj, labels)
-    method_obj.check_task(task)
-    if task == CAUSAL_LM and not backbone_obj.family.causal:
-        raise ConfigError(f"task causal-lm needs a decoder; '{backbone_obj.name}' is an encoder")
+    check_task_fits(backbone_obj, method_obj, task)
     check_precision(method_obj, backbone_precision, device)
     shape = dict(batch_size=-(-batch_size // processes), max_length=max_length, bf16=bf16, labels=labels, device=device,
                  seed=seed, precision=backbone_precision, task=task)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from .backbones import hub_id_of
+from .tasks import CAUSAL_LM
 
 METRICS = ("test_accuracy", "test_macro_f1", "val_accuracy", "test_perplexity", "val_perplexity",
            "test_token_accuracy")
@@ -24,12 +25,12 @@ def _front_matter(record: dict, formats: list[dict]) -> str:
         lines.append(f"base_model: {_yaml_value(base)}")
     library = "transformers" if any(f["format"] == "transformers" for f in formats) else "onnx"
     lines.append(f"library_name: {library}")
-    writes = config.get("task") == "causal-lm"
+    writes = config.get("task") == CAUSAL_LM
     lines.append(f"pipeline_tag: {'text-generation' if writes else 'text-classification'}")
     dataset = str(config.get("dataset", ""))
     if dataset.count("/") == 1 and not dataset.startswith((".", "/", "~")):
         lines += ["datasets:", f"- {_yaml_value(dataset)}"]
-    shown = ("test_perplexity",) if config.get("task") == "causal-lm" else ("test_accuracy", "test_macro_f1")
+    shown = ("test_perplexity",) if config.get("task") == CAUSAL_LM else ("test_accuracy", "test_macro_f1")
     measured = [HUB_METRIC[m] for m in shown if (record.get("metrics") or {}).get(m) is not None]
     if measured:
         lines += ["metrics:"] + [f"- {m}" for m in measured]
@@ -90,7 +91,7 @@ def model_card(record: dict, formats: list[dict], notes: list[str], sections: li
     if metrics.get("peak_memory_bytes"):
         rows.append(("peak training memory (measured)", f"{metrics['peak_memory_bytes'] / 2**20:,.1f} MiB"))
     table = "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
-    writes = config.get("task") == "causal-lm"
+    writes = config.get("task") == CAUSAL_LM
     loading = "\n".join(_how_to_load(item, int(config.get("max_length") or 512), writes) for item in formats)
     said = "".join(f"- {note}\n" for note in notes)
     return (f"{_front_matter(record, formats)}\n\n# {record.get('name') or record['id']}\n\n"

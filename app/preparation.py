@@ -57,6 +57,14 @@ def check_length_fits(backbone: Backbone, method: Method, max_length: int) -> No
         )
 
 
+def check_task_fits(backbone: Backbone, method: Method, task: str) -> None:
+    """The method must train for the task, and a language model needs a decoder's LM head."""
+    method.check_task(task)
+    if task == CAUSAL_LM and not backbone.family.causal:
+        raise ConfigError(f"task causal-lm needs a decoder (LLaMA, Qwen, Mistral, GPT-2 families); '{backbone.name}' "
+                          "is an encoder, which has no language-model head to continue text")
+
+
 @dataclass
 class PreparedRun:
     config: RunConfig
@@ -134,10 +142,7 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
     refusal = method.backbone_refusal(backbone)
     if refusal:
         raise ConfigError(refusal)
-    method.check_task(config.task)
-    if config.task == CAUSAL_LM and not backbone.family.causal:
-        raise ConfigError(f"task causal-lm needs a decoder (LLaMA, Qwen, Mistral, GPT-2 families); '{backbone.name}' "
-                          "is an encoder, which has no language-model head to continue text")
+    check_task_fits(backbone, method, config.task)
     check_length_fits(backbone, method, config.max_length)
     check_precision(method, config.backbone_precision, device)
     if config.processes > 1 and config.backbone_precision in QUANTIZED:
@@ -160,9 +165,9 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
             f"batch_size {config.batch_size} is larger than the training set ({train_examples} examples)"
         )
     check_processes(config, device)
-    if config.decoder_pooling != "last" and (config.task == CAUSAL_LM or not backbone.family.causal):
-        if config.task == CAUSAL_LM:
-            raise ConfigError("decoder_pooling applies to classifiers; a causal-lm run reads every token")
+    if config.decoder_pooling != "last" and config.task == CAUSAL_LM:
+        raise ConfigError("decoder_pooling applies to classifiers; a causal-lm run reads every token")
+    if config.decoder_pooling != "last" and not backbone.family.causal:
         raise ConfigError(f"decoder_pooling applies to decoder backbones; '{backbone.name}' is an encoder, whose "
                           "classifier pools the way it was pretrained")
     if config.patience and method.stops_early_itself:

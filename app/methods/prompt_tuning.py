@@ -16,12 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import ConfigError
 from ..options import option
 from ..tasks import CAUSAL_LM, TASKS
-from .base import BuildContext, Method, MethodConfig
+from .base import BuildContext, Method, MethodConfig, language_model_outputs
 from .peft_support import export_with_adapter, extra_head_modules, wrap_with_peft
 
 MIN_TEXT_TOKENS = 8  # the smallest max_length a run accepts
@@ -65,18 +63,7 @@ class VirtualTokenMethod(Method):
     def lm_outputs(self, model, batch: dict):
         """The virtual tokens' embeddings before the text's, the text's states after them: the same
         sequence peft's own forward builds, read as states for the chunked loss."""
-        inner = model.get_base_model()
-        ids = batch["input_ids"]
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(ids)
-        prompts = model.get_prompt(batch_size=ids.shape[0])
-        text = inner.get_input_embeddings()(ids)
-        embeds = torch.cat([prompts.to(text.dtype), text], dim=1)
-        virtual = prompts.shape[1]
-        mask = torch.cat([mask.new_ones(ids.shape[0], virtual), mask], dim=1)
-        hidden = inner.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        return hidden[:, virtual:], inner.get_output_embeddings()
+        return language_model_outputs(model, batch, prefix=model.get_prompt(batch_size=batch["input_ids"].shape[0]))
 
     def export(self, model, out_dir: Path, ctx: BuildContext) -> dict:
         return export_with_adapter(self, model, out_dir, ctx, "virtual tokens and the trained head")
