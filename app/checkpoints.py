@@ -109,7 +109,8 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
     method = create_method(config.method, record["summary"].get("method_config", config.method_config))
     device = torch.device(device)
     ctx = BuildContext(backbone=get_backbone(config.backbone), label_names=list(label_names), device=device,
-                       seed=config.seed, restoring=True, load_reference=lambda ref: load_reference(store, ref, device),
+                       seed=config.seed, restoring=True,
+                       load_reference=lambda ref: load_reference(store, ref, device, config.task),
                        max_length=config.max_length, decoder_pooling=config.decoder_pooling, task=config.task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -128,20 +129,41 @@ def load_run_model(store: RunStore, run_id: str, device: torch.device | str = "c
     return LoadedRun(record, method, model, list(label_names), config, ctx)
 
 
+def _task_noun(task: str) -> str:
+    return "language model" if task == CAUSAL_LM else "classifier"
+
+
 def _is_folder_reference(value: str) -> bool:
     path = Path(value).expanduser()
     return path.is_dir()
 
 
+def _folder_task(config: dict) -> str | None:
+    """What a model folder's saved architecture was trained for, when its name says."""
+    architectures = config.get("architectures") or []
+    if any(name.endswith("ForCausalLM") or name.endswith("LMHeadModel") for name in architectures):
+        return CAUSAL_LM
+    if any(name.endswith("ForSequenceClassification") for name in architectures):
+        return CLASSIFICATION
+    return None
+
+
 def check_reference(store: RunStore | None, value: str, label_names: list[str], field_name: str,
-                    *, pending_ids: set[str] = frozenset()) -> None:
+                    *, pending_ids: set[str] = frozenset(), task: str = CLASSIFICATION) -> None:
     """A predecessor/teacher must be a finished run (or one queued before it in a chain) or a
-    model folder, with the same classes as the dataset being trained."""
+    model folder trained for the same task: a language model for a causal-lm run, else a classifier
+    with the same classes as the dataset being trained."""
     if _is_folder_reference(value):
         config_file = Path(value).expanduser() / "config.json"
         if not config_file.exists():
             raise ConfigError(f"{field_name} '{value}' is a folder without config.json")
         config = json.loads(config_file.read_text())
+        saved_for = _folder_task(config)
+        if saved_for is not None and saved_for != task:
+            raise ConfigError(f"{field_name} '{value}' holds a {_task_noun(saved_for)} "
+                              f"({', '.join(config['architectures'])}); this run trains a {_task_noun(task)}")
+        if task == CAUSAL_LM:
+            return
         id2label = config.get("id2label") or {}
         names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
         if names and len(names) != len(label_names):
@@ -163,6 +185,12 @@ def check_reference(store: RunStore | None, value: str, label_names: list[str], 
     record = store.get_run(value)
     if record["status"] != "finished":
         raise ConfigError(f"{field_name} run '{value}' is {record['status']}; it must be finished")
+    trained_for = record["config"].get("task", CLASSIFICATION)
+    if trained_for != task:
+        raise ConfigError(f"{field_name} run '{value}' trained a {_task_noun(trained_for)} (task {trained_for}); "
+                          f"this run trains a {_task_noun(task)} (task {task}): use a {task} run")
+    if task == CAUSAL_LM:
+        return
     names = record["summary"].get("dataset", {}).get("label_names") or []
     if names != list(label_names):
         raise ConfigError(
@@ -170,19 +198,21 @@ def check_reference(store: RunStore | None, value: str, label_names: list[str], 
         )
 
 
-def load_reference(store: RunStore | None, value: str, device: torch.device) -> Reference:
-    """The model of a finished run, or of a model folder, ready to predict."""
+def load_reference(store: RunStore | None, value: str, device: torch.device,
+                   task: str = CLASSIFICATION) -> Reference:
+    """The model of a finished run, or of a model folder, ready to predict (or to write, on causal-lm)."""
     if _is_folder_reference(value):
         # Not at module level: importing transformers from two threads at once (the app's warm-up)
         # can fail; see app.backbones.TRANSFORMERS_IMPORTS.
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+        auto = AutoModelForCausalLM if task == CAUSAL_LM else AutoModelForSequenceClassification
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(Path(value).expanduser()), trust_remote_code=False
-            )
+            model = auto.from_pretrained(str(Path(value).expanduser()), trust_remote_code=False)
         except Exception as exc:
             raise LabError(f"cannot load model folder '{value}': {exc}") from exc
+        if task == CAUSAL_LM:
+            return Reference(model=model.to(device).eval(), label_names=[], source=str(value), plain_model=model)
         restore_pooling(model).to(device).eval()
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return Reference(model=model, label_names=names, source=str(value), plain_model=model)

@@ -172,14 +172,24 @@ def _resolve_backbone(backbone) -> Backbone:
     raise ConfigError(f"backbone must be a name, a Backbone or a transformers config, got {type(backbone).__name__}")
 
 
-def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[str]):
+def _reference_loader(backbone: Backbone, label_names: list[str], notes: list[str], task: str = CLASSIFICATION):
     """Predecessors and teachers as shapes: a model folder's config when one is named, else a
-    classifier of the backbone's shape (what a run fine-tuned from this backbone is)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    classifier (or, on causal-lm, a language model) of the backbone's shape (what a run fine-tuned
+    from this backbone is)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     def load(value: str) -> Reference:
         folder = Path(str(value)).expanduser()
-        if value and (folder / "config.json").is_file():
+        has_config = bool(value) and (folder / "config.json").is_file()
+        if task == CAUSAL_LM:
+            if has_config:
+                model = build_from_config(AutoModelForCausalLM,
+                                          AutoConfig.from_pretrained(str(folder), trust_remote_code=False))
+            else:
+                notes.append(f"reference '{value}' estimated as a language model of the backbone's shape")
+                model = backbone.load_for_causal_lm()  # inside shapes_only: built, not loaded
+            return Reference(model=model.eval(), label_names=[], source=str(value), plain_model=model)
+        if has_config:
             config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
             if getattr(config, "pad_token_id", None) is None:
                 config.pad_token_id = backbone.pad_token_id  # what a decoder run's classifier carries
@@ -259,7 +269,7 @@ def estimate_memory(backbone, method: str | Method, batch_size: int, max_length:
     check_bounds("padding", padding, _run_fields()["padding"].metadata)
     method_obj = method if isinstance(method, Method) else create_method(method, method_config)
     backbone_obj = _resolve_backbone(backbone)
-    labels = list(label_names or DEFAULT_LABELS)
+    labels = [] if task == CAUSAL_LM else list(label_names or DEFAULT_LABELS)  # a language model has no classes
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # where model.to("cuda") puts a run
@@ -368,7 +378,7 @@ def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: in
         torch.manual_seed(seed)
         ctx = BuildContext(
             backbone=backbone_obj, label_names=labels, device=meta, seed=seed,
-            load_reference=_reference_loader(backbone_obj, labels, notes), max_length=max_length,
+            load_reference=_reference_loader(backbone_obj, labels, notes, task), max_length=max_length,
             shapes_only=True, task=task,
         )
         model = method_obj.build(ctx)

@@ -53,6 +53,40 @@ def causal_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) 
     return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
 
 
+def _chunk_distillation_sums(student_head: nn.Module, student_states: torch.Tensor, teacher_head: nn.Module,
+                             teacher_states: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[summed cross-entropy, summed T²·KL(teacher_T ‖ student_T)] over the chunk's labelled positions."""
+    logits = student_head(student_states).float()
+    labelled = targets != IGNORE_INDEX
+    cross_entropy = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    with torch.no_grad():
+        teacher_log_probs = F.log_softmax(teacher_head(teacher_states).float() / temperature, -1)
+    kl = F.kl_div(F.log_softmax(logits / temperature, -1), teacher_log_probs, reduction="none", log_target=True)
+    return torch.stack([cross_entropy, (kl.sum(-1) * labelled).sum() * temperature**2])
+
+
+def causal_lm_distillation_loss(student_hidden: torch.Tensor, student_head: nn.Module, teacher_hidden: torch.Tensor,
+                                teacher_head: nn.Module, labels: torch.Tensor,
+                                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level distillation of a language model, chunk by chunk like `causal_lm_loss`: the mean
+    next-token cross-entropy with the labels and the mean T²·KL between the teacher's and the
+    student's temperature-softened next-token distributions, both over labelled positions. Neither
+    model's whole logits tensor exists at once; the teacher's logits are recomputed without autograd."""
+    states, targets = next_token_pairs(student_hidden, labels)
+    teacher_states, _ = next_token_pairs(teacher_hidden.detach(), labels)
+    size = chunk_positions(student_head.weight.shape[0])
+    total = states.new_zeros(2, dtype=torch.float32)
+    for start in range(0, states.shape[0], size):
+        part = (student_head, states[start:start + size], teacher_head, teacher_states[start:start + size],
+                targets[start:start + size], float(temperature))
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_distillation_sums, *part, use_reentrant=False)
+        else:
+            total = total + _chunk_distillation_sums(*part)
+    mean = total / (targets != IGNORE_INDEX).sum().clamp_min(1)
+    return mean[0], mean[1]
+
+
 @torch.no_grad()
 def causal_lm_sums(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> tuple[float, int, int, int]:
     """(summed next-token loss, labelled positions, positions whose most likely token is the label,

@@ -178,7 +178,8 @@ def prepare_run(config: RunConfig | dict, store: RunStore | None = None, *, pend
     for field_name in method.reference_fields:
         value = getattr(method.config, field_name, None)
         if value:
-            check_reference(store, value, dataset.label_names, field_name, pending_ids=pending_ids)
+            check_reference(store, value, dataset.label_names or [], field_name, pending_ids=pending_ids,
+                            task=config.task)
     prepared = PreparedRun(config, backbone, dataset, method, device, notes)
     method.check_compatible(backbone, prepared.label_names)
     return prepared

@@ -240,7 +240,7 @@ def build_context(prepared: PreparedRun, store: RunStore | None, hooks: LoopHook
         seed=config.seed,
         train_batches=train_batches,
         validation_batches=validation_batches,
-        load_reference=lambda ref: load_reference(store, ref, device),
+        load_reference=lambda ref: load_reference(store, ref, device, config.task),
         progress=progress,
         max_length=config.max_length,
         decoder_pooling=config.decoder_pooling,

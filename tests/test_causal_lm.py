@@ -11,13 +11,14 @@ weights) learning film dialogue.
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from app.methods import METHODS, create_method
-from app.methods.base import BuildContext, TrainState
+from app.methods.base import BuildContext, Reference, TrainState
 from app.tasks import CAUSAL_LM
 from conftest import train_now
 
@@ -40,6 +41,13 @@ LM_MATRIX: dict[str, tuple[dict, float, float | None]] = {
     "prompt_tuning": ({"num_virtual_tokens": 4}, 3e-2, None),
     "p_tuning": ({"num_virtual_tokens": 4, "encoder_hidden_size": 32}, 3e-2, None),
     "adapter": ({"bottleneck": 16}, 3e-3, 0.98),
+    # The predecessor and the teacher are the untuned backbone here (`_build`); through the engine they
+    # are finished runs (test_a_smaller_language_model_learns_from_a_finished_one).
+    # Theseus trains the successor's layers only (the predecessor's embeddings and head stay frozen): the
+    # same floor as LoRA's, reached from further up since half the layers start as copies.
+    "theseus": ({"predecessor": "untuned", "layers": 2}, 1e-3, 0.95),
+    "distill": ({"teacher": "untuned", "layers": 2}, 1e-3, 0.8),
+    "distill+hidden_states": ({"teacher": "untuned", "layers": 2, "hidden_weight": 1.0}, 1e-3, 0.8),
 }
 DECODERS = ("tiny-random-llama", "tiny-random-gpt2")
 # Rows whose step 0 is the backbone (LST's side output is added to the backbone's final state through
@@ -78,6 +86,14 @@ def _lm_batches(backbone, dataset_path, max_length=32, batch_size=8, count=4):
     return [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in tensors.items()} for i in range(count)]
 
 
+def _untuned_reference(backbone):
+    """A predecessor or teacher: the backbone's own language model, as a finished run's would load."""
+    def load(value: str) -> Reference:
+        model = backbone.load_for_causal_lm().eval()
+        return Reference(model=model, label_names=[], source=value, plain_model=model)
+    return load
+
+
 def _build(backbone_name: str, row: str):
     from app.backbones import get_backbone
 
@@ -87,7 +103,7 @@ def _build(backbone_name: str, row: str):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = method.build(BuildContext(backbone=backbone, label_names=[], device=torch.device("cpu"), seed=0,
-                                          max_length=32, task=CAUSAL_LM))
+                                          max_length=32, task=CAUSAL_LM, load_reference=_untuned_reference(backbone)))
     return backbone, method, model.train()
 
 
@@ -127,12 +143,14 @@ def test_only_declared_parameters_train_and_the_loss_falls(backbone_name, row, e
     optimizer = adamw([p for _, p in named], lr=lr, weight_decay=0.0)
     batches = _lm_batches(backbone, easy_text)
     state = TrainState(step=0, total_steps=40, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    method.on_train_start(model, state)
     losses = []
     for step in range(40):
         state.step = step + 1
+        method.on_step_start(model, state)  # Theseus draws which modules run its successor's layers
         out = method.training_step(model, batches[step % len(batches)], state)
         out.loss.backward()
-        if step == 0:
+        if step == 0 and not method.varying_graph:
             without_gradient = [n for n, p in named if p.grad is None]
             assert not without_gradient, without_gradient[:3]
         optimizer.step()
@@ -141,7 +159,7 @@ def test_only_declared_parameters_train_and_the_loss_falls(backbone_name, row, e
     for name, parameter in model.named_parameters():
         if name in frozen_before:
             assert torch.equal(parameter, frozen_before[name]), f"{name} changed but is not trainable"
-    if method_of(row) in ("lora", "lst", "bitfit", "adapter"):
+    if method_of(row) in ("lora", "lst", "bitfit", "adapter", "theseus"):
         assert frozen_before, "a frozen backbone has frozen parameters"
         assert not any("embed" in n or "wte" in n for n, _ in named), "the (tied) LM head stays frozen"
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
@@ -172,6 +190,38 @@ def test_the_chunked_loss_is_the_plain_loss_in_value_and_gradient(monkeypatch):
     assert tokens == int((labels[:, 1:] != -100).sum())
     assert total / tokens == pytest.approx(float(plain), rel=1e-5)
     assert 0 <= correct <= tokens and 0 <= whole <= labels.shape[0]
+
+
+def test_the_chunked_distillation_loss_is_the_token_level_kl_in_value_and_gradient(monkeypatch):
+    """Distilling a language model: the mean next-token CE and T²·KL(teacher ‖ student) over labelled
+    positions, chunk by chunk, equal the plain computation on whole logits, and only the student learns."""
+    from app import lm_loss
+
+    monkeypatch.setattr(lm_loss, "LOGITS_CHUNK_BYTES", 4 * 100 * 7)
+    torch.manual_seed(0)
+    student_head, teacher_head = torch.nn.Linear(16, 100, bias=False), torch.nn.Linear(24, 100, bias=False)
+    student = torch.randn(3, 20, 16, requires_grad=True)
+    teacher = torch.randn(3, 20, 24)
+    labels = torch.randint(0, 100, (3, 20))
+    labels[0, :5] = lm_loss.IGNORE_INDEX
+    labels[2, 15:] = lm_loss.IGNORE_INDEX
+    t = 2.0
+    ce, kl = lm_loss.causal_lm_distillation_loss(student, student_head, teacher, teacher_head, labels, t)
+    (grad,) = torch.autograd.grad(ce + kl, student)
+
+    targets = labels[:, 1:].reshape(-1)
+    kept = targets != -100
+    s_logits = student_head(student[:, :-1]).reshape(-1, 100)[kept]
+    t_logits = teacher_head(teacher[:, :-1]).reshape(-1, 100)[kept].detach()
+    plain_ce = F.cross_entropy(s_logits, targets[kept])
+    plain_kl = F.kl_div(F.log_softmax(s_logits / t, -1), F.softmax(t_logits / t, -1), reduction="batchmean") * t * t
+    (plain_grad,) = torch.autograd.grad(plain_ce + plain_kl, student)
+    torch.testing.assert_close(ce, plain_ce)
+    torch.testing.assert_close(kl, plain_kl)
+    torch.testing.assert_close(grad, plain_grad)
+    assert teacher_head.weight.grad is None
+    _, none = lm_loss.causal_lm_distillation_loss(student, student_head, student.detach(), student_head, labels, t)
+    assert float(none) == pytest.approx(0.0, abs=1e-6)  # a student that is its teacher has nothing to learn
 
 
 @pytest.mark.parametrize("backbone_name,method", [("tiny-random-llama", "lst"), ("tiny-random-gpt2", "lora"),
@@ -215,7 +265,7 @@ def test_a_classifier_run_does_not_write_text(store, capsys):
 
 @pytest.mark.parametrize("overrides,reason", [
     (dict(backbone="tiny-random", method="full_ft"), "needs a decoder"),
-    (dict(method="theseus"), "not causal-lm"),
+    (dict(method="linear_probe"), "not causal-lm"),
     (dict(method="lst", method_config={"final_merge": True}), "final_merge"),
     (dict(method="lst", method_config={"init": "fisher"}), "fisher"),
     (dict(method="full_ft", decoder_pooling="mean"), "decoder_pooling"),
@@ -252,6 +302,27 @@ def test_real_weights_learn_film_dialogue(method, lr, settings, store):
     assert validation[-1]["perplexity"] < 0.75 * validation[0]["perplexity"], [e["perplexity"] for e in validation]
     answers = store.telemetry(record["id"], "eval:validation", after=-1)
     assert [g["answer"] for g in answers[0]["generations"]] != [g["answer"] for g in answers[-1]["generations"]]
+
+
+def test_real_weights_compress_a_film_dialogue_model():
+    """Real weights and real data for the methods that need a finished language model: SmolLM2-135M
+    fine-tuned on film dialogue is the predecessor of a 15-layer Theseus successor and the teacher of a
+    15-layer student; each lowers its validation perplexity by a quarter within 10 steps."""
+    from app.store import RunStore
+
+    data = dict(backbone="smollm2-135m", task="causal-lm", dataset="movie-dialog", batch_size=8, max_length=64,
+                max_train_examples=400, max_eval_examples=40, generations=1, max_new_tokens=8)
+    with tempfile.TemporaryDirectory() as folder:
+        store = RunStore(folder)
+        source = train_now(store, method="full_ft", steps=10, eval_every=10, lr=1e-4, **data)
+        assert source["status"] == "finished", source.get("error")
+        for method, settings in (("theseus", {"predecessor": source["id"], "layers": 15, "patience": 0}),
+                                 ("distill", {"teacher": source["id"], "layers": 15})):
+            record = train_now(store, method=method, method_config=settings, steps=10, eval_every=10, **data)
+            assert record["status"] == "finished", (method, record.get("error"))
+            validation = store.evals(record["id"], "validation")
+            assert validation[-1]["perplexity"] < 0.75 * validation[0]["perplexity"], (
+                method, [e["perplexity"] for e in validation])
 
 
 def test_the_launch_form_trains_a_language_model_and_the_run_page_shows_its_answers(runs_dir, monkeypatch):
@@ -369,6 +440,46 @@ def test_an_export_writes_what_the_run_writes_outside_the_lab(backbone_name, met
     if method == "lora":
         assert (tmp_path / "export" / "peft_adapter" / "adapter_config.json").exists()
         assert "AutoModelForCausalLM" in card
+
+
+def test_a_smaller_language_model_learns_from_a_finished_one(store, easy_text, tmp_path):
+    """Theseus (predecessor) and distillation (teacher) take a finished causal-lm run: the smaller model
+    trains on the language-model loss, records perplexity from step 0, and exports as a plain folder
+    that transformers' pipeline loads and that writes the run's tokens. A classifier run is refused."""
+    from app.errors import LabError
+    from app.export import export_run
+    from app.preparation import prepare_run
+
+    from app.estimate import estimate_memory
+
+    common = dict(backbone="tiny-random-llama", task="causal-lm", dataset=str(easy_text), batch_size=8,
+                  max_length=32, padding="max", generations=1, max_new_tokens=4, max_train_examples=None)
+    teacher = train_now(store, method="full_ft", steps=12, eval_every=12, lr=1e-3, **common)
+    assert teacher["status"] == "finished", teacher.get("error")
+    for method, settings in (("theseus", {"predecessor": teacher["id"], "layers": 2, "patience": 0}),
+                             ("distill", {"teacher": teacher["id"], "layers": 2, "hidden_weight": 1.0})):
+        record = train_now(store, method=method, method_config=settings, steps=12, eval_every=6, lr=1e-3, **common)
+        assert record["status"] == "finished", (method, record.get("error"))
+        validation = store.evals(record["id"], "validation")
+        assert [e["step"] for e in validation] == [0, 6, 12]
+        assert validation[-1]["perplexity"] < validation[0]["perplexity"], method
+        result = export_run(store, record["id"], tmp_path / method)
+        assert result["format"] == "transformers" and "writes the run's greedy" in result["checked"]
+        config = json.loads((tmp_path / method / "config.json").read_text())
+        assert config["num_hidden_layers"] == 2 and config["architectures"] == ["LlamaForCausalLM"]
+        # The estimate before launch (the reference of the backbone's shape) covers the measured steps.
+        measured = sum(record["metrics"]["memory_breakdown"].values())
+        estimate = estimate_memory("tiny-random-llama", method, 8, 32, settings, task="causal-lm", padding="max")
+        assert measured <= estimate.predicted_peak_bytes <= 1.1 * measured, (method, estimate.breakdown)
+    summary = store.get_run(record["id"])["summary"]
+    assert summary["method_summary"]["teacher"]["source"] == teacher["id"]
+
+    classifier = train_now(store, backbone="tiny-random-llama", steps=2, eval_every=2)
+    with pytest.raises(LabError, match="trained a classifier"):
+        prepare_run(dict(common, method="theseus", steps=2, method_config={"predecessor": classifier["id"]}), store)
+    with pytest.raises(LabError, match="trained a language model"):
+        prepare_run(dict(backbone="tiny-random-llama", method="distill", steps=2,
+                         method_config={"teacher": teacher["id"]}), store)
 
 
 CHAT_ROWS = [{"messages": [{"role": "user", "content": f"how many cats, {i}?"},

@@ -114,25 +114,32 @@ def has_token_labels(batch: dict) -> bool:
     return batch["labels"].ndim == 2
 
 
+def language_model_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """A transformers causal LM's body (the model without its head, ending in its final norm) and its
+    LM head; through peft's wrapper, the wrapped model's (adapters included)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model, inner.get_output_embeddings()
+
+
 def language_model_outputs(model: nn.Module, batch: dict,
                            prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, nn.Module]:
     """A transformers causal LM's final states (after its final norm) and its LM head, without the
     logits: the loss applies the head chunk by chunk (`app.lm_loss`). peft wraps the model; the states
     come from the wrapped model's body, through whatever adapters peft put in it. `prefix` (batch,
     n, width): embeddings put before the text's (virtual tokens); the states returned are the text's."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body, head = language_model_parts(model)
     if prefix is None:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-        return inner.base_model(**inputs, use_cache=False).last_hidden_state, inner.get_output_embeddings()
+        return body(**inputs, use_cache=False).last_hidden_state, head
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
-    text = inner.get_input_embeddings()(ids)
+    text = body.get_input_embeddings()(ids)
     embeds = torch.cat([prefix.to(text.dtype), text], dim=1)
     mask = torch.cat([mask.new_ones(ids.shape[0], prefix.shape[1]), mask], dim=1)
-    hidden = inner.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-    return hidden[:, prefix.shape[1]:], inner.get_output_embeddings()
+    hidden = body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    return hidden[:, prefix.shape[1]:], head
 
 
 class Method:

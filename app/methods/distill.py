@@ -22,6 +22,11 @@ loss = α·CE(student, labels) + β·T²·KL(teacher_T ‖ student_T) + γ·hidd
 The student is the backbone's first m layers (default), another smaller backbone sharing the
 tokenizer, or a copy of uniformly chosen teacher layers (DistilBERT-style init). It exports as a
 plain transformers model.
+
+On a decoder's causal-lm task teacher and student are language models: CE is the next-token loss and
+KL compares the two next-token distributions at every labelled position (token-level distillation),
+both computed chunk by chunk over positions (`app.lm_loss`) so neither model's whole logits tensor
+exists at once; the student is the backbone's first m layers with its final norm and LM head.
 """
 
 from __future__ import annotations
@@ -36,9 +41,14 @@ from torch import nn
 from ..backbones import get_backbone
 from ..errors import ConfigError
 from ..families import family_of
+from ..lm_loss import causal_lm_distillation_loss
 from ..memory import count_parameters
 from ..options import option
-from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs
+from ..tasks import CAUSAL_LM, TASKS
+from .base import (
+    BuildContext, Method, MethodConfig, StepOutput, TrainState, has_token_labels, language_model_outputs,
+    language_model_parts, logits_of, model_inputs,
+)
 from .layer_surgery import (
     check_reference_labels,
     check_same_vocabulary,
@@ -223,6 +233,7 @@ class Distill(Method):
     default_lr = 1e-4
     reference_fields = ("teacher",)
     exports_plain_model = True
+    tasks = TASKS
 
     def __init__(self, config: DistillConfig | None = None):
         super().__init__(config)
@@ -273,7 +284,8 @@ class Distill(Method):
             reference = ctx.load_reference(config.teacher)
             source = reference.source
             check_reference_labels(reference, ctx.label_names, "teacher")
-            if self._needs_states or config.student_init == "teacher":
+            # A language model's teacher gives its final states and LM head, which only a plain model has.
+            if self._needs_states or config.student_init == "teacher" or ctx.task == CAUSAL_LM:
                 teacher_plain = require_plain_classifier(reference, "teacher")
             if teacher_plain is None:
                 teacher_plain = reference.plain_model
@@ -332,10 +344,14 @@ class Distill(Method):
         else:
             backbone = ctx.backbone
             m = kept_layers(backbone.num_layers, config.layers)
-        kwargs = {"num_hidden_layers": m, "classifier_dropout": config.classifier_dropout}
+        kwargs = {"num_hidden_layers": m}
         if self._needs_probabilities:
             kwargs["attn_implementation"] = "eager"
-        student = backbone.load_for_classification(ctx.label_names, **kwargs)
+        if ctx.task == CAUSAL_LM:  # the final norm and LM head stay, reading layer m
+            student = backbone.load_for_causal_lm(**kwargs)
+        else:
+            student = backbone.load_for_classification(ctx.label_names, classifier_dropout=config.classifier_dropout,
+                                                       **kwargs)
         return student, f"{backbone.name} first {m} layers"
 
     def trainable_parameters(self, model: DistillModel) -> list[tuple[str, nn.Parameter]]:
@@ -363,25 +379,34 @@ class Distill(Method):
         if want_scores:
             for recorder in self._score_recorders:
                 recorder.active = True
+        language_model = has_token_labels(batch)
+        if language_model:  # the bodies alone: the heads run chunk by chunk in the loss
+            extra["use_cache"] = False
         try:
             with torch.no_grad():
-                teacher_out = model.teacher(**inputs, **extra)
-            student_out = model.student(**inputs, **extra)
+                teacher_out = _body(model.teacher, language_model)(**inputs, **extra)
+            student_out = _body(model.student, language_model)(**inputs, **extra)
         finally:
             if want_scores:
                 for recorder in self._score_recorders:
                     recorder.active = False
-        student_logits = logits_of(student_out).float()
-        teacher_logits = logits_of(teacher_out).float()
         mask = batch.get("attention_mask")
-
-        zero = student_logits.new_zeros(())
-        ce = F.cross_entropy(student_logits, batch["labels"]) if config.ce_weight > 0 else zero
-        kl = zero
-        if config.kl_weight > 0:
-            t = config.temperature
-            kl = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                          reduction="batchmean", log_target=True) * (t * t)
+        t = config.temperature
+        if language_model:
+            student_logits = None
+            ce, kl = causal_lm_distillation_loss(
+                student_out.last_hidden_state, language_model_parts(model.student)[1],
+                teacher_out.last_hidden_state, language_model_parts(model.teacher)[1], batch["labels"], t)
+            zero = ce.new_zeros(())
+        else:
+            student_logits = logits_of(student_out).float()
+            teacher_logits = logits_of(teacher_out).float()
+            zero = student_logits.new_zeros(())
+            ce = F.cross_entropy(student_logits, batch["labels"]) if config.ce_weight > 0 else zero
+            kl = zero
+            if config.kl_weight > 0:
+                kl = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                              reduction="batchmean", log_target=True) * (t * t)
         hidden = zero
         if want_hidden:
             losses = []
@@ -428,6 +453,9 @@ class Distill(Method):
     def predict(self, model: DistillModel, batch: dict) -> torch.Tensor:
         return logits_of(model.student(**model_inputs(batch)))
 
+    def lm_outputs(self, model: DistillModel, batch: dict) -> tuple[torch.Tensor, nn.Module]:
+        return language_model_outputs(model.student, batch)
+
     def run_summary(self, model: nn.Module) -> dict:
         return dict(self._summary, weights={
             "ce": self.config.ce_weight, "kl": self.config.kl_weight, "hidden": self.config.hidden_weight,
@@ -438,6 +466,11 @@ class Distill(Method):
 
     def inference_model(self, model: DistillModel) -> nn.Module:
         return model.student
+
+
+def _body(model: nn.Module, language_model: bool) -> nn.Module:
+    """What a distillation step runs: a classifier whole, a language model without its head."""
+    return language_model_parts(model)[0] if language_model else model
 
 
 def _use_eager_attention(model: nn.Module, role: str) -> None:

@@ -29,12 +29,13 @@ def parameter_bytes(model: nn.Module) -> int:
 
 
 def require_plain_classifier(reference, field_name: str):
-    """The reference's plain transformers model, or a clear error naming what it is instead."""
+    """The reference's plain transformers model (a classifier, or a causal LM on causal-lm runs), or a
+    clear error naming what it is instead."""
     if reference.plain_model is None:
         method = (reference.record or {}).get("method", "unknown")
         raise ConfigError(
             f"{field_name} '{reference.source}' is a '{method}' run whose model is not a plain transformers "
-            f"classifier; use a run of a method that exports a plain model (full_ft, truncate, theseus, ...) "
+            f"model; use a run of a method that exports a plain model (full_ft, truncate, theseus, ...) "
             f"or a model folder"
         )
     return reference.plain_model
@@ -119,4 +120,8 @@ def shallow_copy_with_layers(model: nn.Module, layers: list[nn.Module], *, share
                 owner_name, _, attribute = name.rpartition(".")
                 owner = result.get_submodule(owner_name) if owner_name else result
                 setattr(owner, attribute, originals[name])
+        head = result.get_output_embeddings() if hasattr(result, "get_output_embeddings") else None
+        if head is not None and getattr(result.config, "tie_word_embeddings", False):
+            # The LM head's tied weight is listed once, under the embeddings: tie it to the shared one.
+            result.tie_weights()
     return result

@@ -7,7 +7,9 @@ successor layer where r_i = 1, the predecessor's block otherwise, so the success
 in next to the predecessor; p rises (linear curriculum) or is switched to 1 (constant). Phase 2:
 the successor alone fine-tunes until validation stops improving, keeping the best weights.
 Embeddings and head are the predecessor's (frozen unless asked), as in the official code, and the
-successor exports as a plain m-layer model.
+successor exports as a plain m-layer model. On a decoder's causal-lm task the predecessor is a language
+model; the successor keeps its embeddings, final norm and LM head, and both phases train on the LM
+loss.
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack, layer_name_fragment
+from ..lm_loss import causal_lm_loss, causal_lm_sums
 from ..memory import count_parameters
 from ..options import option
-from .base import BuildContext, Method, MethodConfig, StepOutput, TrainState, logits_of, model_inputs
+from ..tasks import CAUSAL_LM, CLASSIFICATION, TASKS
+from .base import (
+    BuildContext, Method, MethodConfig, StepOutput, TrainState, has_token_labels, language_model_outputs, logits_of,
+    model_inputs,
+)
 from .layer_surgery import (
     check_reference_labels,
     check_same_layer_shape,
@@ -142,7 +149,19 @@ class TheseusModel(nn.Module):
         return self.mixed_logits(input_ids, attention_mask, token_type_ids, draws)
 
     def mixed_logits(self, input_ids, attention_mask=None, token_type_ids=None, draws: list[int] = ()):
-        """y_{i+1} = successor_i(y_i) if draws[i] else predecessor block i (y_i), then the head."""
+        """The classification head on the mixed stack's last states (`mixed_states`)."""
+        hidden = self.mixed_states(input_ids, attention_mask, token_type_ids, draws)
+        return classify_hidden(self.successor, hidden, attention_mask)
+
+    def mixed_language_model_outputs(self, batch: dict, draws: list[int]) -> tuple[torch.Tensor, nn.Module]:
+        """A language model's final states (after its final norm) from the mixed stack, and the LM head."""
+        if all(draws):
+            return language_model_outputs(self.successor, batch)
+        hidden = self.mixed_states(batch["input_ids"], batch.get("attention_mask"), None, draws)
+        return LayerStack(self.successor).normed(hidden), self.successor.get_output_embeddings()
+
+    def mixed_states(self, input_ids, attention_mask=None, token_type_ids=None, draws: list[int] = ()):
+        """y_{i+1} = successor_i(y_i) if draws[i] else predecessor block i (y_i): the last layer's states."""
         if len(draws) != self.num_modules:
             raise ValueError(f"{len(draws)} draws for {self.num_modules} modules")
         view = LayerStack(self.successor)
@@ -156,7 +175,7 @@ class TheseusModel(nn.Module):
             block = [successor_layers[i]] if use_successor else predecessor_layers[k * i : k * i + k]
             for layer in block:
                 hidden = view.run_layer(layer, hidden, mask, context)
-        return classify_hidden(self.successor, hidden, attention_mask)
+        return hidden
 
 
 def successor_layer_count(predecessor_layers: int, requested: int | None, whose: str = "the predecessor") -> int:
@@ -207,6 +226,7 @@ class Theseus(Method):
     presets = {"official": OFFICIAL_PRESET}
     varying_graph = True  # a module that draws the predecessor's block leaves its successor layers idle
     stops_early_itself = True
+    tasks = TASKS  # on causal-lm the successor keeps the predecessor's embeddings and LM head
 
     def __init__(self, config: TheseusConfig | None = None):
         super().__init__(config)
@@ -223,6 +243,7 @@ class Theseus(Method):
         self._stopped_early = False
         self._predecessor_info: dict = {}
         self._successor_info: dict = {}
+        self._task = CLASSIFICATION
 
     # -- checks and building -------------------------------------------------------------------
     def check_compatible(self, backbone, label_names: list[str]) -> None:
@@ -244,6 +265,7 @@ class Theseus(Method):
         if ctx.load_reference is None:
             raise ConfigError("theseus needs its predecessor, but this context cannot load other runs")
         ctx.progress("loading the predecessor")
+        self._task = ctx.task
         reference = ctx.load_reference(self.config.predecessor)
         check_reference_labels(reference, ctx.label_names, "predecessor")
         predecessor = require_plain_classifier(reference, "predecessor")
@@ -281,7 +303,10 @@ class Theseus(Method):
         self._successor_info = {"params": count_parameters(successor), "layers": m}
         if not ctx.restoring and ctx.validation_batches is not None:
             ctx.progress("scoring the predecessor on the validation split")
-            self._predecessor_info["val_accuracy"] = _accuracy(predecessor, ctx.validation_batches(), ctx.device)
+            if ctx.task == CAUSAL_LM:
+                self._predecessor_info["val_perplexity"] = _perplexity(predecessor, ctx.validation_batches())
+            else:
+                self._predecessor_info["val_accuracy"] = _accuracy(predecessor, ctx.validation_batches(), ctx.device)
         return model
 
     def trainable_parameters(self, model: TheseusModel) -> list[tuple[str, nn.Parameter]]:
@@ -346,8 +371,13 @@ class Theseus(Method):
         state.phase = "successor alone" if in_phase2 else "module replacement"
 
     def training_step(self, model: TheseusModel, batch: dict, state: TrainState) -> StepOutput:
-        logits = model(**model_inputs(batch), draws=self._draws)
-        loss = F.cross_entropy(logits.float(), batch["labels"])
+        logits = None
+        if has_token_labels(batch):
+            draws = self._draws if self._draws is not None else [1] * model.num_modules
+            loss = causal_lm_loss(*model.mixed_language_model_outputs(batch, draws), batch["labels"])
+        else:
+            logits = model(**model_inputs(batch), draws=self._draws)
+            loss = F.cross_entropy(logits.float(), batch["labels"])
         if not loss.requires_grad:
             # Every module drew the predecessor's block and nothing it ran trains: the step is
             # recorded but changes no weight (a leaf loss leaves every gradient empty).
@@ -356,6 +386,9 @@ class Theseus(Method):
 
     def predict(self, model: TheseusModel, batch: dict) -> torch.Tensor:
         return logits_of(model.successor(**model_inputs(batch)))
+
+    def lm_outputs(self, model: TheseusModel, batch: dict) -> tuple[torch.Tensor, nn.Module]:
+        return language_model_outputs(model.successor, batch)
 
     def step_telemetry(self, model: nn.Module, state: TrainState) -> dict | None:
         if self._draws is None:
@@ -366,7 +399,9 @@ class Theseus(Method):
     def after_eval(self, model: TheseusModel, state: TrainState, metrics: dict) -> None:
         if self._phase2_step is None or state.step < self._phase2_step:
             return
-        key = (float(metrics["accuracy"]), -float(metrics["loss"]))
+        # A language model keeps its lowest validation loss, as the run's early stopping does.
+        key = ((-float(metrics["loss"]), float(metrics["accuracy"])) if self._task == CAUSAL_LM
+               else (float(metrics["accuracy"]), -float(metrics["loss"])))
         if self._best_key is None or key > self._best_key:
             self._best_key = key
             self._best_step = state.step
@@ -420,3 +455,18 @@ def _accuracy(model: nn.Module, batches, device: torch.device) -> float:
     finally:
         model.train(was_training)
     return correct / total if total else float("nan")
+
+
+@torch.no_grad()
+def _perplexity(model: nn.Module, batches) -> float:
+    """A causal LM's perplexity over labelled tokens of the given batches."""
+    was_training = model.training
+    model.eval()
+    loss = tokens = 0
+    try:
+        for batch in batches:
+            part_loss, part_tokens, _, _ = causal_lm_sums(*language_model_outputs(model, batch), batch["labels"])
+            loss, tokens = loss + part_loss, tokens + part_tokens
+    finally:
+        model.train(was_training)
+    return float(torch.tensor(loss / max(1, tokens)).exp())
