@@ -114,11 +114,12 @@ def accuracy_figure(evals: list[dict], reference: tuple[float, str] | None = Non
     return fig
 
 
-def perplexity_figure(evals: list[dict]) -> go.Figure:
+def perplexity_figure(evals: list[dict], reference: tuple[float, str] | None = None,
+                      title: str = "Validation perplexity") -> go.Figure:
     """Validation perplexity per evaluation of a causal-LM run, from the untuned model's at step 0."""
     val = [e for e in evals if e["split"] == "validation" and e.get("perplexity") is not None]
     fig = lines([{"name": "validation perplexity", "x": [e["step"] for e in val], "y": [e["perplexity"] for e in val],
-                  "mode": "lines+markers"}], "step", "perplexity (log scale)", "Validation perplexity")
+                  "mode": "lines+markers"}], "step", "perplexity (log scale)", title, hline=reference)
     fig.update_yaxes(type="log")
     if not val:
         fig.add_annotation(text="no validation pass yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)

@@ -1,30 +1,65 @@
-"""The Theseus view: replacement schedule, per-module draws, successor accuracy, size."""
+"""The Theseus view: replacement schedule, per-module draws, the successor's validation accuracy
+(perplexity for a language model) against the predecessor's and truncation's, size."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import streamlit as st
 
 from app.store import ACTIVE_STATUSES
+from app.tasks import CAUSAL_LM, CLASSIFICATION
 from components import figures
 from components.common import fmt_count, fmt_pct, get_store
 
 
+@dataclass(frozen=True)
+class Score:
+    """What a Theseus run is judged on: a classifier's accuracy, or a language model's perplexity."""
+
+    metric: str  # the metrics' key after "val_" / "test_"
+    better: Callable  # max or min: picks the better of several runs
+
+    @staticmethod
+    def of(record: dict) -> "Score":
+        return Score("perplexity", min) if _task(record) == CAUSAL_LM else Score("accuracy", max)
+
+    def text(self, value) -> str:
+        if self.metric == "accuracy":
+            return fmt_pct(value)
+        return "–" if value is None else f"{value:.2f}"
+
+    def difference(self, value, reference) -> str | None:
+        if value is None or reference is None:
+            return None
+        if self.metric == "accuracy":
+            return f"{100 * (value - reference):+.1f} pts"
+        return f"{value - reference:+.2f}"
+
+
+def _task(record: dict) -> str:
+    return (record.get("config") or {}).get("task", CLASSIFICATION)
+
+
 def predecessor_reference(store, record: dict) -> tuple[float | None, dict]:
-    """The predecessor's validation accuracy (from the run summary, else from its own run)."""
+    """The predecessor's validation accuracy, or perplexity for a language model (from the run summary,
+    else from its own run)."""
+    metric = Score.of(record).metric
     summary = ((record.get("summary") or {}).get("method_summary") or {})
     predecessor = summary.get("predecessor") or {}
-    accuracy = predecessor.get("val_accuracy")
+    value = predecessor.get(f"val_{metric}")
     source = predecessor.get("source") or (record["config"].get("method_config") or {}).get("predecessor")
-    if accuracy is None and source and store.has_run(source):
-        accuracy = (store.get_run(source).get("metrics") or {}).get("val_accuracy")
-    return accuracy, dict(predecessor, source=source)
+    if value is None and source and store.has_run(source):
+        value = (store.get_run(source).get("metrics") or {}).get(f"val_{metric}")
+    return value, dict(predecessor, source=source)
 
 
 def truncation_baselines(store, record: dict, layers: int | None) -> list[dict]:
-    """Finished truncation runs on the same backbone and dataset with the successor's depth."""
+    """Finished truncation runs on the same backbone, dataset and task with the successor's depth."""
     out = []
     for r in store.list_runs(status="finished", method="truncate"):
-        if r["backbone"] != record["backbone"] or r["dataset"] != record["dataset"]:
+        if r["backbone"] != record["backbone"] or r["dataset"] != record["dataset"] or _task(r) != _task(record):
             continue
         run_layers = ((r.get("summary") or {}).get("method_summary") or {}).get("layers") \
             or (r["config"].get("method_config") or {}).get("layers")
@@ -50,7 +85,8 @@ def render_theseus(run_id: str) -> bool:
     active = record["status"] in ACTIVE_STATUSES
     rows = [r for r in store.telemetry(run_id, "step") if isinstance(r.get("theseus"), dict)]
     summary = (record.get("summary") or {}).get("method_summary") or {}
-    pred_acc, predecessor = predecessor_reference(store, record)
+    score = Score.of(record)
+    pred_value, predecessor = predecessor_reference(store, record)
     successor = summary.get("successor") or {}
 
     source = predecessor.get("source")
@@ -71,28 +107,32 @@ def render_theseus(run_id: str) -> bool:
         st.warning("This run recorded no Theseus telemetry.")
 
     evals = store.evals(run_id)
-    reference = (pred_acc, "predecessor") if pred_acc is not None else None
-    st.plotly_chart(figures.accuracy_figure(evals, reference, title="Successor validation accuracy"),
-                    key="theseus.accuracy")
+    reference = (pred_value, "predecessor") if pred_value is not None else None
+    if score.metric == "perplexity":
+        quality = figures.perplexity_figure(evals, reference, title="Successor validation perplexity")
+    else:
+        quality = figures.accuracy_figure(evals, reference, title="Successor validation accuracy")
+    st.plotly_chart(quality, key="theseus.accuracy")
     baselines = truncation_baselines(store, record, successor.get("layers"))
     metrics = record.get("metrics") or {}
+    value = metrics.get(f"val_{score.metric}")
     cols = st.columns(4)
-    cols[0].metric("predecessor (validation)", fmt_pct(pred_acc))
-    cols[1].metric("successor (validation)", fmt_pct(metrics.get("val_accuracy")),
-                   delta=None if pred_acc is None or metrics.get("val_accuracy") is None
-                   else f"{100 * (metrics['val_accuracy'] - pred_acc):+.1f} pts")
+    cols[0].metric("predecessor (validation)", score.text(pred_value))
+    cols[1].metric("successor (validation)", score.text(value), delta=score.difference(value, pred_value),
+                   delta_color="normal" if score.better is max else "inverse")
     if baselines:
-        best = max(baselines, key=lambda r: (r.get("metrics") or {}).get("val_accuracy") or 0)
-        base_acc = (best.get("metrics") or {}).get("val_accuracy")
-        cols[2].metric("truncation baseline (validation)", fmt_pct(base_acc),
+        known = [r for r in baselines if (r.get("metrics") or {}).get(f"val_{score.metric}") is not None] or baselines
+        best = score.better(known, key=lambda r: (r.get("metrics") or {}).get(f"val_{score.metric}") or 0)
+        base_value = (best.get("metrics") or {}).get(f"val_{score.metric}")
+        cols[2].metric("truncation baseline (validation)", score.text(base_value),
                        help=f"Run {best['id']}: the first layers fine-tuned directly; Theseus must beat it.")
     elif waiting := next(iter(pending_baselines(store, record)), None):
         cols[2].metric("truncation baseline", waiting["status"],
-                       help=f"Run {waiting['id']} is {waiting['status']}; its accuracy appears here when it ends.")
+                       help=f"Run {waiting['id']} is {waiting['status']}; its {score.metric} appears here when it ends.")
     else:
         cols[2].metric("truncation baseline", "–", help="Run the truncation method with the successor's depth "
                                                          "on the same backbone and dataset to compare.")
-    cols[3].metric("successor (test)", fmt_pct(metrics.get("test_accuracy")))
+    cols[3].metric("successor (test)", score.text(metrics.get(f"test_{score.metric}")))
 
     st.subheader("Size and speed")
     if predecessor.get("layers") and successor.get("layers"):

@@ -4,6 +4,7 @@ from app.config import RunConfig
 from app.errors import LabError
 from app.methods import describe_methods
 from app.store import ACTIVE_STATUSES
+from app.tasks import CLASSIFICATION
 from app.lessons import get_lesson
 from components import presets as form_presets
 from components.common import (
@@ -78,7 +79,8 @@ with st.container(border=True):
     method_preset_buttons(method_name, described)
     references = {}
     if described["reference_fields"]:
-        ref_runs = finished_runs()
+        # A predecessor or teacher is trained for the same task (a language model for a causal-lm run).
+        ref_runs = [r for r in finished_runs() if r["config"].get("task", CLASSIFICATION) == task]
         labels = {r["id"]: run_label(r) for r in ref_runs}
         references = {name: ([r["id"] for r in ref_runs], labels) for name in described["reference_fields"]}
     method_values = settings_form(described["fields"], f"method.{method_name}", references=references)

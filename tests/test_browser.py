@@ -113,22 +113,34 @@ def test_the_app_end_to_end_in_chromium(tmp_path, artifacts):
             settle(page)
             assert_no_exception(page, "cancel")
 
-            # A second, short run, on the tiny LLaMA-style decoder, finishes while we watch its page.
+            # A second, short run: the tiny LLaMA-style decoder learns film dialogue (task causal-lm) and
+            # finishes while we watch its page, which shows the model's answers from step 0 on.
             page.locator('[data-testid="stSidebarNav"] a', has_text="Launch").click()
             settle(page)
             page.get_by_label("Backbone", exact=True).click()
             page.get_by_role("option", name=re.compile(r"^tiny-random-llama")).click()
             settle(page)
             page.get_by_text("llama decoder", exact=False).first.wait_for(timeout=TIMEOUT_MS)
-            set_number(page, "steps", 6)
+            page.get_by_text("causal-lm", exact=True).click()
+            settle(page)
+            page.get_by_label("Dataset", exact=True).click()
+            page.get_by_role("option", name=re.compile(r"^movie-dialog")).click()
+            settle(page)
+            for label, value in (("steps", 6), ("eval every", 3), ("max length", 32), ("max train examples", 64),
+                                 ("generations", 1), ("max new tokens", 4)):
+                set_number(page, label, value)
             page.get_by_role("button", name="Launch", exact=True).click()
             page.wait_for_url(lambda u: "run=" in u and cancelled_run not in u, timeout=TIMEOUT_MS)
             finished_run = page.url.split("run=")[1]
             page.get_by_text("finished at step", exact=False).first.wait_for(timeout=300_000)
-            # The live part saw the run end and reran the whole page, which now offers the model export.
+            # The live part saw the run end and reran the whole page, which now offers the model export
+            # and the answers at steps 0, 3 and 6.
             page.get_by_role("button", name="Export the model").wait_for(timeout=TIMEOUT_MS)
             settle(page)
             assert page.get_by_text("tiny-random-llama", exact=False).count() >= 1
+            page.get_by_text("Prompt 1:", exact=False).first.wait_for(timeout=TIMEOUT_MS)
+            assert page.get_by_text("step 0 is the untuned model", exact=False).count() == 1
+            assert page.get_by_text("validation perplexity", exact=False).count() >= 1
             page.screenshot(path=str(artifacts / "run-finished.png"), full_page=True)
 
             # Every page by deep link, then from the sidebar.

@@ -311,7 +311,7 @@ def test_real_weights_compress_a_film_dialogue_model():
     from app.store import RunStore
 
     data = dict(backbone="smollm2-135m", task="causal-lm", dataset="movie-dialog", batch_size=8, max_length=64,
-                max_train_examples=400, max_eval_examples=40, generations=1, max_new_tokens=8)
+                max_train_examples=400, max_eval_examples=24, generations=0)
     with tempfile.TemporaryDirectory() as folder:
         store = RunStore(folder)
         source = train_now(store, method="full_ft", steps=10, eval_every=10, lr=1e-4, **data)
@@ -343,7 +343,7 @@ def test_the_launch_form_trains_a_language_model_and_the_run_page_shows_its_answ
     at.radio(key="launch.task").set_value("causal-lm").run()
     assert any(option.startswith("movie-dialog") for option in at.selectbox(key="launch.dataset").options)
     at.selectbox(key="launch.dataset").set_value("movie-dialog").run()
-    at.selectbox(key="launch.method").set_value("distill").run()
+    at.selectbox(key="launch.method").set_value("linear_probe").run()
     assert any("does not train for causal-lm" in w.value for w in at.warning), [w.value for w in at.warning]
     at.selectbox(key="launch.method").set_value("lst").run()
     for key, value in (("run.steps", 4), ("run.batch_size", 4), ("run.max_length", 32), ("run.eval_every", 2),
@@ -442,10 +442,13 @@ def test_an_export_writes_what_the_run_writes_outside_the_lab(backbone_name, met
         assert "AutoModelForCausalLM" in card
 
 
-def test_a_smaller_language_model_learns_from_a_finished_one(store, easy_text, tmp_path):
+def test_a_smaller_language_model_learns_from_a_finished_one(store, runs_dir, easy_text, tmp_path, monkeypatch):
     """Theseus (predecessor) and distillation (teacher) take a finished causal-lm run: the smaller model
     trains on the language-model loss, records perplexity from step 0, and exports as a plain folder
-    that transformers' pipeline loads and that writes the run's tokens. A classifier run is refused."""
+    that transformers' pipeline loads and that writes the run's tokens. The Theseus page judges the
+    successor by perplexity against its predecessor's. A classifier run is refused."""
+    from streamlit.testing.v1 import AppTest
+
     from app.errors import LabError
     from app.export import export_run
     from app.preparation import prepare_run
@@ -471,8 +474,24 @@ def test_a_smaller_language_model_learns_from_a_finished_one(store, easy_text, t
         measured = sum(record["metrics"]["memory_breakdown"].values())
         estimate = estimate_memory("tiny-random-llama", method, 8, 32, settings, task="causal-lm", padding="max")
         assert measured <= estimate.predicted_peak_bytes <= 1.1 * measured, (method, estimate.breakdown)
+        if method == "theseus":
+            successor = record
     summary = store.get_run(record["id"])["summary"]
     assert summary["method_summary"]["teacher"]["source"] == teacher["id"]
+    predecessor_perplexity = store.get_run(successor["id"])["summary"]["method_summary"]["predecessor"]["val_perplexity"]
+    assert predecessor_perplexity == pytest.approx(teacher["metrics"]["val_perplexity"], rel=1e-4)
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "pages" / "theseus.py"), default_timeout=120)
+    at.query_params["run"] = successor["id"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["predecessor (validation)"] == f"{predecessor_perplexity:.2f}"
+    assert shown["successor (validation)"] == f"{successor['metrics']['val_perplexity']:.2f}"
+    assert any("perplexity" in (c.proto.spec or "") for c in at.get("plotly_chart"))
 
     classifier = train_now(store, backbone="tiny-random-llama", steps=2, eval_every=2)
     with pytest.raises(LabError, match="trained a classifier"):

@@ -338,12 +338,12 @@ def test_predecessor_with_other_classes_is_refused(session_store, finished_full_
 
 def test_a_predecessor_that_is_not_a_plain_model_is_refused():
     from app.methods.base import Reference
-    from app.methods.layer_surgery import require_plain_classifier
+    from app.methods.layer_surgery import require_plain_model
 
     reference = Reference(model=torch.nn.Linear(2, 2), label_names=["ham", "spam"], source="run-x",
                           plain_model=None, record={"method": "lst"})
-    with pytest.raises(ConfigError, match="'lst' run whose model is not a plain transformers classifier"):
-        require_plain_classifier(reference, "predecessor")
+    with pytest.raises(ConfigError, match="'lst' run whose model is not a plain transformers model"):
+        require_plain_model(reference, "predecessor")
 
 
 # --- the one-step chain: fine-tune a predecessor, then Theseus it ------------------------------

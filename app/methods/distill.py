@@ -53,7 +53,7 @@ from .layer_surgery import (
     check_reference_labels,
     check_same_vocabulary,
     layer_list,
-    require_plain_classifier,
+    require_plain_model,
     shallow_copy_with_layers,
     uniform_layer_map,
 )
@@ -286,7 +286,7 @@ class Distill(Method):
             check_reference_labels(reference, ctx.label_names, "teacher")
             # A language model's teacher gives its final states and LM head, which only a plain model has.
             if self._needs_states or config.student_init == "teacher" or ctx.task == CAUSAL_LM:
-                teacher_plain = require_plain_classifier(reference, "teacher")
+                teacher_plain = require_plain_model(reference, "teacher")
             if teacher_plain is None:
                 teacher_plain = reference.plain_model
             teacher = teacher_plain if teacher_plain is not None else reference.model

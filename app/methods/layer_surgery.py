@@ -28,7 +28,7 @@ def parameter_bytes(model: nn.Module) -> int:
     return total
 
 
-def require_plain_classifier(reference, field_name: str):
+def require_plain_model(reference, field_name: str):
     """The reference's plain transformers model (a classifier, or a causal LM on causal-lm runs), or a
     clear error naming what it is instead."""
     if reference.plain_model is None:

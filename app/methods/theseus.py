@@ -39,7 +39,7 @@ from .layer_surgery import (
     check_same_vocabulary,
     classify_hidden,
     layer_list,
-    require_plain_classifier,
+    require_plain_model,
     shallow_copy_with_layers,
 )
 
@@ -268,7 +268,7 @@ class Theseus(Method):
         self._task = ctx.task
         reference = ctx.load_reference(self.config.predecessor)
         check_reference_labels(reference, ctx.label_names, "predecessor")
-        predecessor = require_plain_classifier(reference, "predecessor")
+        predecessor = require_plain_model(reference, "predecessor")
         check_same_vocabulary(predecessor, ctx.backbone, "predecessor", reference.source)
         predecessor_layers = layer_list(predecessor)
         n = len(predecessor_layers)
