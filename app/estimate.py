@@ -35,7 +35,7 @@ import torch
 from .backbones import Backbone, ConfigBackbone, build_from_config, get_backbone, shapes_only
 from .config import RunConfig
 from .errors import ConfigError
-from .memory import PARTS, MemoryMeter, unique_storage_bytes
+from .memory import LOSS, PARTS, MemoryMeter, unique_storage_bytes
 from .methods import create_method
 from .methods.base import BuildContext, Method, Reference, TrainState
 from .options import check_bounds
@@ -96,6 +96,7 @@ class MemoryEstimate:
     gradient_buckets: int = 0  # DDP's copy of the gradients, included in `gradients`
     quantized: int = 0  # frozen weights stored in int8/int4 with their scales (not in `weights`)
     backbone_precision: str = "fp32"
+    loss: int = 0  # what a language model's chunked loss keeps for backward (not in `activations`)
 
     @property
     def predicted_peak_bytes(self) -> int:
@@ -413,14 +414,14 @@ def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: in
                         out = method_obj.training_step(model, batch, state)
                 else:
                     out = method_obj.training_step(model, batch, state)
-            activations = meter.activations.total
+            activations, loss = meter.activations.total, meter.activations.part_total(LOSS)
             out.loss.backward()
             gradients = meter.gradients_bytes()
             for _, p in named_trainable:
                 if p.grad is not None:
                     stepped[id(p)] = p
                     p.grad = None
-            steps.append({"kind": kind, "activations": activations, "gradients": gradients})
+            steps.append({"kind": kind, "activations": activations, "loss": loss, "gradients": gradients})
         # AdamW creates its states for every parameter that has had a gradient.
         optimizer = unique_storage_bytes(p for p in stepped.values()) * ADAMW_STATES + ADAMW_STEP_BYTES * len(stepped)
         trainable = sum(p.numel() for _, p in {id(p): (n, p) for n, p in named_trainable}.values())
@@ -441,7 +442,8 @@ def _step_estimate(backbone_obj: Backbone, method_obj: Method, *, batch_size: in
         backbone=backbone_obj.name, method=method_obj.name, batch_size=batch_size, max_length=max_length,
         input_length=input_length, bf16=bool(bf16), weights=weights, quantized=quantized, backbone_precision=precision,
         gradients=worst["gradients"],
-        optimizer=optimizer, activations=worst["activations"], trainable_params=trainable, total_params=total,
+        optimizer=optimizer, activations=worst["activations"], loss=worst["loss"], trainable_params=trainable,
+        total_params=total,
         seconds=0.0, step_kind=worst["kind"], steps=steps, notes=notes,
     )
 

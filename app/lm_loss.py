@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .memory import LOSS, counted_as, keep_for_backward
+
 IGNORE_INDEX = -100
 # The fp32 logits of one chunk: 32 MB is 170 positions of SmolLM2, 650 of GPT-2's 50,257 entries.
 LOGITS_CHUNK_BYTES = 32 * 2**20
@@ -39,11 +41,16 @@ def _chunk_loss_sum(head: nn.Module, states: torch.Tensor, targets: torch.Tensor
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+@counted_as(LOSS)
 def causal_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    """The mean next-token cross-entropy over labelled positions, computed chunk by chunk."""
+    """The mean next-token cross-entropy over labelled positions, computed chunk by chunk. What it
+    keeps for backward (the shifted states and targets its chunks recompute from) is the memory
+    breakdown's `loss` part."""
     states, targets = next_token_pairs(hidden, labels)
     size = chunk_positions(head.weight.shape[0])
     total = states.new_zeros((), dtype=torch.float32)
+    if torch.is_grad_enabled():
+        keep_for_backward(states, targets)
     for start in range(0, states.shape[0], size):
         part = (head, states[start:start + size], targets[start:start + size])
         if torch.is_grad_enabled():
@@ -65,6 +72,7 @@ def _chunk_distillation_sums(student_head: nn.Module, student_states: torch.Tens
     return torch.stack([cross_entropy, (kl.sum(-1) * labelled).sum() * temperature**2])
 
 
+@counted_as(LOSS)
 def causal_lm_distillation_loss(student_hidden: torch.Tensor, student_head: nn.Module, teacher_hidden: torch.Tensor,
                                 teacher_head: nn.Module, labels: torch.Tensor,
                                 temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +84,8 @@ def causal_lm_distillation_loss(student_hidden: torch.Tensor, student_head: nn.M
     teacher_states, _ = next_token_pairs(teacher_hidden.detach(), labels)
     size = chunk_positions(student_head.weight.shape[0])
     total = states.new_zeros(2, dtype=torch.float32)
+    if torch.is_grad_enabled():
+        keep_for_backward(states, teacher_states, targets)
     for start in range(0, states.shape[0], size):
         part = (student_head, states[start:start + size], teacher_head, teacher_states[start:start + size],
                 targets[start:start + size], float(temperature))

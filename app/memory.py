@@ -4,7 +4,10 @@ Without a CUDA allocator there is no peak to read, so the parts are measured dir
 storages of parameters and buffers, of the gradients that backward really allocated, of the
 optimizer's state tensors, and of every tensor autograd saves for backward during the forward
 pass (through `saved_tensors_hooks`). Each storage is counted once; storages that belong to
-parameters are left out of activations (a weight saved for backward is not an activation).
+parameters are left out of activations (a weight saved for backward is not an activation). What a
+language model's loss keeps (`app.lm_loss`: the states its checkpointed chunks recompute from) is
+its own part, `loss`, so the breakdown shows what the head and cross-entropy cost beside the model's
+activations.
 The peak estimate is their sum: what is alive at the end of the forward pass of a step once the
 optimizer state and gradient buffers exist. On CUDA the allocator's own peak is recorded beside it.
 """
@@ -13,13 +16,39 @@ from __future__ import annotations
 
 import contextlib
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-PARTS = ("weights", "quantized", "gradients", "optimizer", "activations")
+PARTS = ("weights", "quantized", "gradients", "optimizer", "activations", "loss")
+LOSS = "loss"
+
+# The part that saved tensors count toward (None: activations), and the meter tracking this thread's
+# forward pass, if any. Context variables: each training thread has its own.
+_COUNTED_AS: ContextVar[str | None] = ContextVar("counted_as", default=None)
+_TRACKING: ContextVar["SavedActivationMeter | None"] = ContextVar("tracking", default=None)
+
+
+@contextlib.contextmanager
+def counted_as(part: str):
+    """Tensors saved for backward inside count toward `part` of the breakdown instead of activations."""
+    token = _COUNTED_AS.set(part)
+    try:
+        yield
+    finally:
+        _COUNTED_AS.reset(token)
+
+
+def keep_for_backward(*tensors: torch.Tensor) -> None:
+    """Count tensors a computation keeps for backward outside autograd's saved tensors, such as the
+    inputs activation checkpointing holds to recompute from (its own hooks hide what it saves)."""
+    meter = _TRACKING.get()
+    if meter is not None:
+        for tensor in tensors:
+            meter._pack(tensor)
 
 
 def component_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -78,6 +107,7 @@ class MemorySample:
     activations: int
     cuda_peak: int | None = None
     quantized: int = 0  # frozen weights stored in int8/int4, scales included (not in `weights`)
+    loss: int = 0  # what a language model's chunked loss keeps for backward (not in `activations`)
 
     @property
     def peak(self) -> int:
@@ -97,13 +127,15 @@ class SavedActivationMeter:
     def __init__(self, excluded_keys: set):
         self.excluded = excluded_keys
         self.seen: dict = {}
+        self.parts: dict[str, dict] = {}  # storages saved while `counted_as(part)`
 
     def _pack(self, tensor: torch.Tensor):
         key, nbytes = _storage_key(tensor)
         if key is not None and key not in self.excluded:
-            previous = self.seen.get(key, 0)
-            if nbytes > previous:
-                self.seen[key] = nbytes
+            part = _COUNTED_AS.get()
+            seen = self.seen if part is None else self.parts.setdefault(part, {})
+            if nbytes > seen.get(key, 0):
+                seen[key] = nbytes
         return tensor
 
     @staticmethod
@@ -112,13 +144,22 @@ class SavedActivationMeter:
 
     @contextlib.contextmanager
     def track(self):
-        self.seen = {}
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
-            yield self
+        self.seen, self.parts = {}, {}
+        token = _TRACKING.set(self)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+                yield self
+        finally:
+            _TRACKING.reset(token)
 
     @property
     def total(self) -> int:
-        return sum(self.seen.values())
+        """Activations: every storage saved outside a named part (one saved in both counts there)."""
+        named = {key for seen in self.parts.values() for key in seen}
+        return sum(nbytes for key, nbytes in self.seen.items() if key not in named)
+
+    def part_total(self, part: str) -> int:
+        return sum(self.parts.get(part, {}).values())
 
 
 class MemoryMeter:
@@ -165,6 +206,7 @@ class MemoryMeter:
             activations=self.activations.total,
             cuda_peak=cuda_peak,
             quantized=self.quantized,
+            loss=self.activations.part_total(LOSS),
         )
 
 

@@ -53,7 +53,7 @@ BATCH_METRICS = 1000  # MLflow's own per-request limit for log_batch
 MAX_QUEUED = 100_000  # a stalled server must not grow memory without bound: later metrics are dropped
 ARTIFACT_RECORD = "lab_run.json"
 ARTIFACT_MODEL = "model"
-MEMORY_PARTS = ("peak", "weights", "gradients", "optimizer", "activations", "cuda_max_allocated")
+MEMORY_PARTS = ("peak", "weights", "quantized", "gradients", "optimizer", "activations", "loss", "cuda_max_allocated")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 

@@ -74,7 +74,8 @@ def render_estimate(config: dict) -> dict | None:
             st.caption(f"No estimate for this setup: {result['error']}")
             return None
         peak = result["predicted_peak_bytes"]
-        shown = [part for part in PARTS if part != "quantized" or result["breakdown"].get(part)]
+        # A frozen backbone in int8/int4 and a language model's loss have parts only where they apply.
+        shown = [part for part in PARTS if part not in ("quantized", "loss") or result["breakdown"].get(part)]
         cols = st.columns(1 + len(shown))
         cols[0].metric("Predicted peak", fmt_mib(peak))
         for col, part in zip(cols[1:], shown):

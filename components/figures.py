@@ -15,7 +15,7 @@ MIB = 1024 * 1024
 NEUTRAL = "rgba(128,128,128,0.55)"
 NEUTRAL_FILL = "rgba(128,128,128,0.14)"
 # The engine's memory parts (app.memory.PARTS, which this module does not import: it loads torch).
-PARTS = ("weights", "quantized", "gradients", "optimizer", "activations")
+PARTS = ("weights", "quantized", "gradients", "optimizer", "activations", "loss")
 # Mid-tone colours, distinct in both themes and for common colour-vision deficiencies.
 PART_COLOURS = {
     "weights": "#4C78A8",
@@ -23,7 +23,17 @@ PART_COLOURS = {
     "gradients": "#F58518",
     "optimizer": "#54A24B",
     "activations": "#E45756",
+    "loss": "#B279A2",
 }
+# Parts drawn only where some value has them: a classifier's loss keeps nothing worth a legend entry.
+OPTIONAL_PARTS = ("loss",)
+
+
+def drawn_parts(breakdowns) -> list[str]:
+    breakdowns = [b or {} for b in breakdowns]
+    return [part for part in PARTS if part not in OPTIONAL_PARTS or any(b.get(part) for b in breakdowns)]
+
+
 # Categorical colours (Tableau 10): neighbours differ in hue, unlike the theme's paired blues and reds.
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D", "#FF9DA6",
            "#BAB0AC"]
@@ -137,7 +147,7 @@ def memory_parts_figure(steps: list[dict]) -> go.Figure:
     measured = [s for s in steps if s.get("memory")]
     fig = go.Figure()
     xs = [s["step"] for s in measured]
-    for part in PARTS:
+    for part in drawn_parts(s["memory"] for s in measured):
         fig.add_trace(go.Scatter(
             x=xs, y=[s["memory"].get(part, 0) / MIB for s in measured], name=part, stackgroup="memory",
             mode="lines", line=dict(width=0.5, color=PART_COLOURS[part]),
@@ -162,7 +172,7 @@ def memory_breakdown_bars(rows: list[dict]) -> go.Figure:
     """Stacked bars per run: [{"name", "weights", "gradients", "optimizer", "activations"}] in bytes."""
     fig = go.Figure()
     names = [r["name"] for r in rows]
-    for part in PARTS:
+    for part in drawn_parts(rows):
         fig.add_trace(go.Bar(x=names, y=[(r.get(part) or 0) / MIB for r in rows], name=part,
                              marker_color=PART_COLOURS[part]))
     fig.update_layout(barmode="stack")
@@ -174,7 +184,7 @@ def memory_breakdown_bars(rows: list[dict]) -> go.Figure:
 def estimate_bar(breakdown: dict) -> go.Figure:
     """One horizontal stacked bar: where the estimated peak goes (bytes per part)."""
     fig = go.Figure()
-    for part in PARTS:
+    for part in drawn_parts([breakdown]):
         value = (breakdown.get(part) or 0) / MIB
         fig.add_trace(go.Bar(x=[value], y=["estimate"], orientation="h", name=part, marker_color=PART_COLOURS[part],
                              hovertemplate=f"{part}: %{{x:.1f}} MiB<extra></extra>"))
@@ -547,7 +557,7 @@ def plan_breakdown(rows: dict[str, dict[str, int]], *, allowance: dict[str, int]
     """One stacked horizontal bar per method: the parts of its peak (and the CUDA allowance) in GiB."""
     fig = go.Figure()
     names = list(rows)
-    for part in PARTS:
+    for part in drawn_parts(rows.values()):
         fig.add_trace(go.Bar(y=names, x=[rows[n][part] / GIB for n in names], orientation="h", name=part,
                              marker_color=PART_COLOURS[part],
                              hovertemplate=f"{part}: %{{x:.2f}} GiB<extra></extra>"))

@@ -593,6 +593,14 @@ def test_the_estimate_before_launch_matches_a_language_model_step(backbone_name,
         assert estimate.predicted_peak_bytes == measured
     classifier = estimate_memory(backbone_name, method, 8, 32)
     assert classifier.predicted_peak_bytes != estimate.predicted_peak_bytes  # the task changes the step
+    # The loss's own part: the shifted fp32 states and int64 targets its checkpointed chunks recompute
+    # from (8 × 31 positions), and the labelled-token count it divides by; a classifier has none.
+    from app.backbones import get_backbone
+
+    width = get_backbone(backbone_name).config.hidden_size
+    kept = 8 * 31 * (4 * width + 8) + 8
+    assert record["metrics"]["memory_breakdown"]["loss"] == estimate.breakdown["loss"] == kept
+    assert classifier.breakdown["loss"] == 0
 
 
 @pytest.mark.parametrize("method,precision", [("lst", "int8"), ("lora", "int4"), ("adapter", "int8")])

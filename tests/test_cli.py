@@ -41,7 +41,7 @@ def test_train_json_contract(tmp_path):
         assert key in out, key
     assert out["status"] == "finished" and out["steps"] == 4
     assert set(out["metrics"]) >= {"val_accuracy", "test_accuracy"}
-    assert set(out["memory_breakdown"]) == {"weights", "quantized", "gradients", "optimizer", "activations"}
+    assert set(out["memory_breakdown"]) == {"weights", "quantized", "gradients", "optimizer", "activations", "loss"}
     assert out["memory_breakdown"]["quantized"] == 0 and out["backbone_precision"] == "fp32"
     assert "step" in result.stderr  # the progress bar goes to stderr
 

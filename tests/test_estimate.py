@@ -138,7 +138,7 @@ def test_cli_estimate_prints_the_json_contract(capsys):
                  "--max-length", "32", "--set", "rank=4", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["breakdown"]) == {"weights", "quantized", "gradients", "optimizer", "activations"}
+    assert set(result["breakdown"]) == {"weights", "quantized", "gradients", "optimizer", "activations", "loss"}
     assert result["breakdown"]["quantized"] == 0 and result["backbone_precision"] == "fp32"
     assert result["predicted_peak_bytes"] == sum(result["breakdown"].values())
     assert set(result["fits"]) == {"8GB", "16GB", "24GB", "40GB", "80GB"}
