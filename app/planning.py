@@ -24,6 +24,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .estimate import GiB, cuda_requirement, estimate_memory
 from .memory import PARTS
+from .tasks import CLASSIFICATION
 # Powers of two that people train at; a model's own position limit cuts the list.
 PLAN_LENGTHS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 SAMPLE_BATCHES = (1, 2, 3)
@@ -58,6 +59,7 @@ class MemorySurface:
     total_params: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    task: str = CLASSIFICATION  # what the planned runs train: a classifier, or a language model (causal-lm)
 
     def _kind_breakdown(self, kind: str, batch_size: int, length: int) -> dict[str, int]:
         at = {b: {part: _quadratic_at(self.lengths, values, length) for part, values in parts.items()}
@@ -107,9 +109,10 @@ def longest_input(backbone, method: str, method_config: dict | None = None) -> i
 
 
 def measure_surface(backbone, method: str, method_config: dict | None = None, *, bf16: bool = False,
-                    device: str = "cpu", backbone_precision: str = "fp32", progress=None) -> MemorySurface:
-    """Nine estimates of one method (batch 1-3 at three lengths); raises `LabError` on bad input.
-    `progress(done, total)` is called after each."""
+                    device: str = "cpu", backbone_precision: str = "fp32", progress=None,
+                    task: str = CLASSIFICATION) -> MemorySurface:
+    """Nine estimates of one method (batch 1-3 at three lengths) for runs of `task`; raises `LabError` on
+    bad input. `progress(done, total)` is called after each."""
     longest = longest_input(backbone, method, method_config)
     grid = plan_lengths(longest)
     if len(grid) < 3:
@@ -121,7 +124,7 @@ def measure_surface(backbone, method: str, method_config: dict | None = None, *,
     for batch in SAMPLE_BATCHES:
         for length in lengths:
             estimate = estimate_memory(backbone, method, batch, length, dict(method_config or {}), bf16=bf16,
-                                       device=device, backbone_precision=backbone_precision)
+                                       device=device, backbone_precision=backbone_precision, task=task)
             estimates.append(estimate)
             for row in estimate.steps:
                 parts = samples.setdefault(row["kind"], {}).setdefault(batch, {p: [] for p in PARTS})
@@ -134,7 +137,7 @@ def measure_surface(backbone, method: str, method_config: dict | None = None, *,
         method=first.method, lengths=lengths, longest=longest, samples=samples,
         trainable_params=first.trainable_params, total_params=first.total_params,
         seconds=sum(e.seconds for e in estimates),
-        notes=[n for n in first.notes if not n.startswith(("worst-case", "peak from the step kind"))],
+        notes=[n for n in first.notes if not n.startswith(("worst-case", "peak from the step kind"))], task=task,
     )
 
 
@@ -142,7 +145,7 @@ def check_point(surface: MemorySurface, backbone, method_config: dict | None, ba
                 bf16: bool = False, device: str = "cpu", backbone_precision: str = "fp32") -> dict:
     """The surface's breakdown at one point beside a direct estimate there."""
     direct = estimate_memory(backbone, surface.method, batch_size, length, dict(method_config or {}), bf16=bf16,
-                             device=device, backbone_precision=backbone_precision)
+                             device=device, backbone_precision=backbone_precision, task=surface.task)
     read = surface.breakdown(batch_size, length)
     return {"surface": read, "direct": direct.breakdown, "agrees": read == direct.breakdown, "seconds": direct.seconds}
 

@@ -50,16 +50,30 @@ def model_choices() -> dict[str, str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def supported_methods_of(backbone: str) -> list[str] | str:
-    """The methods this backbone takes, or the engine's one-line message about it."""
+def supported_methods_of(backbone: str, task: str = "classification") -> list[str] | str:
+    """The methods this backbone takes for runs of `task`, or the engine's one-line message about it."""
     from app.backbones import get_backbone
     from app.errors import LabError
-    from app.methods import supported_methods
+    from app.methods import METHODS, supported_methods
 
     try:
-        return list(supported_methods(get_backbone(backbone)))
+        return [m for m in supported_methods(get_backbone(backbone)) if task in METHODS[m].tasks]
     except LabError as exc:
         return str(exc)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def tasks_of(backbone: str) -> list[str]:
+    """What runs on this backbone can train: classifiers, and on a decoder language models too."""
+    from app.backbones import get_backbone
+    from app.errors import LabError
+    from app.tasks import CAUSAL_LM, CLASSIFICATION
+
+    try:
+        causal = get_backbone(backbone).family.causal
+    except LabError:
+        causal = False  # the methods list says what is wrong with it
+    return [CLASSIFICATION, CAUSAL_LM] if causal else [CLASSIFICATION]
 
 
 @st.cache_resource(show_spinner=False)
@@ -69,15 +83,15 @@ def _surfaces() -> OrderedDict:
     return OrderedDict()
 
 
-def _surface(backbone: str, method: str, settings_json: str, bf16: bool, precision: str, progress):
+def _surface(backbone: str, method: str, settings_json: str, bf16: bool, precision: str, task: str, progress):
     from app.errors import LabError
     from app.planning import measure_surface
 
-    cache, key = _surfaces(), (backbone, method, settings_json, bf16, precision)
+    cache, key = _surfaces(), (backbone, method, settings_json, bf16, precision, task)
     if key not in cache:
         try:
             cache[key] = measure_surface(backbone, method, json.loads(settings_json), bf16=bf16,
-                                         backbone_precision=precision, progress=progress)
+                                         backbone_precision=precision, progress=progress, task=task)
         except LabError as exc:
             cache[key] = str(exc)
         while len(cache) > SURFACES_KEPT:
@@ -87,13 +101,14 @@ def _surface(backbone: str, method: str, settings_json: str, bf16: bool, precisi
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def _direct(backbone: str, method: str, settings_json: str, bf16: bool, precision: str, batch: int, length: int):
+def _direct(backbone: str, method: str, settings_json: str, bf16: bool, precision: str, batch: int, length: int,
+            task: str):
     from app.errors import LabError
     from app.estimate import estimate_memory
 
     try:
         return estimate_memory(backbone, method, batch, length, json.loads(settings_json), bf16=bf16,
-                               backbone_precision=precision).as_dict()
+                               backbone_precision=precision, task=task).as_dict()
     except LabError as exc:
         return {"error": str(exc)}
 
@@ -131,7 +146,7 @@ def precisions_of(methods: list[str], chosen: str) -> dict[str, str]:
 
 
 def measure(backbone: str, methods: list[str], settings: dict[str, dict], bf16: bool,
-            precisions: dict[str, str]) -> dict:
+            precisions: dict[str, str], task: str = "classification") -> dict:
     """Every method's surface (or its error message), with one progress bar over the misses."""
     bar = st.empty()
     surfaces = {}
@@ -141,7 +156,7 @@ def measure(backbone: str, methods: list[str], settings: dict[str, dict], bf16: 
                                             f"{done} of {total} fake steps")
 
         surfaces[method] = _surface(backbone, method, json.dumps(settings[method], sort_keys=True), bf16,
-                                    precisions[method], progress)
+                                    precisions[method], task, progress)
     bar.empty()
     return surfaces
 
@@ -230,7 +245,7 @@ def _show_check(backbone: str, surfaces: dict, parts: dict, *, batch: int, lengt
         if method_title(method) not in parts:
             continue
         direct = _direct(backbone, method, json.dumps(settings[method], sort_keys=True), bf16, precisions[method],
-                         batch, length)
+                         batch, length, surface.task)
         if "error" in direct:
             disagree.append(f"{method_title(method)}: {direct['error']}")
         elif direct["breakdown"] != parts[method_title(method)]:

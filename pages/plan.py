@@ -3,7 +3,7 @@ import streamlit as st
 from components.common import method_title
 from components.plan_view import (
     BATCHES, DEFAULT_METHODS, DEFAULT_MODEL, LORA_RANKS, LST_REDUCTIONS, OWN_CONFIG, device_choices, precision_choices,
-    length_choices, measure, method_settings, model_choices, precisions_of, render_plan, supported_methods_of,
+    length_choices, measure, method_settings, model_choices, precisions_of, render_plan, supported_methods_of, tasks_of,
 )
 
 st.title("Plan: will it fit?")
@@ -25,11 +25,19 @@ if model == OWN_CONFIG:
         st.info("Type the path of a model's config.json (no weights needed), or pick a model above.")
         st.stop()
     backbone = typed if typed.startswith("config:") else f"config:{typed}"
-supported = supported_methods_of(backbone)
+tasks = tasks_of(backbone)
+if st.session_state.get("plan.task") not in tasks:
+    st.session_state["plan.task"] = tasks[0]
+task = left.radio("Task", tasks, key="plan.task", horizontal=True,
+                  help="classification: a label per text. causal-lm (decoders): a language model learns to continue "
+                       "text, with a label at every token and the chunked loss's own part in the breakdown.")
+supported = supported_methods_of(backbone, task)
 if isinstance(supported, str):
     st.error(supported)
     st.stop()
 st.session_state.setdefault("plan.methods", [m for m in DEFAULT_METHODS if m in supported])
+if any(m not in supported for m in st.session_state["plan.methods"]):  # a task that some do not train for
+    st.session_state["plan.methods"] = [m for m in st.session_state["plan.methods"] if m in supported]
 methods = left.multiselect("Methods", supported, format_func=method_title, key="plan.methods")
 devices = device_choices()
 st.session_state.setdefault("plan.device", "24 GB GPU")
@@ -60,6 +68,6 @@ if not methods:
 
 settings = {m: method_settings(m, lst_reduction, lst_dropping, lora_rank) for m in methods}
 precisions = precisions_of(methods, chosen_precision)
-surfaces = measure(backbone, methods, settings, bf16, precisions)
+surfaces = measure(backbone, methods, settings, bf16, precisions, task)
 render_plan(backbone, surfaces, batch=batch, length=length, device_label=device, device=devices[device], bf16=bf16,
             settings=settings, precisions=precisions)

@@ -28,6 +28,24 @@ def test_the_surface_equals_the_full_estimate_at_points_it_did_not_measure(backb
         assert surface.breakdown(batch, length) == direct.breakdown, (batch, length)
 
 
+LM_CASES = [("tiny-random-llama", m) for m in ("full_ft", "lora", "lst", "theseus", "distill")]
+
+
+@pytest.mark.parametrize("backbone,method", LM_CASES, ids=[f"{b}-{m}-causal-lm" for b, m in LM_CASES])
+def test_a_language_model_surface_equals_the_full_estimate(backbone, method):
+    """Planned as a language model (a label at every position, the chunked loss's own part), the
+    surface still gives every point exactly, and the loss part grows with the tokens."""
+    from app.estimate import estimate_memory
+    from app.planning import measure_surface
+
+    surface = measure_surface(backbone, method, task="causal-lm")
+    for batch, length in ((1, 40), (4, 100), (7, surface.longest)):
+        direct = estimate_memory(backbone, method, batch, length, task="causal-lm")
+        assert surface.breakdown(batch, length) == direct.breakdown, (batch, length)
+    assert 0 < surface.breakdown(2, 64)["loss"] < surface.breakdown(4, 64)["loss"] < surface.breakdown(4, 128)["loss"]
+    assert measure_surface(backbone, method).breakdown(4, 64)["loss"] == 0
+
+
 def _deep(backbone: str, layers: int = 18):
     config = copy.deepcopy(get_backbone(backbone).config)
     config.num_hidden_layers = layers
@@ -91,12 +109,14 @@ def test_plan_lengths_stop_at_the_longest_input():
     assert longest_input("config:bert-base", "prompt_tuning", {"num_virtual_tokens": 30}) == 482
 
 
-def test_a_large_models_point_is_checked_against_the_direct_estimate():
+@pytest.mark.parametrize("task", ["classification", "causal-lm"])
+def test_a_large_models_point_is_checked_against_the_direct_estimate(task):
     from app.planning import check_point, measure_surface
 
-    surface = measure_surface("config:llama-3.1-8b", "lst", {"reduction_factor": 16})
+    surface = measure_surface("config:llama-3.1-8b", "lst", {"reduction_factor": 16}, task=task)
     check = check_point(surface, "config:llama-3.1-8b", {"reduction_factor": 16}, 6, 3000)
     assert check["agrees"], check
+    assert (check["direct"]["loss"] > 0) == (task == "causal-lm")
 
 
 def test_data_parallel_figures_are_one_process_with_its_gradient_buckets():

@@ -375,6 +375,7 @@ def _follow_lesson(at: AppTest, page: str, manager, timeout: float = 240) -> App
 @pytest.mark.parametrize("lesson, page, methods", [
     ("lst-memory", "memory", ["full_ft", "adapter", "prompt_tuning", "lora", "lst"]),
     ("theseus", "theseus", ["full_ft", "theseus", "truncate"]),
+    ("lst-language-model", "memory", ["full_ft", "lora", "lst"]),
 ])
 def test_a_lesson_button_queues_its_recipe_and_its_page_checks_the_claim_on_those_runs(
         runs_dir, monkeypatch, lesson, page, methods):
@@ -865,6 +866,7 @@ def test_the_plan_page_redraws_from_its_sliders_and_refuses_a_bad_config(tmp_pat
 
     at = open_app(tmp_path / "runs", monkeypatch, "plan", {"model": "tiny-random"})
     assert at.selectbox(key="plan.model").value == "tiny-random"
+    assert at.radio(key="plan.task").options == ["classification"]  # an encoder writes no text
     curves = at.get("plotly_chart")[0]
     before = {t["name"]: t["y"] for t in _json.loads(curves.proto.spec)["data"] if t.get("y")}
     assert set(before) == {"Full fine-tuning", "LoRA", "Ladder Side-Tuning (LST)"}
@@ -898,6 +900,25 @@ def test_the_plan_page_redraws_from_its_sliders_and_refuses_a_bad_config(tmp_pat
     at.text_input(key="plan.own_config").input(str(tmp_path / "missing.json")).run()
     assert not at.exception
     assert len(at.error) == 1 and "config" in at.error[0].value and "\n" not in at.error[0].value
+
+
+def test_the_plan_page_plans_a_decoder_as_a_language_model(tmp_path, monkeypatch):
+    """A decoder offers the causal-lm task: its methods are those that train language models, the
+    breakdown gains the loss's own part, and the point on screen still equals a direct estimate."""
+    import json as _json
+
+    at = open_app(tmp_path / "runs", monkeypatch, "plan", {"model": "tiny-random-llama"})
+    assert at.radio(key="plan.task").options == ["classification", "causal-lm"]
+    bars = _json.loads(at.get("plotly_chart")[1].proto.spec)["data"]
+    assert "loss" not in {t["name"] for t in bars}  # a classifier's loss keeps nothing worth a bar
+    at.radio(key="plan.task").set_value("causal-lm").run()
+    assert not at.exception, [e.value for e in at.exception]
+    offered = at.multiselect(key="plan.methods").options
+    assert "BERT-of-Theseus" in offered and not any("probe" in title for title in offered)
+    bars = _json.loads(at.get("plotly_chart")[1].proto.spec)["data"]
+    loss = dict(zip(*(next(t for t in bars if t["name"] == "loss")[axis] for axis in ("y", "x"))))
+    assert set(loss) == {"Full fine-tuning", "LoRA", "Ladder Side-Tuning (LST)"} and min(loss.values()) > 0
+    assert any("equals the surface to the byte" in c.value for c in at.caption)
 
 
 # --- run bundles -----------------------------------------------------------------------------
