@@ -31,6 +31,8 @@ KEY_FINDINGS = {
                 "majority_test"),
     "shrink": ("baseline_test", "int8_speedup", "int8_points_lost", "2bit_points_lost", "1bit_points_lost",
                "fastest_mask_speedup"),
+    "lst-language-model": ("lst_peak_ratio", "lora_peak_ratio", "full_ft_ppl_start", "full_ft_ppl_end",
+                           "lora_ppl_end", "lst_ppl_end", "lst_over_lora_fall", "lst_answers_changed"),
 }
 
 

@@ -17,6 +17,7 @@ from app.lessons import (
     LESSONS, Check, LessonRuns, check_lst_memory, check_shrink, check_theseus, get_lesson, lesson_findings,
     role_configs, submit_lesson,
 )
+from app.lessons.lst_language_model import check_lst_language_model
 from app.run_refs import referenced_role, resolve_role_refs, role_ref
 
 CONTRACT = {"lesson", "preset", "seed", "runs", "wall_seconds", "findings", "demonstrated", "reason"}
@@ -32,7 +33,7 @@ def test_lessons_lists_every_lesson_with_its_presets(capsys, tmp_path):
     code, listed = _cli_json(capsys, "lessons", "--json", "--runs-dir", str(tmp_path))
     assert code == 0
     by_name = {lesson["name"]: lesson for lesson in listed["lessons"]}
-    assert set(by_name) == {"lst-memory", "theseus", "shrink"}
+    assert set(by_name) == {"lst-memory", "theseus", "shrink", "lst-language-model"}
     for lesson in by_name.values():
         assert {"cpu", "cuda", "tiny"} <= set(lesson["presets"])
         assert lesson["default_preset"] == "cpu"  # no CUDA on the test machine
@@ -205,6 +206,98 @@ def test_the_int8_preset_compares_lst_with_lora_on_the_same_quantized_backbone()
     records["lst"] = dict(_memory_record("s", 0.90, 30.0, 4.0), config={"backbone_precision": "int8"})
     failed = [c.name for c in check_lst_memory(LessonRuns(lesson, records)).checks if not c.passed]
     assert {"lst_over_lora_peak", "lst_minus_lora_test"} <= set(failed)
+
+
+def _lm_record(peak: float, ppl_end: float) -> dict:
+    return {"id": "r", "status": "finished", "metrics": {"peak_memory_bytes": peak, "val_perplexity": ppl_end,
+                                                         "test_perplexity": ppl_end + 1, "steps_done": 8}}
+
+
+def _lm_passes(ppl_start: float, ppl_end: float, first: list[str], last: list[str]) -> list[dict]:
+    def written(answers):
+        return [{"prompt": f"line {i}", "reference": f"reply {i}", "answer": a} for i, a in enumerate(answers)]
+
+    return [{"step": 0, "perplexity": ppl_start, "generations": written(first)},
+            {"step": 8, "perplexity": ppl_end, "generations": written(last)}]
+
+
+def test_language_model_claim_reads_memory_the_perplexity_fall_from_step_0_and_the_answers():
+    lesson = get_lesson("lst-language-model")
+    untuned = ["and then he said", "i don't know what"]
+    records = {"full_ft": _lm_record(100.0, 20.0), "lora": _lm_record(45.0, 24.0), "lst": _lm_record(23.0, 22.0)}
+    validation = {"full_ft": _lm_passes(40.0, 20.0, untuned, ["yes.", "no."]),
+                  "lora": _lm_passes(40.0, 24.0, untuned, ["yes.", "i know."]),
+                  "lst": _lm_passes(40.0, 22.0, untuned, ["yes.", untuned[1]])}
+    found = check_lst_language_model(LessonRuns(lesson, records, validation=validation))
+    checks = {c.name: c for c in found.checks}
+    assert all(c.passed for c in found.checks), [c.name for c in found.checks if not c.passed]
+    assert checks["lst_peak_ratio"].value == pytest.approx(0.23)
+    assert checks["lst_over_lora_fall"].value == pytest.approx(18 / 16)  # 40 -> 22 against 40 -> 24
+    assert checks["lora_fall_fraction"].value == pytest.approx(0.4)
+    assert checks["lst_answers_changed"].value == pytest.approx(0.5)  # the second answer stayed the same
+    assert found.findings["lst_ppl_start"] == 40.0 and found.findings["lst_ppl_end"] == 22.0
+    assert any("from the untuned model's 40.00 after 8 steps" in line for line in found.notice)
+    assert any("untuned model (step 0) wrote “and then he said”" in line and "after its last step “yes.”" in line
+               for line in found.notice)
+    # LST falling less far than LoRA, and over the memory target: the checks say so, with the numbers
+    records["lst"], validation["lst"] = _lm_record(30.0, 30.0), _lm_passes(40.0, 30.0, untuned, untuned)
+    found = check_lst_language_model(LessonRuns(lesson, records, validation=validation))
+    assert [c.name for c in found.checks if not c.passed] == ["lst_peak_ratio", "lst_over_lora_fall",
+                                                               "lst_answers_changed"]
+    assert {c.name: c.value for c in found.checks}["lst_over_lora_fall"] == pytest.approx(10 / 16)
+    assert any("not the saving the paper reports" in line for line in found.notice)
+    # LoRA that did not learn: no multiple of its fall, and the check on it fails
+    records["lora"], validation["lora"] = _lm_record(45.0, 41.0), _lm_passes(40.0, 41.0, untuned, untuned)
+    found = check_lst_language_model(LessonRuns(lesson, records, validation=validation))
+    checks = {c.name: c for c in found.checks}
+    assert checks["lst_over_lora_fall"].value is None and not checks["lora_fall_fraction"].passed
+    # runs without a step-0 pass (or no passes at all): nothing to compare, nothing passes
+    found = check_lst_language_model(LessonRuns(lesson, records))
+    assert {c.name for c in found.checks if c.value is None} == {"lora_fall_fraction", "lst_over_lora_fall",
+                                                                 "lst_answers_changed"}
+
+
+def test_language_model_lesson_trains_three_decoders_on_the_same_batches_from_the_cli(capsys, tmp_path):
+    from app.store import RunStore
+
+    runs_dir = tmp_path / "runs"
+    code, result = _cli_json(capsys, "lesson", "lst-language-model", "--preset", "tiny", "--runs-dir", str(runs_dir),
+                             "--json", "--quiet")
+    assert code == 0 and CONTRACT <= set(result) and set(result["runs"]) == {"full_ft", "lora", "lst"}
+    assert result["status"] == "done" and isinstance(result["demonstrated"], bool)
+    assert result["reason"].startswith("The tiny preset's random 4-layer backbone shows nothing")
+    findings = result["findings"]
+    assert {c["name"] for c in result["checks"]} == {"lst_peak_ratio", "lora_fall_fraction", "lst_over_lora_fall",
+                                                     "lst_answers_changed"}
+    assert 0 < findings["lst_peak_ratio"] < findings["lora_peak_ratio"] < 1
+    # every method starts from the untuned backbone: one step-0 perplexity
+    assert findings["full_ft_ppl_start"] == pytest.approx(findings["lora_ppl_start"]) == \
+        pytest.approx(findings["lst_ppl_start"])
+    assert findings["full_ft_ppl_end"] < findings["full_ft_ppl_start"]
+    assert any("The answers:" in line and "step 0" in line for line in result["notice"])
+    store = RunStore(runs_dir)
+    configs = {c["method"]: c for c in role_configs(get_lesson("lst-language-model"), "tiny", 0)}
+    for role, run_id in result["runs"].items():
+        record = store.get_run(run_id)
+        assert record["config"]["task"] == "causal-lm" and record["config"]["lr"] == configs[role]["lr"]
+        assert record["config"]["backbone"] == "tiny-random-llama"
+        assert [e["step"] for e in store.evals(run_id, "validation")][0] == 0
+
+
+def test_language_model_presets_compare_every_method_on_equal_steps_and_data():
+    lesson = get_lesson("lst-language-model")
+    for preset in lesson.presets:
+        configs = role_configs(lesson, preset, 0)
+        shared = [{k: v for k, v in c.items() if k not in ("method", "method_config", "lr", "name")} for c in configs]
+        assert all(s == shared[0] for s in shared), preset
+        assert shared[0]["task"] == "causal-lm" and shared[0]["padding"] == "max"
+        rates = {c["method"]: c["lr"] for c in configs}
+        assert rates == {"full_ft": 1e-4, "lora": 8e-3, "lst": 3e-3}
+        if preset != "tiny":  # the help states every rate
+            assert all(f"{rate:.0e}".replace("e-0", "e-") in lesson.presets[preset].help for rate in rates.values())
+    cpu, cuda = (lesson.presets[p].run for p in ("cpu", "cuda"))
+    assert cpu["backbone"] == cuda["backbone"] == "smollm2-135m"
+    assert cuda["steps"] > cpu["steps"] and cuda["batch_size"] * cuda["max_length"] > cpu["batch_size"] * cpu["max_length"]
 
 
 def test_a_check_without_a_number_fails():

@@ -1,8 +1,8 @@
 """Lessons: one-click recipes that queue runs on a preset sized for the device, and the numbers that
 check, on those very runs, the claim each lesson teaches.
 
-A lesson is plain data (`Lesson`, in `base`) in a module of its own (`lst_memory`, `theseus`,
-`shrink`): its presets (run settings per device), the runs it queues (one `Role` each, later roles
+A lesson is plain data (`Lesson`, in `base`) in a module of its own (`lst_memory`, `theseus`, `shrink`,
+`lst_language_model`): its presets (run settings per device), the runs it queues (one `Role` each, later roles
 naming earlier ones as "@role:NAME"), optionally a compression sweep over one of them, its check
 and what to notice, and the page that shows it. `registry.LESSONS` lists them; the Launch page,
 the lesson panels and the CLI (`lessons`, `lesson NAME`) loop over it. `runner` queues a lesson

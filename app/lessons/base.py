@@ -168,9 +168,18 @@ class LessonRuns:
     lesson: Lesson
     records: dict  # role -> run record
     points: list = field(default_factory=list)  # a lesson with a sweep: the sweep's points
+    # role -> the run's validation passes in step order (step 0 first on a language model), each with
+    # its metrics and, on a language model, the answers written then (`generations`)
+    validation: dict = field(default_factory=dict)
 
     def metric(self, role: str, key: str):
         return ((self.records.get(role) or {}).get("metrics") or {}).get(key)
+
+    def first_and_last_validation(self, role: str) -> tuple[dict, dict] | None:
+        """A run's first and last validation pass, when it has two (a language model's first is its
+        untuned step 0)."""
+        passes = self.validation.get(role) or []
+        return (passes[0], passes[-1]) if len(passes) >= 2 else None
 
     def majority_accuracy(self, split: str = "test") -> float | None:
         for record in self.records.values():

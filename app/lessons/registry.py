@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import lst_memory, shrink, theseus
+from . import lst_language_model, lst_memory, shrink, theseus
 from .base import Lesson
 
 LESSONS: dict[str, Lesson] = {
@@ -12,6 +12,7 @@ LESSONS: dict[str, Lesson] = {
         lst_memory.LESSON,
         theseus.LESSON,
         shrink.LESSON,
+        lst_language_model.LESSON,
     )
 }
 

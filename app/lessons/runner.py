@@ -142,6 +142,13 @@ def sweep_points(store, lesson: Lesson, record: dict) -> list[dict]:
     return [p for p in stored_points(store, record["runs"][lesson.sweep_role]) if p["created_at"] >= record["created_at"]]
 
 
+def validation_passes(store, run_id: str) -> list[dict]:
+    """A run's validation passes in step order, each with what its model wrote then (a language
+    model's `generations`, stored as the pass's telemetry)."""
+    written = {row["step"]: row.get("generations") for row in store.telemetry(run_id, "eval:validation", after=-1)}
+    return [dict(row, generations=written.get(row["step"]) or []) for row in store.evals(run_id, "validation")]
+
+
 def lesson_findings(store, record: dict) -> Findings:
     """Check the lesson's claim on its runs as stored now: pending while any is queued or running
     (or its sweep has not measured what the claim needs), failed when one did not finish, else the
@@ -160,7 +167,8 @@ def lesson_findings(store, record: dict) -> Findings:
         role, r = broken[0]
         return Findings(lesson.name, "failed",
                         reason=f"its {role} run {r['id']} ended {r['status']}: {r.get('error') or 'no reason given'}")
-    findings = lesson.check(LessonRuns(lesson, records, sweep_points(store, lesson, record)))
+    validation = {role: validation_passes(store, run_id) for role, run_id in record["runs"].items()}
+    findings = lesson.check(LessonRuns(lesson, records, sweep_points(store, lesson, record), validation))
     if findings.status != "done":
         return findings
     failed = [c for c in findings.checks if not c.passed]
