@@ -47,7 +47,6 @@ LM_MATRIX: dict[str, tuple[dict, float, float | None]] = {
     # same floor as LoRA's, reached from further up since half the layers start as copies.
     "theseus": ({"predecessor": "untuned", "layers": 2}, 1e-3, 0.95),
     "distill": ({"teacher": "untuned", "layers": 2}, 1e-3, 0.8),
-    "distill+hidden_states": ({"teacher": "untuned", "layers": 2, "hidden_weight": 1.0}, 1e-3, 0.8),
 }
 DECODERS = ("tiny-random-llama", "tiny-random-gpt2")
 # Rows whose step 0 is the backbone (LST's side output is added to the backbone's final state through
@@ -169,23 +168,32 @@ def test_only_declared_parameters_train_and_the_loss_falls(backbone_name, row, e
         assert last < loss_ratio * first, (first, last)
 
 
-def test_the_chunked_loss_is_the_plain_loss_in_value_and_gradient(monkeypatch):
+@pytest.mark.parametrize("head_kind", ["trained", "frozen", "with_bias", "hooked"])
+def test_the_chunked_loss_is_the_plain_loss_in_value_and_gradient(head_kind, monkeypatch):
+    """Chunk by chunk, the loss and its gradients (states, and the head's weight and bias when they
+    train) equal the plain loss's on the whole logits: the fused path for a plain linear head, and
+    the checkpointed one for any other head (here, one with a forward hook)."""
     from app import lm_loss
 
     monkeypatch.setattr(lm_loss, "LOGITS_CHUNK_BYTES", 4 * 100 * 7)  # 7 positions per chunk: several chunks
     torch.manual_seed(0)
-    head = torch.nn.Linear(16, 100, bias=False)
+    head = torch.nn.Linear(16, 100, bias=head_kind == "with_bias")
+    head.requires_grad_(head_kind != "frozen")
+    if head_kind == "hooked":
+        head.register_forward_hook(lambda module, inputs, output: None)
     hidden = torch.randn(3, 20, 16, requires_grad=True)
     labels = torch.randint(0, 100, (3, 20))
     labels[0, :5] = lm_loss.IGNORE_INDEX  # a prompt
     labels[2, 15:] = lm_loss.IGNORE_INDEX  # padding
     assert lm_loss.chunk_positions(100) == 7
+    wrt = [hidden] + [p for p in head.parameters() if p.requires_grad]
     chunked = lm_loss.causal_lm_loss(hidden, head, labels)
-    (chunked_grad,) = torch.autograd.grad(chunked, hidden)
+    chunked_grads = torch.autograd.grad(2.5 * chunked, wrt)  # an outer factor, as a weighted loss has
     plain = F.cross_entropy(head(hidden[:, :-1]).reshape(-1, 100), labels[:, 1:].reshape(-1), ignore_index=-100)
-    (plain_grad,) = torch.autograd.grad(plain, hidden)
+    plain_grads = torch.autograd.grad(2.5 * plain, wrt)
     torch.testing.assert_close(chunked, plain)
-    torch.testing.assert_close(chunked_grad, plain_grad)
+    for got, want in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want)
     total, tokens, correct, whole = lm_loss.causal_lm_sums(hidden.detach(), head, labels)
     assert tokens == int((labels[:, 1:] != -100).sum())
     assert total / tokens == pytest.approx(float(plain), rel=1e-5)
@@ -593,12 +601,14 @@ def test_the_estimate_before_launch_matches_a_language_model_step(backbone_name,
         assert estimate.predicted_peak_bytes == measured
     classifier = estimate_memory(backbone_name, method, 8, 32)
     assert classifier.predicted_peak_bytes != estimate.predicted_peak_bytes  # the task changes the step
-    # The loss's own part: the shifted fp32 states and int64 targets its checkpointed chunks recompute
-    # from (8 × 31 positions), and the labelled-token count it divides by; a classifier has none.
+    # The loss's own part: the gradients its chunks computed in the forward pass (8 × 31 positions),
+    # kept for backward, and the labelled-token count it divides by; a classifier has none.
     from app.backbones import get_backbone
 
-    width = get_backbone(backbone_name).config.hidden_size
-    kept = 8 * 31 * (4 * width + 8) + 8
+    config = get_backbone(backbone_name).config
+    kept = 8 * 31 * 4 * config.hidden_size + 8  # the states' fp32 gradient, and the token count
+    if method == "full_ft":  # and the (tied, trained) head's gradient
+        kept += 4 * config.vocab_size * config.hidden_size
     assert record["metrics"]["memory_breakdown"]["loss"] == estimate.breakdown["loss"] == kept
     assert classifier.breakdown["loss"] == 0
 

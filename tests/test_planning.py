@@ -28,7 +28,7 @@ def test_the_surface_equals_the_full_estimate_at_points_it_did_not_measure(backb
         assert surface.breakdown(batch, length) == direct.breakdown, (batch, length)
 
 
-LM_CASES = [("tiny-random-llama", m) for m in ("full_ft", "lora", "lst", "theseus", "distill")]
+LM_CASES = [("tiny-random-llama", m) for m in ("full_ft", "lora", "lst", "theseus")]
 
 
 @pytest.mark.parametrize("backbone,method", LM_CASES, ids=[f"{b}-{m}-causal-lm" for b, m in LM_CASES])
@@ -109,14 +109,15 @@ def test_plan_lengths_stop_at_the_longest_input():
     assert longest_input("config:bert-base", "prompt_tuning", {"num_virtual_tokens": 30}) == 482
 
 
-@pytest.mark.parametrize("task", ["classification", "causal-lm"])
-def test_a_large_models_point_is_checked_against_the_direct_estimate(task):
+def test_a_large_models_point_is_checked_against_the_direct_estimate():
+    """LST on Llama-3.1-8B as a language model (what LST's successors tune): the surface's point
+    equals a direct estimate there, the chunked loss's part included."""
     from app.planning import check_point, measure_surface
 
-    surface = measure_surface("config:llama-3.1-8b", "lst", {"reduction_factor": 16}, task=task)
+    surface = measure_surface("config:llama-3.1-8b", "lst", {"reduction_factor": 16}, task="causal-lm")
     check = check_point(surface, "config:llama-3.1-8b", {"reduction_factor": 16}, 6, 3000)
     assert check["agrees"], check
-    assert (check["direct"]["loss"] > 0) == (task == "causal-lm")
+    assert check["direct"]["loss"] == 6 * 2999 * 4 * 4096 + 8  # the states' gradient (the head is frozen), the count
 
 
 def test_data_parallel_figures_are_one_process_with_its_gradient_buckets():
