@@ -11,10 +11,14 @@ text (BBC News by default), every batch the full `--batch-size` × `--max-length
 3. The loss alone: the saved-for-backward bytes and time of the chunked loss (`app.lm_loss`)
    against the plain one (the whole logits tensor, then cross-entropy) on the same final states.
 
-Ratios are to full fine-tuning. Run it on an otherwise idle machine; the load average and torch's
-thread count are recorded with the figures.
+Ratios are to full fine-tuning. Theseus and distillation compress the full fine-tuning run of the
+cost pass (their predecessor and teacher), to half its layers. An entry `METHOD+NAME=VALUE` runs
+a method with one setting changed (`lst+lm_output=side`: LST with the official side-only head). Run it
+on an otherwise idle machine;
+the load average and torch's thread count are recorded with the figures.
 
-    python benchmarks/causal_lm_methods.py [--methods full_ft,lora,lst] [--steps 10] [--seconds 120]
+    python benchmarks/causal_lm_methods.py [--methods full_ft,lora,lst,lst+lm_output=side,theseus,distill]
+        [--steps 10] [--seconds 120]
         [--backbone smollm2-135m] [--dataset bbc-news] [--batch-size 8] [--max-length 256] [--json out.json]
 """
 
@@ -37,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from app.backbones import get_backbone  # noqa: E402
 from app.lm_loss import causal_lm_loss  # noqa: E402
-from app.memory import SavedActivationMeter  # noqa: E402
+from app.memory import LOSS, SavedActivationMeter  # noqa: E402
 from app.preparation import prepare_run  # noqa: E402
 from app.runner import execute_run  # noqa: E402
 from app.store import RunStore  # noqa: E402
@@ -47,8 +51,20 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "causal_lm_methods.
 REFERENCE = "full_ft"
 
 
-def run(store: RunStore, args, method: str, steps: int) -> dict:
-    config = dict(backbone=args.backbone, dataset=args.dataset, method=method, task="causal-lm", steps=steps,
+# The finished run a method needs, by the config field that names it.
+REFERENCE_FIELDS = {"theseus": "predecessor", "distill": "teacher"}
+
+
+def run(store: RunStore, args, entry: str, steps: int, reference: str | None = None) -> dict:
+    method, _, setting = entry.partition("+")
+    method_config = {REFERENCE_FIELDS[method]: reference} if method in REFERENCE_FIELDS else {}
+    if setting:
+        name, _, value = setting.partition("=")
+        method_config[name] = value
+    if method == "theseus":
+        method_config["patience"] = 0  # the budget is the same for every method: no early stop
+    config = dict(backbone=args.backbone, dataset=args.dataset, method=method, method_config=method_config,
+                  task="causal-lm", steps=steps,
                   eval_every=steps, batch_size=args.batch_size, max_length=args.max_length, padding="max",
                   max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
                   generations=0, seed=args.seed, device="cpu")
@@ -60,7 +76,7 @@ def run(store: RunStore, args, method: str, steps: int) -> dict:
     validation = store.evals(run_id, "validation")
     seconds = [s["step_seconds"] for s in store.steps(run_id)]
     metrics = record["metrics"]
-    return {"steps": steps, "trainable_params": record["summary"]["trainable_params"],
+    return {"run_id": run_id, "steps": steps, "trainable_params": record["summary"]["trainable_params"],
             "peak_memory_bytes": metrics["peak_memory_bytes"], "memory_breakdown": metrics["memory_breakdown"],
             "median_step_seconds": statistics.median(seconds[1:] or seconds),
             "val_perplexity_start": validation[0]["perplexity"], "val_perplexity_end": validation[-1]["perplexity"],
@@ -88,14 +104,15 @@ def loss_alone(args) -> dict:
         with meter.track():
             loss = loss_of(hidden)
         loss.backward()
-        results[name] = {"saved_bytes": meter.total, "seconds": time.perf_counter() - started, "loss": float(loss.detach())}
+        saved = meter.total + meter.part_total(LOSS)  # the chunked loss counts what it keeps as its own part
+        results[name] = {"saved_bytes": saved, "seconds": time.perf_counter() - started, "loss": float(loss.detach())}
     results["saved_ratio"] = results["chunked"]["saved_bytes"] / max(1, results["plain"]["saved_bytes"])
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="full_ft,lora,lst")
+    parser.add_argument("--methods", default="full_ft,lora,lst,lst+lm_output=side,theseus,distill")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--backbone", default="smollm2-135m")
@@ -113,15 +130,19 @@ def main(argv: list[str] | None = None) -> int:
                  "cost": {}, "equal_time": {}}
     with tempfile.TemporaryDirectory() as folder:
         store = RunStore(Path(folder))
+        if any(m.partition("+")[0] in REFERENCE_FIELDS for m in methods) and REFERENCE not in methods:
+            methods.insert(0, REFERENCE)  # their predecessor and teacher
         for method in methods:
-            out["cost"][method] = run(store, args, method, args.steps)
+            reference = out["cost"].get(REFERENCE, {}).get("run_id")
+            out["cost"][method] = run(store, args, method, args.steps, reference)
             row = out["cost"][method]
             print(f"{method:<8} trainable {row['trainable_params']:>11,}  peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB"
                   f"  {row['median_step_seconds']:.2f} s/step", flush=True)
         if args.seconds > 0:
             for method in methods:
                 steps = max(1, int(args.seconds / out["cost"][method]["median_step_seconds"]))
-                out["equal_time"][method] = run(store, args, method, steps)
+                out["equal_time"][method] = run(store, args, method, steps, out["cost"][REFERENCE]["run_id"]
+                                                if method.partition("+")[0] in REFERENCE_FIELDS else None)
                 row = out["equal_time"][method]
                 print(f"{method:<8} {steps} steps in {row['train_seconds']:.0f} s: validation perplexity "
                       f"{row['val_perplexity_start']:.2f} -> {row['val_perplexity_end']:.2f}", flush=True)

@@ -13,6 +13,10 @@ steps through the engine in fp32 and with bf16 autocast, each figure side by sid
 - once per process: the CUDA context, read as device memory in use (`mem_get_info`) minus what
   PyTorch has reserved, after cuBLAS has been loaded.
 
+Then the same for language models (`--lm-backbone`, SmolLM2-135M by default; `--lm-backbone none`
+skips it): every method that trains for causal-lm, packed BBC News, fp32 and bf16 autocast, where the
+chunked loss (its gradients computed in the forward pass) and the LM head run on CUDA.
+
 Goals: estimate within 5% of measured, both within 10% of `max_memory_allocated`. Whatever is
 left is printed per row as allocated/estimate and reserved/allocated, to say where it goes.
 
@@ -86,26 +90,27 @@ def step_seconds(store: RunStore, run_id: str) -> float | None:
     return statistics.median(later) if later else None
 
 
-def check_one(store, backbone, method, batch, length, *, steps, settings, device, bf16, precision="fp32") -> dict:
+def check_one(store, backbone, method, batch, length, *, steps, settings, device, bf16, precision="fp32",
+              task="classification") -> dict:
     estimate_device = device
     try:
         estimate = estimate_memory(backbone, method, batch, length, settings, bf16=bf16, device=estimate_device,
-                                   backbone_precision=precision)
+                                   backbone_precision=precision, task=task)
     except Exception as exc:  # fake tensors on this device failed: fall back to the CPU's kernels
         estimate_device = "cpu"
         estimate = estimate_memory(backbone, method, batch, length, settings, bf16=bf16, device="cpu",
-                                   backbone_precision=precision)
+                                   backbone_precision=precision, task=task)
         print(f"  (estimate on {device} failed, used the CPU's kernels: {exc})")
     predicted = comparable_estimate(estimate, method)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     record = short_run(store, backbone, method, batch, length, steps=steps, settings=settings, device=device,
-                       bf16=bf16, backbone_precision=precision)
+                       bf16=bf16, backbone_precision=precision, task=task)
     metrics = record["metrics"]
     measured = metrics["memory_breakdown"]
     row = {
         "backbone": backbone, "method": method, "batch": batch, "length": length, "bf16": bf16, "device": device,
-        "backbone_precision": precision,
+        "backbone_precision": precision, "task": task,
         "estimate_device": estimate_device, "measured": measured, "measured_bytes": sum(measured.values()),
         "estimated": predicted, "estimated_bytes": sum(predicted.values()),
         "estimate_seconds": estimate.seconds, "seconds_per_step": step_seconds(store, record["id"]),
@@ -124,7 +129,8 @@ def check_one(store, backbone, method, batch, length, *, steps, settings, device
 
 
 def print_row(row: dict) -> None:
-    line = (f"{row['backbone']:<10} {row['method']:<14} b{row['batch']:<3} L{row['length']:<4} "
+    line = (f"{row['backbone']:<10} {row.get('task', 'classification'):<14} {row['method']:<14} "
+            f"b{row['batch']:<3} L{row['length']:<4} "
             f"{'bf16' if row['bf16'] else 'fp32'} {row.get('backbone_precision', 'fp32'):<4}  "
             f"measured {row['measured_bytes'] / MiB:9.1f}  "
             f"estimate {row['estimated_bytes'] / MiB:9.1f} ({row['estimate_error']:+.2%})")
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", help=f"batch x length pairs (default {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on CPU)")
     parser.add_argument("--methods", help="comma-separated (default: every method)")
     parser.add_argument("--backbones", help="comma-separated (default: minilm-l6, and mpnet-base when installed)")
+    parser.add_argument("--lm-backbone", default="smollm2-135m",
+                        help="a decoder to check as a language model after the classifiers ('none' skips it)")
     parser.add_argument("--budget-seconds", type=float, default=420.0)
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
@@ -167,17 +175,21 @@ def main(argv: list[str] | None = None) -> int:
               "context); checking the lab's measurement against the estimate on the CPU, fp32, one step per run.")
         result["cuda_skipped"] = True
     store = RunStore(Path(tempfile.mkdtemp(prefix="gpu-check-")))
-    for backbone in backbones:
+    passes = [(backbone, "classification") for backbone in backbones]
+    if args.lm_backbone != "none":
+        passes.append((args.lm_backbone, "causal-lm"))
+    for backbone, task in passes:
+        task_methods = [m for m in methods if task in METHODS[m].tasks]
         reference_id = None
-        if any(METHODS[m].reference_fields for m in methods):
-            reference_id = short_run(store, backbone, "full_ft", 8, 32, device=device)["id"]
+        if any(METHODS[m].reference_fields for m in task_methods):
+            reference_id = short_run(store, backbone, "full_ft", 8, 32, device=device, task=task)["id"]
         # Every method in fp32 and with bf16 autocast, then every method that keeps a frozen backbone with
         # that backbone in bf16, int8 and int4 (the first shape, fp32 autocast).
-        grid = [(bf16, method, shape, "fp32") for bf16 in precisions for method in methods for shape in shapes]
-        grid += [(False, method, shapes[0], precision) for precision in ("bf16", "int8", "int4") for method in methods
-                 if precision in allowed_precisions(METHODS[method])]
+        grid = [(bf16, method, shape, "fp32") for bf16 in precisions for method in task_methods for shape in shapes]
+        grid += [(False, method, shapes[0], precision) for precision in ("bf16", "int8", "int4")
+                 for method in task_methods if precision in allowed_precisions(METHODS[method])]
         for bf16, method, (batch, length), precision in grid:
-            label = (f"{backbone} {method} b{batch} L{length} {'bf16' if bf16 else 'fp32'} "
+            label = (f"{backbone} {task} {method} b{batch} L{length} {'bf16' if bf16 else 'fp32'} "
                      f"backbone {precision}")
             if time.perf_counter() - started > args.budget_seconds:
                 result["left_out"].append(label)
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 row = check_one(store, backbone, method, batch, length, steps=steps,
                                 settings=reference_settings(method, reference_id), device=device, bf16=bf16,
-                                precision=precision)
+                                precision=precision, task=task)
             except Exception as exc:  # one failing row must not cost the others
                 print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
                 result["rows"].append({"label": label, "error": f"{type(exc).__name__}: {exc}"})

@@ -61,12 +61,15 @@ def reference_settings(method: str, reference_id: str | None) -> dict:
 
 def short_run(store: RunStore, backbone: str, method: str, batch: int, length: int, *, steps: int = 1,
               settings: dict | None = None, device: str = "cpu", bf16: bool = False,
-              backbone_precision: str = "fp32") -> dict:
-    """A real run of a few steps at one fixed batch shape; returns its finished record."""
+              backbone_precision: str = "fp32", task: str = "classification") -> dict:
+    """A real run of a few steps at one fixed batch shape; returns its finished record. A causal-lm
+    run learns packed BBC News (every block full, as `padding=max` makes a classifier's batches)."""
     config = dict(backbone=backbone, dataset="sms-spam", method=method, method_config=settings or {},
                   batch_size=batch, max_length=length, padding="max", steps=steps, eval_every=10_000,
                   max_train_examples=max(64, batch * steps), max_eval_examples=8, seed=0, device=device, bf16=bf16,
                   backbone_precision=backbone_precision)
+    if task == "causal-lm":
+        config.update(task=task, dataset="bbc-news", generations=0)
     prepared = prepare_run(config, store)
     run_id = store.create_run(prepared.config.as_dict())
     record = execute_run(store, run_id, prepared=prepared)
