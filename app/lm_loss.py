@@ -17,6 +17,8 @@ position the loss skips (a prompt, padding); the state at t - 1 predicts the lab
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,11 @@ LOGITS_CHUNK_BYTES = 32 * 2**20
 def chunk_positions(vocab_size: int, budget_bytes: int | None = None) -> int:
     """Positions per chunk so that one chunk's fp32 logits fit the budget."""
     return max(1, (budget_bytes or LOGITS_CHUNK_BYTES) // (4 * max(1, vocab_size)))
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp of the mean next-token loss, capped where a float would overflow into infinity."""
+    return float(math.exp(min(mean_loss, 50.0)))
 
 
 def next_token_pairs(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

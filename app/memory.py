@@ -5,8 +5,8 @@ storages of parameters and buffers, of the gradients that backward really alloca
 optimizer's state tensors, and of every tensor autograd saves for backward during the forward
 pass (through `saved_tensors_hooks`). Each storage is counted once; storages that belong to
 parameters are left out of activations (a weight saved for backward is not an activation). What a
-language model's loss keeps (`app.lm_loss`: the states its checkpointed chunks recompute from) is
-its own part, `loss`, so the breakdown shows what the head and cross-entropy cost beside the model's
+language model's loss keeps for backward (`app.lm_loss`: the gradients its chunks computed in the
+forward pass, or the states checkpointed chunks recompute from) is its own part, `loss`, so the breakdown shows what the head and cross-entropy cost beside the model's
 activations.
 The peak estimate is their sum: what is alive at the end of the forward pass of a step once the
 optimizer state and gradient buffers exist. On CUDA the allocator's own peak is recorded beside it.

@@ -24,7 +24,7 @@ from .distributed import DataParallel
 from .errors import ConfigError, LabError, RunCancelled
 from .generation import generate_text
 from .lm_data import generation_prompts
-from .lm_loss import causal_lm_sums
+from .lm_loss import causal_lm_sums, perplexity
 from .memory import PARTS, MemoryMeter, count_parameters
 from .methods.base import BuildContext, Method, StepOutput, TrainState
 from .pooling import set_decoder_pooling
@@ -125,7 +125,7 @@ def evaluate_language_model(method: Method, model, tensors: dict, *, batch_size:
     examples = int(len(tensors["labels"]))
     token_accuracy, exact_match = correct / max(1, tokens), exact / max(1, examples)
     return {"accuracy": exact_match if exact_match_accuracy else token_accuracy, "macro_f1": None, "loss": mean,
-            "perplexity": float(np.exp(min(mean, 50.0))), "token_accuracy": token_accuracy,
+            "perplexity": perplexity(mean), "token_accuracy": token_accuracy,
             "exact_match": exact_match, "tokens": tokens, "examples": examples}
 
 

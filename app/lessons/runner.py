@@ -16,6 +16,7 @@ from typing import Callable
 from ..errors import ConfigError, LabError
 from ..pipelines import queue_recipe
 from ..store import ACTIVE_STATUSES
+from ..tasks import CAUSAL_LM
 from .base import Findings, Lesson, LessonRuns
 from .registry import get_lesson
 
@@ -167,7 +168,10 @@ def lesson_findings(store, record: dict) -> Findings:
         role, r = broken[0]
         return Findings(lesson.name, "failed",
                         reason=f"its {role} run {r['id']} ended {r['status']}: {r.get('error') or 'no reason given'}")
-    validation = {role: validation_passes(store, run_id) for role, run_id in record["runs"].items()}
+    # Only a language model's checks read its passes (step 0's answers against the last's); a page
+    # rechecks the lesson on every refresh, so a classifier lesson reads nothing more.
+    validation = {role: validation_passes(store, run_id) for role, run_id in record["runs"].items()
+                  if (records[role].get("config") or {}).get("task") == CAUSAL_LM}
     findings = lesson.check(LessonRuns(lesson, records, sweep_points(store, lesson, record), validation))
     if findings.status != "done":
         return findings

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer_stack import LayerStack, layer_name_fragment
-from ..lm_loss import causal_lm_loss, causal_lm_sums
+from ..lm_loss import causal_lm_loss, causal_lm_sums, perplexity
 from ..memory import count_parameters
 from ..options import option
 from ..tasks import CAUSAL_LM, CLASSIFICATION, TASKS
@@ -469,4 +469,4 @@ def _perplexity(model: nn.Module, batches) -> float:
             loss, tokens = loss + part_loss, tokens + part_tokens
     finally:
         model.train(was_training)
-    return float(torch.tensor(loss / max(1, tokens)).exp())
+    return perplexity(loss / max(1, tokens))
