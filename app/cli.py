@@ -37,6 +37,7 @@ from .pipelines import asks_for_new_run, queue_recipe, theseus_recipe
 from .preparation import prepare_run
 from .runner import execute_run, failure_message, prepare_on_every_rank, train_on_this_rank
 from .store import ACTIVE_STATUSES, RunStore
+from .tasks import CLASSIFICATION
 from .training import LoopHooks
 
 EXIT_BAD_INPUT = 2
@@ -65,6 +66,11 @@ def parse_sets(pairs: list[str] | None) -> dict:
     return values
 
 
+# What a causal-lm run adds to the contract (exact match counts on text-to-text data only).
+LANGUAGE_MODEL_METRICS = tuple(f"{split}_{name}" for split in ("val", "test")
+                               for name in ("perplexity", "token_accuracy", "exact_match"))
+
+
 def run_summary(record: dict) -> dict:
     """The JSON contract of `train --json` for a stored run."""
     summary, metrics = record.get("summary", {}), record.get("metrics", {})
@@ -76,6 +82,7 @@ def run_summary(record: dict) -> dict:
         "dataset": record["dataset"],
         "steps": record["config"].get("steps"),
         "steps_done": record.get("step"),
+        "task": record["config"].get("task", CLASSIFICATION),
         "metrics": {k: metrics.get(k) for k in (
             "val_accuracy", "val_macro_f1", "val_loss", "test_accuracy", "test_macro_f1", "test_loss")},
         "trainable_params": summary.get("trainable_params"),
@@ -92,6 +99,7 @@ def run_summary(record: dict) -> dict:
         "peak_memory_shape": metrics.get("peak_memory_shape"),
         "run_dir": None,
     }
+    out["metrics"].update({k: metrics[k] for k in LANGUAGE_MODEL_METRICS if k in metrics})
     if "cuda_max_allocated_bytes" in metrics:
         out["cuda_max_allocated_bytes"] = metrics["cuda_max_allocated_bytes"]
     if record.get("error"):

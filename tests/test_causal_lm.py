@@ -11,6 +11,7 @@ weights) learning film dialogue.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 
 import pytest
@@ -578,6 +579,22 @@ def test_a_bad_chat_file_is_refused_with_its_reason_before_anything_is_stored(ro
     assert code == 2
     assert reason in capsys.readouterr().err
     assert store.list_runs() == []
+
+
+def test_train_json_reports_the_task_perplexity_and_token_accuracy(store, easy_text, capsys):
+    from app.cli import main
+
+    code = main(["train", "--backbone", "tiny-random-llama", "--task", "causal-lm", "--dataset", str(easy_text),
+                 "--method", "lora", "--steps", "2", "--batch-size", "4", "--max-length", "16", "--generations", "0",
+                 "--max-eval-examples", "8", "--runs-dir", str(store.runs_dir), "--json", "--quiet"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = out["metrics"]
+    assert out["task"] == "causal-lm"
+    assert metrics["val_perplexity"] == pytest.approx(math.exp(metrics["val_loss"]), rel=1e-6)
+    assert metrics["test_perplexity"] == pytest.approx(math.exp(metrics["test_loss"]), rel=1e-6)
+    assert 0 <= metrics["val_token_accuracy"] <= 1 and 0 <= metrics["test_token_accuracy"] <= 1
+    assert 0 <= metrics["val_exact_match"] <= 1  # every labelled token of an example right under greedy decoding
 
 
 @pytest.mark.parametrize("backbone_name,method", [(b, m) for b in DECODERS for m in ("full_ft", "lora", "lst")])
