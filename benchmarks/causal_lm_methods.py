@@ -13,7 +13,8 @@ text (BBC News by default), every batch the full `--batch-size` × `--max-length
 
 Ratios are to full fine-tuning. Theseus and distillation compress the full fine-tuning run of the
 cost pass (their predecessor and teacher), to half its layers. An entry `METHOD+NAME=VALUE` runs
-a method with one setting changed (`lst+lm_output=side`: LST with the official side-only head). Run it
+a method with one setting changed, of the method or of the run (`lst+lm_output=side`: LST with the
+official side-only head; `lst+backbone_precision=int8`: LST on an int8 frozen backbone). Run it
 on an otherwise idle machine;
 the load average and torch's thread count are recorded with the figures.
 
@@ -25,6 +26,7 @@ the load average and torch's thread count are recorded with the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -40,6 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from app.backbones import get_backbone  # noqa: E402
+from app.config import RunConfig  # noqa: E402
 from app.lm_loss import causal_lm_loss  # noqa: E402
 from app.memory import LOSS, SavedActivationMeter  # noqa: E402
 from app.preparation import prepare_run  # noqa: E402
@@ -51,6 +54,8 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "causal_lm_methods.
 REFERENCE = "full_ft"
 
 
+# An entry's setting that is a run setting (`lst+backbone_precision=int8`) rather than a method's.
+RUN_SETTINGS = {f.name for f in dataclasses.fields(RunConfig)}
 # The finished run a method needs, by the config field that names it.
 REFERENCE_FIELDS = {"theseus": "predecessor", "distill": "teacher"}
 
@@ -58,16 +63,17 @@ REFERENCE_FIELDS = {"theseus": "predecessor", "distill": "teacher"}
 def run(store: RunStore, args, entry: str, steps: int, reference: str | None = None) -> dict:
     method, _, setting = entry.partition("+")
     method_config = {REFERENCE_FIELDS[method]: reference} if method in REFERENCE_FIELDS else {}
+    run_settings = {}
     if setting:
         name, _, value = setting.partition("=")
-        method_config[name] = value
+        (run_settings if name in RUN_SETTINGS else method_config)[name] = value
     if method == "theseus":
         method_config["patience"] = 0  # the budget is the same for every method: no early stop
     config = dict(backbone=args.backbone, dataset=args.dataset, method=method, method_config=method_config,
                   task="causal-lm", steps=steps,
                   eval_every=steps, batch_size=args.batch_size, max_length=args.max_length, padding="max",
                   max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
-                  generations=0, seed=args.seed, device="cpu")
+                  generations=0, seed=args.seed, device="cpu", **run_settings)
     prepared = prepare_run(config, store)
     run_id = store.create_run(prepared.config.as_dict())
     record = execute_run(store, run_id, prepared=prepared)
