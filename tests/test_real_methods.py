@@ -7,6 +7,8 @@ something when its validation accuracy clears MIN_ACCURACY. Budgets are small on
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from conftest import train_now
@@ -46,7 +48,9 @@ REAL: dict[str, dict] = {
 def real_store(tmp_path_factory):
     from app.store import RunStore
 
-    return RunStore(tmp_path_factory.mktemp("real-runs"))
+    folder = tmp_path_factory.mktemp("real-runs")
+    yield RunStore(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # SmolLM2 checkpoints: half a gigabyte each
 
 
 def test_every_registered_method_has_a_real_row():
