@@ -297,9 +297,15 @@ def test_what_cannot_train_is_refused_before_anything_is_stored(overrides, reaso
     assert store.list_runs() == []
 
 
-@pytest.mark.parametrize("method,lr,settings", [("lst", None, {}), ("lora", None, {}), ("full_ft", 1e-4, {}),
-                                                 ("adapter", None, {}), ("truncate", 1e-4, {"layers": 15}),
-                                                 ("prompt_tuning", None, {})])
+# The methods each real-weights test of this file trains on SmolLM2 (tests/test_real_methods.py counts
+# them as the decoder family's real rows).
+REAL_FILM_DIALOGUE = {"lst": (None, {}), "lora": (None, {}), "full_ft": (1e-4, {}), "adapter": (None, {}),
+                      "truncate": (1e-4, {"layers": 15}), "prompt_tuning": (None, {})}
+REAL_COMPRESSION = {"theseus": {"layers": 15, "patience": 0}, "distill": {"layers": 15}}  # of a finished run
+REAL_LANGUAGE_MODEL_METHODS = set(REAL_FILM_DIALOGUE) | set(REAL_COMPRESSION)
+
+
+@pytest.mark.parametrize("method,lr,settings", [(m, lr, s) for m, (lr, s) in REAL_FILM_DIALOGUE.items()])
 def test_real_weights_learn_film_dialogue(method, lr, settings, store):
     """Real weights and real data: SmolLM2-135M on the shipped film dialogue lowers its validation
     perplexity within 10 steps, and its answers change from the untuned model's."""
@@ -325,8 +331,8 @@ def test_real_weights_compress_a_film_dialogue_model():
         store = RunStore(folder)
         source = train_now(store, method="full_ft", steps=10, eval_every=10, lr=1e-4, **data)
         assert source["status"] == "finished", source.get("error")
-        for method, settings in (("theseus", {"predecessor": source["id"], "layers": 15, "patience": 0}),
-                                 ("distill", {"teacher": source["id"], "layers": 15})):
+        for method, settings in REAL_COMPRESSION.items():
+            settings = dict(settings, **{field: source["id"] for field in METHODS[method].reference_fields})
             record = train_now(store, method=method, method_config=settings, steps=10, eval_every=10, **data)
             assert record["status"] == "finished", (method, record.get("error"))
             validation = store.evals(record["id"], "validation")

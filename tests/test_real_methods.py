@@ -115,41 +115,35 @@ def test_theseus_lesson_successor_leaves_the_majority_class(tmp_path):
 # --- the shipped decoder -------------------------------------------------------------------------
 # SmolLM2-135M (30 layers) on Rotten Tomatoes: batch 8, length 40, one evaluation on 200 examples.
 # Its majority class is 57% of them, so MIN_DECODER_ACCURACY is clearly above it. Measured here:
-# full_ft 0.705, lora 0.73, prompt_tuning 0.755, p_tuning 0.645, truncate (10 layers) 0.69, lst 0.69,
-# adapter 0.785.
+# full_ft 0.705, p_tuning 0.645, lst 0.69. The other methods' real rows on the decoder family are
+# language models (tests/test_causal_lm.py: SmolLM2 learning film dialogue, compressed by Theseus
+# and distillation); full fine-tuning and LST are held here as classifiers too, the linear probe
+# and P-tuning only here.
 MIN_DECODER_ACCURACY = 0.62
 DECODER_BASE = dict(backbone="smollm2-135m", dataset="rotten-tomatoes", max_length=40, batch_size=8,
                     max_train_examples=None, max_eval_examples=200, seed=0)
 DECODER_REAL: dict[str, dict] = {
     # 1e-4 (the encoders' default) overshoots on a 135M-parameter decoder with batch 8.
     "full_ft": dict(steps=30, eval_every=30, lr=3e-5),
-    "lora": dict(steps=30, eval_every=30),
-    "prompt_tuning": dict(steps=40, eval_every=40),
     "p_tuning": dict(steps=40, eval_every=40),
-    "truncate": dict(steps=40, eval_every=40, lr=1e-4, method_config={"layers": 10}),
     # At 40 steps on these reviews the depth-scaled gate start (0.895 on 30 blocks) stayed at the
     # majority class (validation 0.535); the paper's 0.5 clears it. Measured, not yet understood.
     "lst": dict(steps=40, eval_every=40, method_config={"gate_init": 0.5}),
     # Its batch-8 losses on frozen SmolLM2 features start near their floor (first five 0.58) and stay
     # noisy for 40 steps, so only validation accuracy is held here.
     "linear_probe": dict(steps=40, eval_every=40, loss_falls=False),
-    "adapter": dict(steps=40, eval_every=40),
-    # The backbone's first 10 layers as the student. Started from every other teacher layer (15) it
-    # stayed near the majority class here: 0.545 after 30 steps, 0.575 after 60.
-    "distill": dict(steps=40, eval_every=40, lr=1e-4, method_config={"layers": 10, "student_init": "backbone"}),
-    # 30 -> 15 layers from the fine-tuned predecessor's blocks.
-    "theseus": dict(steps=60, eval_every=20, loss_falls_after=30, method_config={"layers": 15}),
 }
 
 
-def test_every_method_has_a_decoder_row_or_is_refused_on_the_decoder():
+def test_every_method_has_a_real_row_on_the_decoder_or_is_refused_there():
     from app.backbones import get_backbone
     from app.methods import METHODS, supported_methods
+    from test_causal_lm import REAL_LANGUAGE_MODEL_METHODS
 
     backbone = get_backbone("smollm2-135m")
     refused = {name for name, cls in METHODS.items() if cls.backbone_refusal(backbone)}
-    assert set(DECODER_REAL) == set(METHODS) - refused
-    assert set(supported_methods(backbone)) == set(DECODER_REAL)
+    assert set(DECODER_REAL) | REAL_LANGUAGE_MODEL_METHODS == set(METHODS) - refused
+    assert set(supported_methods(backbone)) == set(METHODS) - refused
 
 
 @pytest.fixture(scope="module")
