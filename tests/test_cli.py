@@ -39,7 +39,7 @@ def test_train_json_contract(tmp_path):
     for key in ("run_id", "status", "method", "backbone", "dataset", "steps", "metrics", "trainable_params",
                 "total_params", "peak_memory_bytes", "memory_breakdown", "train_seconds", "steps_per_second"):
         assert key in out, key
-    assert out["status"] == "finished" and out["steps"] == 4
+    assert out["status"] == "finished" and out["steps"] == 4 and out["task"] == "classification"
     assert set(out["metrics"]) >= {"val_accuracy", "test_accuracy"}
     assert set(out["memory_breakdown"]) == {"weights", "quantized", "gradients", "optimizer", "activations", "loss"}
     assert out["memory_breakdown"]["quantized"] == 0 and out["backbone_precision"] == "fp32"
