@@ -38,7 +38,7 @@ from .preparation import prepare_run
 from .runner import execute_run, failure_message, prepare_on_every_rank, train_on_this_rank
 from .store import ACTIVE_STATUSES, RunStore
 from .tasks import CLASSIFICATION
-from .training import LoopHooks
+from .training import LANGUAGE_MODEL_SCORES, LoopHooks
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -66,9 +66,8 @@ def parse_sets(pairs: list[str] | None) -> dict:
     return values
 
 
-# What a causal-lm run adds to the contract (exact match counts on text-to-text data only).
-LANGUAGE_MODEL_METRICS = tuple(f"{split}_{name}" for split in ("val", "test")
-                               for name in ("perplexity", "token_accuracy", "exact_match"))
+# What a causal-lm run adds to the contract.
+LANGUAGE_MODEL_METRICS = tuple(f"{split}_{name}" for split in ("val", "test") for name in LANGUAGE_MODEL_SCORES)
 
 
 def run_summary(record: dict) -> dict:

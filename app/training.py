@@ -100,6 +100,10 @@ def evaluate(method: Method, model, tensors: dict, *, batch_size: int, device: t
     }
 
 
+# What a language model's evaluation scores beyond the loss, stored per split as `val_NAME`, `test_NAME`.
+LANGUAGE_MODEL_SCORES = ("perplexity", "token_accuracy", "exact_match")
+
+
 @torch.no_grad()
 def evaluate_language_model(method: Method, model, tensors: dict, *, batch_size: int, device: torch.device,
                             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -549,9 +553,7 @@ def final_metrics(config: RunConfig, state: TrainState, validation: dict, test: 
     }
     for split, result in (("val", validation), ("test", test)):
         if "perplexity" in result:  # causal-lm: `accuracy` is the exact match on text-to-text, else the token accuracy
-            metrics[f"{split}_perplexity"] = result["perplexity"]
-            metrics[f"{split}_token_accuracy"] = result["token_accuracy"]
-            metrics[f"{split}_exact_match"] = result["exact_match"]
+            metrics.update({f"{split}_{name}": result[name] for name in LANGUAGE_MODEL_SCORES})
     if tally.peak_sample:
         metrics["peak_memory_shape"] = tally.peak_sample["batch_shape"]
         metrics["peak_memory_step"] = tally.peak_sample["step"]
