@@ -15,6 +15,8 @@ def lesson_cards() -> None:
         with column.container(border=True):
             st.markdown(f"**{lesson.title}**")
             st.caption(lesson.claim)
+            if lesson.measured:
+                st.caption(f":orange[{lesson.measured}]")
             st.page_link(page("launch"), label="Start it on Launch", icon=":material/arrow_forward:")
 
 

@@ -166,6 +166,8 @@ def render_lesson(record: dict) -> bool:
         reused = f" · reused: {', '.join(record['reused'])}" if record.get("reused") else ""
         st.markdown(f"**Lesson: {lesson.title}** · preset `{record['preset']}` · seed **{record['seed']}**{reused}")
         st.caption(f"The claim: {lesson.claim}")
+        if lesson.measured:
+            st.caption(f":orange[{lesson.measured}]")
         runs = " · ".join(f"[{role}]({run_link(run_id)})" for role, run_id in record["runs"].items())
         st.caption(f"Runs: {runs}")
         if findings.status == "pending":

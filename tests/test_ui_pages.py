@@ -950,3 +950,19 @@ def test_a_bundle_uploaded_on_compare_fills_an_empty_lab_and_every_page_renders_
     again.file_uploader(key="share.import").set_value(("class.zip", (tmp_path / "class.zip").read_bytes(),
                                                        "application/zip")).run()
     assert any("already here, skipped" in s.value for s in again.success)
+
+
+def test_home_shows_beside_a_lessons_claim_that_its_measured_runs_did_not_show_it(runs_dir, monkeypatch):
+    import json
+
+    from app.lessons import LESSONS
+    from conftest import ROOT
+
+    results = json.loads((ROOT / "benchmarks" / "results" / "lessons_language_model.json").read_text())
+    assert not any(row["demonstrated"] for row in results["rows"])  # what the note on the card says
+    lesson = LESSONS["lst-language-model"]
+    assert "not shown" in lesson.measured
+    at = open_app(runs_dir, monkeypatch, page="home")
+    captions = [c.value for c in at.caption]
+    assert any(lesson.measured in c for c in captions), captions
+    assert sum("not shown" in c for c in captions) == sum(bool(x.measured) for x in LESSONS.values())

@@ -137,6 +137,9 @@ class Lesson:
     sweep_role: str | None = None
     # What the learner is asked to guess while the runs train.
     prediction: Prediction | None = None
+    # What the lesson's own benchmark found on its default preset, where that differs from the claim:
+    # shown beside the claim, so no card states as fact what the measured runs did not show.
+    measured: str = ""
 
     def preset(self, name: str | None) -> tuple[str, Preset]:
         chosen = name or default_preset_name()
