@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from app.backbones import get_backbone
 from app.errors import ConfigError
@@ -339,6 +340,32 @@ def test_fisher_sums_squared_per_example_gradients():
     longer = tiny_batches(1, batch_size=4, length=40)[0]
     assert longer["input_ids"].shape[1] > batch["input_ids"].shape[1]
     torch.testing.assert_close(_fisher([longer], 4)[0]["key"], together[0]["key"], rtol=1e-4, atol=1e-12)
+
+
+def test_fisher_on_a_language_model_scores_its_own_next_token_loss_on_labelled_tokens():
+    """With the LM head the score is the squared gradient of the run's next-token loss, example by
+    example; tokens labelled -100 (a prompt, padding) add nothing."""
+    lm = get_backbone("tiny-random-llama").load_for_causal_lm()
+    view = LayerStack(lm.base_model)
+    tokens = get_backbone("tiny-random-llama").tokenizer(["the cat sat on the mat and the dog ran after it"] * 2,
+                                                          max_length=8, truncation=True, return_tensors="pt")
+    labels = tokens["input_ids"].clone()
+    labels[1, :5] = -100  # the second example's loss is on its last 3 tokens only
+    batch = {**tokens, "labels": labels}
+
+    def scores(batch):
+        return lst_init.fisher_scores(view, [0], iter([batch]), num_samples=2, num_labels=0, pooling="last", seed=0,
+                                      lm_head=lm.get_output_embeddings())
+
+    query = view.family.layer_parts(view.layers[0]).query.weight
+    expected = torch.zeros_like(query)
+    for row in range(2):
+        logits = lm(input_ids=tokens["input_ids"][row:row + 1]).logits[0, :-1]
+        loss = F.cross_entropy(logits, labels[row, 1:], ignore_index=-100)
+        expected += torch.autograd.grad(loss, query)[0].pow(2)
+    torch.testing.assert_close(scores(batch)[0]["query"], expected, rtol=1e-3, atol=1e-10)
+    unlabelled = scores({**tokens, "labels": torch.full_like(labels, -100)})
+    assert all(bool((part == 0).all()) for part in unlabelled[0].values())
 
 
 def test_fisher_defaults_to_1024_samples():

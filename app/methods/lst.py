@@ -479,9 +479,6 @@ class LadderSideTuning(Method):
         if self.config.final_merge:
             raise ConfigError("final_merge mixes the backbone's final state into a classifier's input; on causal-lm "
                               "lm_output=residual adds it to the side output already")
-        if self.config.init == "fisher":
-            raise ConfigError("init 'fisher' scores the side network on a classification loss; on causal-lm use "
-                              "magnitude or random")
 
     def memory_affine_in_layers(self) -> bool:
         # every_other and list feed a side block from some layers only: not one block per layer
@@ -533,7 +530,7 @@ class LadderSideTuning(Method):
             ctx.progress(f"Fisher importance over {cfg.fisher_samples} training examples")
             scores = lst_init.fisher_scores(
                 view, feeds, ctx.train_batches(), num_samples=cfg.fisher_samples, num_labels=len(ctx.label_names),
-                pooling=model.pooling, seed=ctx.seed, progress=ctx.progress,
+                pooling=model.pooling, seed=ctx.seed, progress=ctx.progress, lm_head=lm_head,
             )
         else:
             scores = lst_init.magnitude_scores(view, feeds)

@@ -46,6 +46,7 @@ from ..errors import ConfigError
 from ..families.base import Family
 from ..families.parts import weight_parameter
 from ..layer_stack import LayerStack
+from ..lm_loss import causal_lm_loss
 from ..pooling import pool_tokens
 
 # --- the shrunken configuration --------------------------------------------------------------
@@ -145,6 +146,7 @@ def fisher_scores(
     pooling: str,
     seed: int,
     progress: Callable[[str], None] = lambda message: None,
+    lm_head: nn.Module | None = None,
 ) -> Scores:
     """Empirical Fisher importance: squared per-example gradients of the task loss, summed.
 
@@ -154,8 +156,9 @@ def fisher_scores(
     is masked out anyway), which keeps the one-at-a-time passes cheap.
 
     A pretrained encoder has no head for this task, so the loss goes through a temporary linear
-    head (seeded, thrown away afterwards) on the pooled last hidden state. The backbone is left
-    as it was found: frozen, in eval mode, without gradients.
+    head (seeded, thrown away afterwards) on the pooled last hidden state. A language model has
+    its head: given `lm_head`, the loss is the run's own next-token loss on the example's labelled
+    tokens. The backbone is left as it was found: frozen, in eval mode, without gradients.
     """
     layer_indices = sorted(set(layer_indices))
     parts = {i: view.family.layer_parts(view.layers[i]).linears() for i in layer_indices}
@@ -166,10 +169,12 @@ def fisher_scores(
     totals = {id(w): torch.zeros_like(w, dtype=torch.float32) for w in weights}
     generator = torch.Generator().manual_seed(seed)
     hidden = view.config.hidden_size
-    head = nn.Linear(hidden, num_labels)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(num_labels, hidden, generator=generator) * view.config.initializer_range)
-        head.bias.zero_()
+    head = lm_head
+    if head is None:
+        head = nn.Linear(hidden, num_labels)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(num_labels, hidden, generator=generator) * view.config.initializer_range)
+            head.bias.zero_()
     was_training = view.model.training
     previous = [w.requires_grad for w in weights]
     view.model.eval()
@@ -197,8 +202,12 @@ def fisher_scores(
                 final_norm = view.family.final_norm(view.model)
                 if final_norm is not None:
                     last = final_norm(last)
-                pooled = pool_tokens(last, mask if mask is not None else torch.ones_like(input_ids), pooling)
-                loss = F.cross_entropy(head(pooled).float(), batch["labels"][row : row + 1])
+                labels = batch["labels"][row : row + 1]
+                if lm_head is not None:
+                    loss = causal_lm_loss(last, head, labels[:, :length])
+                else:
+                    pooled = pool_tokens(last, mask if mask is not None else torch.ones_like(input_ids), pooling)
+                    loss = F.cross_entropy(head(pooled).float(), labels)
                 grads = torch.autograd.grad(loss, weights)
                 for w, g in zip(weights, grads):
                     totals[id(w)] += g.float().pow(2)
