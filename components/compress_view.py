@@ -1,4 +1,5 @@
-"""Compression sweeps: start one in the background, follow it, and draw accuracy against size and latency."""
+"""Compression sweeps: start one in the background, follow it, and draw accuracy (a language model's perplexity)
+against size and latency."""
 
 from __future__ import annotations
 
@@ -71,31 +72,44 @@ def render_sweep(run_id: str) -> bool:
         return bool(job and job.active)
     baseline = next((p for p in points if p.get("kind") == "baseline"), None)
     others = [p for p in points if p.get("kind") != "baseline"]
+    language_model = any("test_perplexity" in p for p in points)
+    score, score_name = ("test_perplexity", "Perplexity") if language_model else ("test_accuracy", "Accuracy")
     left, right = st.columns(2)
     with left:
-        st.markdown("**Accuracy against size**")
-        st.plotly_chart(figures.compress_figure(others, "bytes", "model size (MiB)", baseline), key="compress.size")
+        st.markdown(f"**{score_name} against size**")
+        st.plotly_chart(figures.compress_figure(others, "bytes", "model size (MiB)", baseline, score),
+                        key="compress.size")
     with right:
-        st.markdown("**Accuracy against CPU speed-up**")
+        st.markdown(f"**{score_name} against CPU speed-up**")
         timed = [dict(p, speedup=p.get("speedup") or _unpaired_speedup(p, baseline)) for p in others]
         st.plotly_chart(figures.compress_figure(timed, "speedup", "speed-up over fp32 (×, timed side by side)",
-                                                dict(baseline, speedup=1.0) if baseline else None),
+                                                dict(baseline, speedup=1.0) if baseline else None, score),
                         key="compress.latency")
-    st.dataframe(
-        [{"kind": p.get("kind"), "setting": p.get("setting"), "test accuracy": fmt_pct(p.get("test_accuracy")),
-          "agreement": fmt_pct(p.get("agreement")), "size": fmt_mib(p.get("bytes")),
-          "latency (ms)": None if p.get("latency_ms") is None else round(p["latency_ms"], 2),
-          "speed-up": None if p.get("speedup") is None else f"{p['speedup']:.2f}×",
-          "parameters": p.get("params"), "nonzero": p.get("nonzero_params"), "note": p.get("note", "")}
-         for p in points],
-        hide_index=True, key="compress.table",
-    )
+    st.dataframe([{"kind": p.get("kind"), "setting": p.get("setting"), **_scores(p, language_model),
+                   "size": fmt_mib(p.get("bytes")),
+                   "latency (ms)": None if p.get("latency_ms") is None else round(p["latency_ms"], 2),
+                   "speed-up": None if p.get("speedup") is None else f"{p['speedup']:.2f}×",
+                   "parameters": p.get("params"), "nonzero": p.get("nonzero_params"), "note": p.get("note", "")}
+                  for p in points], hide_index=True, key="compress.table")
+    if language_model:
+        st.caption("Scored on the test split's labelled tokens: perplexity, how often the most likely next token "
+                   "is the right one, and how often it is the one the uncompressed model picks (agreement). "
+                   "Latency: one pass over a batch of prompts up to the next token's scores, as generation "
+                   "reads a prompt.")
     st.caption("Masks alone make nothing smaller or faster: unstructured pruning zeroes weights but keeps the "
                "matrices, so only structured pruning (heads, FFN neurons) and casts change size and latency. "
                "Each point is timed in alternating rounds with the fp32 model, so load from other programs falls "
                "on both and the speed-up holds on a busy machine. fp16 and bf16 halve the size but are often "
                "slower on a CPU, which lacks fast half-precision kernels; on a GPU they are the fast path.")
     return bool(job and job.active)
+
+
+def _scores(point: dict, language_model: bool) -> dict:
+    if language_model:
+        perplexity = point.get("test_perplexity")
+        return {"test perplexity": None if perplexity is None else round(perplexity, 2),
+                "token accuracy": fmt_pct(point.get("test_token_accuracy")), "agreement": fmt_pct(point.get("agreement"))}
+    return {"test accuracy": fmt_pct(point.get("test_accuracy")), "agreement": fmt_pct(point.get("agreement"))}
 
 
 def _unpaired_speedup(point: dict, baseline: dict | None):

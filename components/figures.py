@@ -465,8 +465,18 @@ def pareto_figure(rows: list[dict], x_key: str, x_title: str, log_x: bool = Fals
     return fig
 
 
-def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict | None = None) -> go.Figure:
-    """Accuracy against size or latency, one line per compression kind."""
+# What a compression chart puts on its y axis: (axis title, scale, hover format, log axis).
+COMPRESS_SCORES = {
+    "test_accuracy": ("test accuracy (%)", 100.0, "%{y:.1f}%", False),
+    "test_perplexity": ("test perplexity (log scale, lower is better)", 1.0, "%{y:.2f}", True),
+}
+
+
+def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict | None = None,
+                    score: str = "test_accuracy") -> go.Figure:
+    """A classifier's accuracy or a language model's perplexity against size or latency, one line per
+    compression kind."""
+    y_title, factor, hover, log = COMPRESS_SCORES[score]
     fig = go.Figure()
     kinds = []
     for p in points:
@@ -475,19 +485,21 @@ def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict
     scale = (1 / MIB) if x_key == "bytes" else 1.0
     for index, kind in enumerate(kinds):
         chosen = sorted((p for p in points if p.get("kind") == kind and p.get(x_key) is not None
-                         and p.get("test_accuracy") is not None), key=lambda p: p[x_key])
+                         and p.get(score) is not None), key=lambda p: p[x_key])
         if not chosen:
             continue
         fig.add_trace(go.Scatter(
-            x=[p[x_key] * scale for p in chosen], y=[100 * p["test_accuracy"] for p in chosen],
+            x=[p[x_key] * scale for p in chosen], y=[factor * p[score] for p in chosen],
             mode="lines+markers", name=str(kind), text=[str(p.get("setting", "")) for p in chosen],
             line=dict(color=PALETTE[index % len(PALETTE)]),
-            hovertemplate="%{text}<br>%{x:.2f}<br>%{y:.1f}%<extra>" + str(kind) + "</extra>",
+            hovertemplate="%{text}<br>%{x:.2f}<br>" + hover + "<extra>" + str(kind) + "</extra>",
         ))
-    if baseline and baseline.get(x_key) is not None and baseline.get("test_accuracy") is not None:
-        fig.add_trace(go.Scatter(x=[baseline[x_key] * scale], y=[100 * baseline["test_accuracy"]], mode="markers",
+    if baseline and baseline.get(x_key) is not None and baseline.get(score) is not None:
+        fig.add_trace(go.Scatter(x=[baseline[x_key] * scale], y=[factor * baseline[score]], mode="markers",
                                  name="original", marker=dict(size=14, symbol="star", color=NEUTRAL)))
-    fig = _layout(fig, x_title, "test accuracy (%)", None, height=360)
+    fig = _layout(fig, x_title, y_title, None, height=360)
+    if log:
+        fig.update_yaxes(type="log")
     # Below the plot: at the top the chart's toolbar would cover the legend.
     fig.update_layout(hovermode="closest", margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))

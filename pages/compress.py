@@ -13,7 +13,8 @@ from components.navigation import page
 from components.pickers import pick_run
 
 st.title("Compress")
-st.caption("Shrink a finished run's model directly — pruning and quantization — and see what it costs in accuracy.")
+st.caption("Shrink a finished run's model directly — pruning and quantization — and see what it costs in accuracy "
+           "(in perplexity for a language model).")
 runs = list_runs(status="finished")
 lesson = lesson_for_page("compress", [])
 if lesson and lesson["runs"]["model"] not in {r["id"] for r in runs}:
@@ -25,9 +26,7 @@ if not runs:
 
 record = pick_run(runs, label="Finished run", preferred=featured_runs(get_store(), "shrink") or featured_runs(get_store()))
 if record["config"].get("task") == "causal-lm":
-    st.info("This run is a language model (task causal-lm); compression measures classifiers' accuracy and covers "
-            "classifiers only so far. Pick a classification run.")
-    st.stop()
+    st.caption("A language model: each point is scored by its test perplexity on the split's labelled tokens.")
 show_lesson(lesson if lesson and lesson["runs"]["model"] == record["id"] else lesson_for_page("compress", [record["id"]]))
 board = get_job_board()
 live(render_sweep, record["id"], active=any(j.active for j in board.jobs(run_id=record["id"], kind=JOB_KIND)))

@@ -390,6 +390,59 @@ def test_the_launch_form_trains_a_language_model_and_the_run_page_shows_its_answ
     assert any("tokens in" in c.value for c in at.caption), [c.value for c in at.caption]
 
 
+def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store, easy_text, capsys):
+    """A sweep over a causal-lm run scores every point by test perplexity, next-token accuracy and
+    agreement with the uncompressed model; recovery trains on the next-token loss."""
+    from app.cli import main
+    from app.compression import compress_run
+
+    record = train_now(store, backbone="tiny-random-llama", method="full_ft", task="causal-lm", dataset=str(easy_text),
+                       steps=6, eval_every=6, batch_size=8, lr=1e-3, generations=0, max_train_examples=None)
+    assert record["status"] == "finished", record.get("error")
+    points = compress_run(store, record["id"], {"sparsities": [0.5], "quantize": ["int8", "1bit"],
+                                                 "structured_ffn": 0.5, "recovery_steps": 2, "latency_repeats": 1,
+                                                 "latency_warmup": 0})
+    by_kind = {p["kind"]: p for p in points}
+    assert list(by_kind) == ["baseline", "unstructured", "ffn", "int8", "kbit"]
+    baseline = by_kind["baseline"]
+    assert baseline["test_perplexity"] == pytest.approx(record["metrics"]["test_perplexity"], rel=1e-4)
+    assert baseline["test_token_accuracy"] == pytest.approx(record["metrics"]["test_token_accuracy"])
+    assert baseline["agreement"] == 1.0 and baseline["logit_drift"] == 0.0 and baseline["test_tokens"] > 0
+    for point in points:
+        assert "test_accuracy" not in point and point["test_perplexity"] > 1 and "error" not in point
+        assert 0 <= point["test_token_accuracy"] <= 1 and point["latency_ms"] > 0
+    assert by_kind["int8"]["logit_drift"] < by_kind["kbit"]["logit_drift"]  # 8 bits move the logits less than 1
+    assert by_kind["int8"]["agreement"] > by_kind["kbit"]["agreement"]
+    assert by_kind["unstructured"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert by_kind["ffn"]["params"] < baseline["params"]
+    for kind in ("unstructured", "ffn"):  # recovery: the next-token loss, from the pruned model's perplexity
+        assert by_kind[kind]["perplexity_before_recovery"] > 1 and by_kind[kind]["recovery_steps"] == 2
+    assert [p["key"] for p in store.records(record["id"], "compress")] == [p["key"] for p in points]
+
+    assert main(["compress", record["id"], "--quantize", "bf16", "--latency-repeats", "1", "--latency-warmup", "0",
+                 "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "perplexity" in table.splitlines()[1] and "bf16" in table
+
+
+def test_an_lst_language_model_is_compressed_through_its_own_side_stream(store, easy_text):
+    """LST's inference model is its side network on the frozen backbone: the sweep scores it the way
+    the run does, and structured pruning, which needs a plain transformers model, is refused first."""
+    from app.compression import compress_run
+    from app.errors import LabError
+
+    record = train_now(store, backbone="tiny-random-llama", method="lst", task="causal-lm", dataset=str(easy_text),
+                       steps=4, eval_every=4, batch_size=8, generations=0, max_train_examples=None)
+    assert record["status"] == "finished", record.get("error")
+    with pytest.raises(LabError, match="plain transformers model"):
+        compress_run(store, record["id"], {"structured_ffn": 0.5})
+    assert store.records(record["id"], "compress") == []
+    baseline, int8 = compress_run(store, record["id"], {"quantize": ["int8"], "latency_repeats": 1,
+                                                        "latency_warmup": 0})
+    assert baseline["test_perplexity"] == pytest.approx(record["metrics"]["test_perplexity"], rel=1e-4)
+    assert 0 < int8["logit_drift"] < 0.2 and int8["test_perplexity"] > 1
+
+
 @pytest.mark.parametrize("page", ["home", "run", "ladder", "memory", "compare", "compress", "explain"])
 def test_every_page_opens_on_a_language_model_run(page, lm_run_dir, monkeypatch):
     """No page breaks on a causal-lm run; those that read classifiers say so instead."""
@@ -405,9 +458,11 @@ def test_every_page_opens_on_a_language_model_run(page, lm_run_dir, monkeypatch)
         at.switch_page(f"../pages/{page}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    if page == "compress":
-        shown = [e.value for e in at.error] + [i.value for i in at.info] + [w.value for w in at.warning]
-        assert any("language model" in text for text in shown), shown
+    if page == "compress":  # a language model's sweep is drawn by perplexity
+        assert not at.error, [e.value for e in at.error]
+        assert any("test perplexity" in c.value for c in at.caption), [c.value for c in at.caption]
+        assert any(m.value == "**Perplexity against size**" for m in at.markdown), [m.value for m in at.markdown]
+        assert "test perplexity" in at.dataframe[0].value.columns
     if page == "explain":  # the answer to the default prompt, its tokens' attributions and their heatmap
         assert not at.error, [e.value for e in at.error]
         assert any(m.value.startswith("**Answer:**") for m in at.markdown), [m.value for m in at.markdown]
@@ -416,13 +471,16 @@ def test_every_page_opens_on_a_language_model_run(page, lm_run_dir, monkeypatch)
 
 @pytest.fixture(scope="module")
 def lm_run_dir(tmp_path_factory, easy_text):
+    from app.compression import compress_run
     from app.store import RunStore
 
     runs_dir = tmp_path_factory.mktemp("lm-runs")
-    record = train_now(RunStore(runs_dir), backbone="tiny-random-llama", method="lst", task="causal-lm",
+    store = RunStore(runs_dir)
+    record = train_now(store, backbone="tiny-random-llama", method="lst", task="causal-lm",
                        dataset=str(easy_text), steps=4, eval_every=2, batch_size=8, generations=1, max_new_tokens=3,
                        max_train_examples=None)
     assert record["status"] == "finished", record.get("error")
+    compress_run(store, record["id"], {"quantize": ["int8"], "latency_repeats": 1, "latency_warmup": 0})
     return runs_dir, record["id"]
 
 

@@ -21,10 +21,11 @@ from torch import nn
 
 from ..errors import LabError
 from ..layer_stack import layer_list
-from .slicing import keep_columns, keep_rows
+from .slicing import keep_columns, keep_rows, require_plain_model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    require_plain_model(model)
     layers = layer_list(model)
     if not all(hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in layers):
         raise LabError(f"structured pruning of {model.config.model_type} decoder layers is not available; "

@@ -1,5 +1,5 @@
 """What a compressed model costs and how well it predicts: stored parameters, nonzero weights,
-bytes of its saved state, test accuracy and CPU latency."""
+bytes of its saved state, test accuracy (test perplexity for a language model) and CPU latency."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..batching import Batcher
+from ..lm_loss import IGNORE_INDEX, chunk_positions, next_token_pairs, perplexity
 from ..methods.base import logits_of, model_inputs
 from .pruning import Targets
 from .quantization import is_dynamic_quantized
@@ -100,6 +102,48 @@ def test_logits(model: nn.Module, tensors: dict, *, batch_size: int = 64,
     return out
 
 
+# (model, batch) -> (final states, the head that reads them): how a run's method reads its language model
+LanguageModelOutputs = Callable[[nn.Module, dict], tuple[torch.Tensor, nn.Module]]
+
+
+@torch.inference_mode()
+def language_model_scores(model: nn.Module, reference: nn.Module, tensors: dict, outputs_of: LanguageModelOutputs, *,
+                          batch_size: int = 16, check_cancel: Callable[[], None] = lambda: None,
+                          batcher: Batcher = Batcher()) -> dict:
+    """A language model's test scores over a split's labelled tokens, against the uncompressed
+    `reference` run on the same batches: perplexity, token accuracy, the share of next tokens
+    predicted as the reference predicts them, and the logits' mean relative L2 change. The two
+    models' logits are compared chunk by chunk, so no split's worth of vocabulary-wide logits is kept."""
+    model.eval()
+    reference.eval()
+    loss = drift = 0.0
+    labelled = hits = agreed = nonfinite = 0
+    for batch in batcher.in_order(tensors, batch_size):
+        check_cancel()
+        states, head = outputs_of(model, batch)
+        reference_states, reference_head = (states, head) if model is reference else outputs_of(reference, batch)
+        states, targets = next_token_pairs(states, batch["labels"])
+        keep = targets != IGNORE_INDEX
+        states, targets, reference_states = states[keep], targets[keep], next_token_pairs(
+            reference_states, batch["labels"])[0][keep]
+        size = chunk_positions(head.out_features)
+        for start in range(0, len(targets), size):
+            logits = head(states[start:start + size]).float()
+            expected = reference_head(reference_states[start:start + size]).float()
+            part = targets[start:start + size]
+            finite = torch.isfinite(logits).all(-1)
+            nonfinite += int((~finite).sum())
+            loss += float(F.cross_entropy(logits, part, reduction="sum"))
+            hits += int((logits.argmax(-1) == part).sum())
+            agreed += int((logits.argmax(-1) == expected.argmax(-1)).sum())
+            drift += float(((logits - expected).norm(dim=-1) / expected.norm(dim=-1).clamp_min(1e-12)).sum())
+        labelled += len(targets)
+    count = max(labelled, 1)
+    return {"test_perplexity": perplexity(loss / count), "test_token_accuracy": hits / count,
+            "agreement": agreed / count, "logit_drift": None if nonfinite else drift / count,
+            "test_tokens": labelled, "nonfinite_tokens": nonfinite}
+
+
 def logit_drift(logits: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean over examples of |logits - reference| / |reference| (L2 norms): how far compression
     moved the model's outputs, visible even when the predicted classes stay the same."""
@@ -114,26 +158,40 @@ def latency_batch(tensors: dict, batch_size: int, batcher: Batcher = Batcher("ma
     return model_inputs(batcher.batch(tensors, index))
 
 
+def forward_pass(model: nn.Module, batch: dict):
+    return model(**batch)
+
+
+def language_model_pass(outputs_of: LanguageModelOutputs) -> Callable[[nn.Module, dict], torch.Tensor]:
+    """A language model's forward pass as generation runs it over a prompt: every position's state,
+    and the next token's scores at the last position only."""
+    def run(model: nn.Module, batch: dict) -> torch.Tensor:
+        states, head = outputs_of(model, batch)
+        return head(states[:, -1])
+    return run
+
+
 @torch.inference_mode()
 def latency_ms(model: nn.Module, batch: dict, *, repeats: int, warmup: int,
-               check_cancel: Callable[[], None] = lambda: None) -> tuple[float, list[float]]:
+               check_cancel: Callable[[], None] = lambda: None, run=forward_pass) -> tuple[float, list[float]]:
     """Median wall time of one forward pass over `batch`, after `warmup` untimed passes."""
     model.eval()
     for _ in range(warmup):
         check_cancel()
-        model(**batch)
+        run(model, batch)
     times = []
     for _ in range(repeats):
         check_cancel()
         start = time.perf_counter()
-        model(**batch)
+        run(model, batch)
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times), times
 
 
 @torch.inference_mode()
 def paired_latency_ms(model: nn.Module, reference: nn.Module, batch: dict, *, repeats: int, warmup: int,
-                      check_cancel: Callable[[], None] = lambda: None) -> tuple[float, float, list[float]]:
+                      check_cancel: Callable[[], None] = lambda: None,
+                      run=forward_pass) -> tuple[float, float, list[float]]:
     """Median wall time of one forward pass of `model` and of `reference`, timed in alternating
     passes so that load from other programs on a shared machine falls on both alike: their ratio
     is the speed-up, not the medians taken minutes apart. Returns (model ms, reference ms, model runs)."""
@@ -141,15 +199,15 @@ def paired_latency_ms(model: nn.Module, reference: nn.Module, batch: dict, *, re
     reference.eval()
     for _ in range(warmup):
         check_cancel()
-        model(**batch)
-        reference(**batch)
+        run(model, batch)
+        run(reference, batch)
     times, reference_times = [], []
     for round_index in range(repeats):
         check_cancel()
         order = (model, reference) if round_index % 2 == 0 else (reference, model)
         for which in order:
             start = time.perf_counter()
-            which(**batch)
+            run(which, batch)
             elapsed = (time.perf_counter() - start) * 1000.0
             (times if which is model else reference_times).append(elapsed)
     return statistics.median(times), statistics.median(reference_times), times

@@ -17,7 +17,7 @@ from torch.nn.utils import prune
 from ..errors import LabError
 from ..families import BY_MODEL_TYPE
 from . import decoder_pruning
-from .slicing import keep_columns, keep_rows
+from .slicing import keep_columns, keep_rows, require_plain_model
 
 # Names under which a module is a task head or an embedding, never a pruning/quantization target.
 _EXCLUDED_PARTS = ("embed", "classifier", "pooler", "score", "lm_head")
@@ -103,15 +103,7 @@ class FeedForwardParts:
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    # Not at module level: importing transformers from two threads at once (the app's warm-up)
-    # can fail; see app.backbones.TRANSFORMERS_IMPORTS.
-    from transformers import PreTrainedModel
-
-    if not isinstance(model, PreTrainedModel):
-        raise LabError(
-            f"structured pruning needs a plain transformers model, but this run's inference model is a "
-            f"{type(model).__name__}; use unstructured pruning or quantization for this method"
-        )
+    require_plain_model(model)
     base = getattr(model, "base_model", model)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:

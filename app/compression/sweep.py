@@ -1,5 +1,6 @@
 """A compression sweep over a finished run: every point is one compressed copy of the run's
-inference model, measured on the run's own test split and stored with the run.
+inference model, measured on the run's own test split and stored with the run. A language model
+(task causal-lm) is scored on its test split's labelled tokens instead of its examples' classes.
 
 Each point is stored as `store.put_record(run_id, "compress", key, point)` as soon as it is
 measured, so a page can draw the sweep while it runs. Point fields:
@@ -7,12 +8,15 @@ measured, so a page can draw the sweep while it runs. Point fields:
     kind            baseline | unstructured | heads | ffn | fp16 | bf16 | int8 | kbit
     setting         short label of the setting ("0.3", "2 per layer", "4bit", ...)
     key             the record key (unique per setting; "+recovery=N" when a recovery ran)
-    test_accuracy   accuracy on the run's test split (None when the point could not run)
-    agreement       fraction of test predictions equal to the uncompressed model's
+    test_accuracy   accuracy on the run's test split (None when the point could not run); classifiers
+    test_perplexity, test_token_accuracy, test_tokens
+                    causal-lm: perplexity and next-token accuracy over the test split's labelled tokens
+    agreement       fraction of test predictions (next tokens on causal-lm) equal to the uncompressed model's
     logit_drift     mean relative L2 change of the test logits against the uncompressed model's
     params          parameters stored; nonzero_params: of them, the nonzero ones
     bytes           size of the compressed state (bytes_kind says whether written or computed)
     latency_ms      median CPU time of one forward pass over one batch of test examples, padded as the run pads
+                    (causal-lm: every position's state, the next token's scores at the last, as generation reads a prompt)
     speedup         fp32 latency / this point's, both timed in the same alternating rounds
     note            what the figures do and do not mean for this kind
 """
@@ -30,11 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import Batcher
-from ..checkpoints import load_run_model, refuse_language_model
-from ..data import tokenize_split
+from ..checkpoints import load_run_model
 from ..errors import ConfigError, LabError, RunCancelled
 from ..families import BY_MODEL_TYPE
-from ..methods.base import MethodConfig, logits_of, model_inputs
+from ..lm_loss import causal_lm_loss
+from ..methods.base import MethodConfig, language_model_outputs, logits_of, model_inputs
 from ..options import option, parse_config
 from ..preparation import prepare_run
 from ..training import adamw
@@ -148,6 +152,9 @@ class _Session:
     check_cancel: Callable[[], None]
     report: Callable[[str], None]
     batcher: Batcher = Batcher()
+    # causal-lm: how the method reads its language model; None on a classifier
+    outputs_of: measure.LanguageModelOutputs | None = None
+    forward: Callable[[nn.Module, dict], object] = measure.forward_pass  # what latency times
     baseline_logits: torch.Tensor | None = None
     baseline_bytes: int | None = None
 
@@ -165,7 +172,6 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     record = store.get_run(run_id)
     if record["status"] != "finished":
         raise LabError(f"run '{run_id}' is {record['status']}, not finished: only a finished run can be compressed")
-    refuse_language_model(record, "compression")
     cancel = cancel or threading.Event()
     total = plan.point_count()
     done = 0
@@ -191,7 +197,7 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     config = prepared.config
     tokenizer = prepared.backbone.tokenizer
 
-    decoder = getattr(base.config, "model_type", None) in DECODER_TYPES
+    decoder = getattr(getattr(base, "config", None), "model_type", None) in DECODER_TYPES
     if decoder and (plan.structured_heads is not None or plan.structured_heads_total is not None):
         check_heads_request(base, per_layer=plan.structured_heads, total=plan.structured_heads_total)
     if plan.structured_heads is not None:
@@ -210,20 +216,27 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
         raise LabError(f"recovery cannot run: method '{loaded.method.name}' trained no parameter of its inference model")
 
     batcher = Batcher.for_tokenizer(config.padding, tokenizer)
+    outputs_of = None
+    if prepared.causal_lm:
+        # Where the inference model is the trained model itself (LST's side stream, prompt tuning's
+        # virtual tokens), the method reads it; otherwise it is a plain transformers language model
+        # (LoRA merged, Theseus's successor, the distilled student).
+        outputs_of = loaded.method.lm_outputs if base is loaded.model else language_model_outputs
 
     def train_batches():
-        tensors = tokenize_split(tokenizer, prepared.dataset, "train", config.max_length)
+        tensors = prepared.tokens("train")
         generator = torch.Generator().manual_seed(config.seed)
         while True:
             yield from (batcher.batch(tensors, chosen) for chosen in batcher.epoch(tensors, config.batch_size, generator))
 
-    test = tokenize_split(tokenizer, prepared.dataset, "test", config.max_length)
+    test = prepared.tokens("test")
     session = _Session(
         store=store, run_id=run_id, plan=plan, base=base, test=test, train_batches=train_batches,
         lr=plan.recovery_lr or record["summary"].get("lr") or prepared.lr,
         grad_clip=config.grad_clip, weight_decay=config.weight_decay,
         latency_input=measure.latency_batch(test, plan.latency_batch_size, batcher), batcher=batcher,
-        check_cancel=check_cancel, report=report,
+        check_cancel=check_cancel, report=report, outputs_of=outputs_of,
+        forward=measure.language_model_pass(outputs_of) if outputs_of else measure.forward_pass,
     )
     points: list[dict] = []
 
@@ -232,8 +245,12 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
         store.put_record(run_id, RECORD_KIND, point["key"], point)
         points.append(point)
         done += 1
-        accuracy = point.get("test_accuracy")
-        report(f"{point['key']}: accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}")
+        if outputs_of is not None:
+            score = point.get("test_perplexity")
+            report(f"{point['key']}: perplexity {'n/a' if score is None else f'{score:.2f}'}")
+        else:
+            accuracy = point.get("test_accuracy")
+            report(f"{point['key']}: accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}")
 
     # Every check above runs before the first report, so bad input fails before any progress shows.
     report("measuring the uncompressed model")
@@ -262,29 +279,23 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
 def _measure(session: _Session, model: nn.Module, *, kind: str, setting: str, key: str, note: str,
              bytes_value: int | None = None, bytes_kind: str = "safetensors file", **extra) -> dict:
     session.check_cancel()
-    logits = measure.test_logits(model, session.test, check_cancel=session.check_cancel, batcher=session.batcher)
-    finite = torch.isfinite(logits).all(dim=-1)
-    predicted = logits.argmax(-1)
-    labels = session.test["labels"]
-    if session.baseline_logits is None:
-        session.baseline_logits = logits
+    quality = _quality(session, model)
     params, nonzero = measure.parameter_counts(model)
     size = bytes_value if bytes_value is not None else measure.saved_bytes(model)
     if model is session.base:
         latency, runs = measure.latency_ms(model, session.latency_input, repeats=session.plan.latency_repeats,
-                                           warmup=session.plan.latency_warmup, check_cancel=session.check_cancel)
+                                           warmup=session.plan.latency_warmup, check_cancel=session.check_cancel,
+                                           run=session.forward)
         reference_latency = latency
     else:
         latency, reference_latency, runs = measure.paired_latency_ms(
             model, session.base, session.latency_input, repeats=session.plan.latency_repeats,
-            warmup=session.plan.latency_warmup, check_cancel=session.check_cancel)
+            warmup=session.plan.latency_warmup, check_cancel=session.check_cancel, run=session.forward)
     point = {
         "kind": kind,
         "setting": setting,
         "key": key,
-        "test_accuracy": float((predicted == labels).float().mean()),
-        "agreement": float((predicted == session.baseline_logits.argmax(-1)).float().mean()),
-        "logit_drift": measure.logit_drift(logits, session.baseline_logits) if bool(finite.all()) else None,
+        **quality,
         "params": int(params),
         "nonzero_params": int(nonzero),
         "bytes": int(size),
@@ -297,21 +308,45 @@ def _measure(session: _Session, model: nn.Module, *, kind: str, setting: str, ke
         "latency_batch": [int(session.latency_input["input_ids"].shape[0]),
                           int(session.latency_input["input_ids"].shape[1])],
         "threads": torch.get_num_threads(),
-        "test_examples": int(len(labels)),
+        "test_examples": int(len(session.test["labels"])),
         "note": note,
     }
-    if not bool(finite.all()):
-        point["error"] = f"non-finite logits on {int((~finite).sum())} of {len(labels)} test examples"
     if session.baseline_bytes:
         point["size_ratio"] = point["bytes"] / session.baseline_bytes
     point.update(extra)
     return point
 
 
+def _quality(session: _Session, model: nn.Module) -> dict:
+    """How well the model predicts its test split, next to the uncompressed model; `error` when some
+    outputs are not finite numbers."""
+    if session.outputs_of is not None:
+        scores = measure.language_model_scores(model, session.base, session.test, session.outputs_of,
+                                               check_cancel=session.check_cancel, batcher=session.batcher)
+        nonfinite = scores.pop("nonfinite_tokens")
+        if nonfinite:
+            scores["error"] = f"non-finite logits on {nonfinite} of {scores['test_tokens']} labelled test tokens"
+        return scores
+    logits = measure.test_logits(model, session.test, check_cancel=session.check_cancel, batcher=session.batcher)
+    finite = torch.isfinite(logits).all(dim=-1)
+    predicted = logits.argmax(-1)
+    if session.baseline_logits is None:
+        session.baseline_logits = logits
+    scores = {
+        "test_accuracy": float((predicted == session.test["labels"]).float().mean()),
+        "agreement": float((predicted == session.baseline_logits.argmax(-1)).float().mean()),
+        "logit_drift": measure.logit_drift(logits, session.baseline_logits) if bool(finite.all()) else None,
+    }
+    if not bool(finite.all()):
+        scores["error"] = f"non-finite logits on {int((~finite).sum())} of {len(logits)} test examples"
+    return scores
+
+
 def _baseline_point(session: _Session, record: dict) -> dict:
     point = _measure(session, session.base, kind="baseline", setting="fp32", key="baseline",
                      note="the run's inference model as trained, fp32, nothing removed",
-                     run_test_accuracy=record.get("metrics", {}).get("test_accuracy"))
+                     **{f"run_{name}": record.get("metrics", {}).get(name) for name in
+                        (("test_perplexity",) if session.outputs_of else ("test_accuracy",))})
     session.baseline_bytes = point["bytes"]
     point["size_ratio"] = 1.0
     return point
@@ -325,8 +360,7 @@ def _recover(session: _Session, model: nn.Module) -> dict:
     """A short fine-tune of a pruned model on the run's training data (constant lr, AdamW, the
     run's grad clip and weight decay) on the parameters the method trained. Masks of unstructured
     pruning stay attached, so pruned weights stay zero."""
-    before = measure.test_logits(model, session.test, check_cancel=session.check_cancel, batcher=session.batcher).argmax(-1)
-    accuracy_before = float((before == session.test["labels"]).float().mean())
+    before = _quality(session, model)
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(parameters, lr=session.lr, weight_decay=session.weight_decay)
@@ -337,7 +371,7 @@ def _recover(session: _Session, model: nn.Module) -> dict:
     for step in range(1, steps + 1):
         session.check_cancel()
         batch = next(batches)
-        loss = F.cross_entropy(logits_of(model(**model_inputs(batch))).float(), batch["labels"])
+        loss = _training_loss(session, model, batch)
         loss.backward()
         if session.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(parameters, session.grad_clip)
@@ -347,8 +381,16 @@ def _recover(session: _Session, model: nn.Module) -> dict:
         if step % 10 == 0 or step == steps:
             session.report(f"recovery step {step}/{steps}, loss {losses[-1]:.4f}")
     model.eval()
-    return {"recovery_steps": steps, "recovery_lr": session.lr, "accuracy_before_recovery": accuracy_before,
-            "recovery_loss_first": losses[0], "recovery_loss_last": losses[-1]}
+    score = "test_perplexity" if session.outputs_of else "test_accuracy"
+    return {"recovery_steps": steps, "recovery_lr": session.lr, f"{score.removeprefix('test_')}_before_recovery":
+            before[score], "recovery_loss_first": losses[0], "recovery_loss_last": losses[-1]}
+
+
+def _training_loss(session: _Session, model: nn.Module, batch: dict) -> torch.Tensor:
+    """The run's own loss: the next-token loss on labelled tokens, or the classes' cross-entropy."""
+    if session.outputs_of is not None:
+        return causal_lm_loss(*session.outputs_of(model, batch), batch["labels"])
+    return F.cross_entropy(logits_of(model(**model_inputs(batch))).float(), batch["labels"])
 
 
 def _sparse_bytes(model: nn.Module, targets) -> int:
@@ -436,9 +478,10 @@ def _quantized_point(session: _Session, kind: str) -> dict:
         model = dynamic_int8(session.base)
         point = _measure(
             session, model, kind="int8", setting="int8", key="int8",
-            note="dynamic int8 (torch.ao quantize_dynamic): every nn.Linear (encoder, pooler, classifier) holds int8 "
+            note="dynamic int8 (torch.ao quantize_dynamic): every nn.Linear (layers, pooler, task head) holds int8 "
                  "weights with one scale per output row, activations quantized per batch; embeddings and LayerNorm "
-                 "stay fp32; bytes is that state written as safetensors",
+                 "stay fp32 (an LM head tied to the embeddings becomes an int8 copy beside them); bytes is that "
+                 "state written as safetensors",
         )
         _release(model)
         return point
