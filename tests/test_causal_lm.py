@@ -324,7 +324,9 @@ def test_real_weights_learn_film_dialogue(method, lr, settings, store):
 def test_real_weights_compress_a_film_dialogue_model():
     """Real weights and real data for the methods that need a finished language model: SmolLM2-135M
     fine-tuned on film dialogue is the predecessor of a 15-layer Theseus successor and the teacher of a
-    15-layer student; each lowers its validation perplexity by a quarter within 10 steps."""
+    15-layer student; each lowers its validation perplexity by a quarter within 10 steps. Then it is
+    quantized to int8."""
+    from app.compression import compress_run
     from app.store import RunStore
 
     data = dict(backbone="smollm2-135m", task="causal-lm", dataset="movie-dialog", batch_size=8, max_length=64,
@@ -340,6 +342,13 @@ def test_real_weights_compress_a_film_dialogue_model():
             validation = store.evals(record["id"], "validation")
             assert validation[-1]["perplexity"] < 0.75 * validation[0]["perplexity"], (
                 method, [e["perplexity"] for e in validation])
+        # Quantized after training: one activation scale per token keeps a decoder's perplexity, one per
+        # batch does not (a few tokens' huge feed-forward activations set the batch's scale).
+        baseline, per_batch, per_token = compress_run(store, source["id"], {
+            "quantize": ["int8", "int8_per_token"], "latency_repeats": 1, "latency_warmup": 0,
+            "latency_batch_size": 4})
+        assert per_token["test_perplexity"] < 1.15 * baseline["test_perplexity"], (baseline, per_token)
+        assert per_token["agreement"] > 0.8 and per_token["test_perplexity"] < per_batch["test_perplexity"]
 
 
 def test_the_launch_form_trains_a_language_model_and_the_run_page_shows_its_answers(runs_dir, monkeypatch):
@@ -399,11 +408,11 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
     record = train_now(store, backbone="tiny-random-llama", method="full_ft", task="causal-lm", dataset=str(easy_text),
                        steps=6, eval_every=6, batch_size=8, lr=1e-3, generations=0, max_train_examples=None)
     assert record["status"] == "finished", record.get("error")
-    points = compress_run(store, record["id"], {"sparsities": [0.5], "quantize": ["int8", "1bit"],
+    points = compress_run(store, record["id"], {"sparsities": [0.5], "quantize": ["int8", "int8_per_token", "1bit"],
                                                  "structured_ffn": 0.5, "recovery_steps": 2, "latency_repeats": 1,
                                                  "latency_warmup": 0})
     by_kind = {p["kind"]: p for p in points}
-    assert list(by_kind) == ["baseline", "unstructured", "ffn", "int8", "kbit"]
+    assert list(by_kind) == ["baseline", "unstructured", "ffn", "int8", "int8_per_token", "kbit"]
     baseline = by_kind["baseline"]
     assert baseline["test_perplexity"] == pytest.approx(record["metrics"]["test_perplexity"], rel=1e-4)
     assert baseline["test_token_accuracy"] == pytest.approx(record["metrics"]["test_token_accuracy"])
@@ -411,8 +420,11 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
     for point in points:
         assert "test_accuracy" not in point and point["test_perplexity"] > 1 and "error" not in point
         assert 0 <= point["test_token_accuracy"] <= 1 and point["latency_ms"] > 0
-    assert by_kind["int8"]["logit_drift"] < by_kind["kbit"]["logit_drift"]  # 8 bits move the logits less than 1
-    assert by_kind["int8"]["agreement"] > by_kind["kbit"]["agreement"]
+    for kind in ("int8", "int8_per_token"):  # 8 bits move the logits less than 1
+        assert by_kind[kind]["logit_drift"] < by_kind["kbit"]["logit_drift"]
+        assert by_kind[kind]["agreement"] > by_kind["kbit"]["agreement"]
+    # both store every Linear as int8 beside its scales (a tied LM head as an int8 copy beside the embeddings)
+    assert by_kind["int8_per_token"]["params"] == by_kind["int8"]["params"] > baseline["params"]
     assert by_kind["unstructured"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
     assert by_kind["ffn"]["params"] < baseline["params"]
     for kind in ("unstructured", "ffn"):  # recovery: the next-token loss, from the pruned model's perplexity

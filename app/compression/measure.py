@@ -34,6 +34,16 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         seen.add(key)
         state[name] = tensor.detach().to("cpu").contiguous()
 
+    def add_stored(name: str, tensor: torch.Tensor) -> None:
+        """A tensor subclass (torchao's int8 weight) is stored as the plain tensors it holds."""
+        if type(tensor) in (torch.Tensor, nn.Parameter) or not hasattr(tensor, "__tensor_flatten__"):
+            add(name, tensor)
+            return
+        for inner in tensor.__tensor_flatten__()[0]:
+            part = getattr(tensor, inner)
+            if part is not None:
+                add_stored(f"{name}_{inner}", part)
+
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         if is_dynamic_quantized(module):
@@ -50,7 +60,7 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
                 add(prefix + "bias", bias)
             continue
         for name, parameter in module.named_parameters(recurse=False):
-            add(prefix + name, parameter)
+            add_stored(prefix + name, parameter)
         for name, buffer in module.named_buffers(recurse=False):
             if buffer is not None and name not in module._non_persistent_buffers_set:
                 add(prefix + name, buffer)

@@ -1,9 +1,12 @@
-"""Quantizing a trained encoder: fp16/bf16 casts, dynamic int8 on CPU, and k-bit weight
+"""Quantizing a trained model: fp16/bf16 casts, dynamic int8 on CPU, and k-bit weight
 fake-quantization (8 down to 1 bit) to show where accuracy collapses.
 
-Dynamic int8 uses `torch.ao.quantization.quantize_dynamic` (deprecated in torch 2.13 but present;
-torchao, its successor, is not a dependency here): Linear weights are stored as int8 with one
-scale per output row, activations are quantized on the fly per batch. k-bit fake-quant rounds each
+Dynamic int8 comes in two kinds. `int8` uses `torch.ao.quantization.quantize_dynamic` (deprecated in
+torch 2.13 but present): Linear weights are stored as int8 with one scale per output row,
+activations are quantized on the fly with one scale per batch. `int8_per_token` is torchao's
+dynamic int8 (its successor): the same weights, but one activation scale per token, so a few tokens
+with huge activations (decoders' feed-forward outputs have them) no longer flatten every other
+token's values to a handful of levels. k-bit fake-quant rounds each
 target weight to one of 2^k levels and keeps computing in fp32, so it measures accuracy only; its
 size is what the packed weights would take, computed rather than written.
 """
@@ -20,7 +23,8 @@ from .pruning import Targets, linear_targets
 
 HALF_KINDS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 KBIT_KINDS = {"8bit": 8, "4bit": 4, "2bit": 2, "1bit": 1}
-QUANTIZE_KINDS = ("fp16", "bf16", "int8", "8bit", "4bit", "2bit", "1bit")
+PER_TOKEN_INT8 = "int8_per_token"
+QUANTIZE_KINDS = ("fp16", "bf16", "int8", PER_TOKEN_INT8, "8bit", "4bit", "2bit", "1bit")
 
 
 def cast_half(model: nn.Module, kind: str) -> nn.Module:
@@ -42,6 +46,19 @@ def dynamic_int8(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8
         )
+
+
+def per_token_int8(model: nn.Module) -> nn.Module:
+    """A copy with every nn.Linear's weight an int8 tensor of torchao (one scale per output row),
+    its input quantized per token at every call."""
+    from ..precision import library_of, quiet_import
+
+    torchao = library_of("int8", forward_only=True)
+    copied = copy.deepcopy(model)
+    with quiet_import():
+        torchao.quantize_(copied, torchao.Int8DynamicActivationInt8WeightConfig(),
+                          filter_fn=lambda module, _name: isinstance(module, nn.Linear))
+    return copied
 
 
 def is_dynamic_quantized(module: nn.Module) -> bool:

@@ -53,7 +53,16 @@ from .pruning import (
     prune_heads,
     target_sparsity,
 )
-from .quantization import HALF_KINDS, KBIT_KINDS, QUANTIZE_KINDS, cast_half, dynamic_int8, fake_quantize
+from .quantization import (
+    HALF_KINDS,
+    KBIT_KINDS,
+    PER_TOKEN_INT8,
+    QUANTIZE_KINDS,
+    cast_half,
+    dynamic_int8,
+    fake_quantize,
+    per_token_int8,
+)
 
 DECODER_TYPES = {model_type for model_type, family in BY_MODEL_TYPE.items() if family.causal}
 
@@ -71,7 +80,9 @@ class CompressionPlan(MethodConfig):
         choices=["global", "per_layer"],
     )
     quantize: list[str] = option(
-        [], "Quantizations to try: fp16, bf16, int8 (dynamic, CPU), 8bit/4bit/2bit/1bit (weight fake-quant).",
+        [], "Quantizations to try: fp16, bf16, int8 (dynamic, one activation scale per batch), int8_per_token "
+            "(torchao's dynamic int8, one activation scale per token: what language models need), "
+            "8bit/4bit/2bit/1bit (weight fake-quant).",
         choices=list(QUANTIZE_KINDS),
     )
     structured_heads: int | None = option(
@@ -482,6 +493,16 @@ def _quantized_point(session: _Session, kind: str) -> dict:
                  "weights with one scale per output row, activations quantized per batch; embeddings and LayerNorm "
                  "stay fp32 (an LM head tied to the embeddings becomes an int8 copy beside them); bytes is that "
                  "state written as safetensors",
+        )
+        _release(model)
+        return point
+    if kind == PER_TOKEN_INT8:
+        model = per_token_int8(session.base)
+        point = _measure(
+            session, model, kind=kind, setting=kind, key=kind,
+            note="torchao dynamic int8: every nn.Linear holds int8 weights with one scale per output row, and "
+                 "each token's activations are quantized with their own scale at every call; embeddings and norms "
+                 "stay fp32; bytes is the int8 weights, scales and the rest written as safetensors",
         )
         _release(model)
         return point
