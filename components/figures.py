@@ -436,9 +436,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def pareto_figure(rows: list[dict], x_key: str, x_title: str, log_x: bool = False) -> go.Figure:
-    """Accuracy against a cost; rows: {"name", "method", x_key, "accuracy", "size"}; the front is a line."""
-    usable = [r for r in rows if r.get(x_key) is not None and r.get("accuracy") is not None]
+# How a run is judged on the Compare page's Pareto chart: (axis title, scale, hover, higher is better, chart title).
+PARETO_SCORES = {
+    "test_accuracy": ("test accuracy (%)", 100.0, "%{y:.1f}%", True, "Accuracy against cost (up and left is better)"),
+    "test_perplexity": ("test perplexity (log scale)", 1.0, "%{y:.2f}", False,
+                        "Perplexity against cost (down and left is better)"),
+}
+
+
+def pareto_figure(rows: list[dict], x_key: str, x_title: str, log_x: bool = False,
+                  score: str = "test_accuracy") -> go.Figure:
+    """A score against a cost; rows: {"name", "method", x_key, score}; the front is a line."""
+    y_title, factor, hover, higher_better, title = PARETO_SCORES[score]
+    usable = [r for r in rows if r.get(x_key) is not None and r.get(score) is not None]
     fig = go.Figure()
     methods = []
     for r in usable:
@@ -447,21 +457,23 @@ def pareto_figure(rows: list[dict], x_key: str, x_title: str, log_x: bool = Fals
     for index, method in enumerate(methods):
         chosen = [r for r in usable if r["method"] == method]
         fig.add_trace(go.Scatter(
-            x=[r[x_key] for r in chosen], y=[100 * r["accuracy"] for r in chosen], mode="markers", name=method,
+            x=[r[x_key] for r in chosen], y=[factor * r[score] for r in chosen], mode="markers", name=method,
             text=[r["name"] for r in chosen],
             marker=dict(size=11, opacity=0.85, color=PALETTE[index % len(PALETTE)], line=dict(width=1, color=NEUTRAL)),
-            hovertemplate="%{text}<br>%{x}<br>%{y:.1f}%<extra></extra>",
+            hovertemplate="%{text}<br>%{x}<br>" + hover + "<extra></extra>",
         ))
-    front = pareto_front([(r[x_key], r["accuracy"]) for r in usable])
+    front = pareto_front([(r[x_key], r[score] if higher_better else -r[score]) for r in usable])
     if front:
         fig.add_trace(go.Scatter(
-            x=[usable[i][x_key] for i in front], y=[100 * usable[i]["accuracy"] for i in front], mode="lines",
+            x=[usable[i][x_key] for i in front], y=[factor * usable[i][score] for i in front], mode="lines",
             name="Pareto front", line=dict(color=NEUTRAL, dash="dash", shape="hv"), hoverinfo="skip",
         ))
-    fig = _layout(fig, x_title, "test accuracy (%)", "Accuracy against cost (up and left is better)", height=420)
+    fig = _layout(fig, x_title, y_title, title, height=420)
     fig.update_layout(hovermode="closest")
     if log_x:
         fig.update_xaxes(type="log")
+    if not higher_better:
+        fig.update_yaxes(type="log")
     return fig
 
 

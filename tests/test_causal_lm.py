@@ -462,7 +462,10 @@ def test_every_page_opens_on_a_language_model_run(page, lm_run_dir, monkeypatch)
 
     from conftest import ROOT
 
+    from app.store import RunStore
+
     runs_dir, run_id = lm_run_dir
+    lm_record = RunStore(runs_dir).get_run(run_id)
     monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
     at.query_params["run"] = run_id
@@ -475,10 +478,54 @@ def test_every_page_opens_on_a_language_model_run(page, lm_run_dir, monkeypatch)
         assert any("test perplexity" in c.value for c in at.caption), [c.value for c in at.caption]
         assert any(m.value == "**Perplexity against size**" for m in at.markdown), [m.value for m in at.markdown]
         assert "test perplexity" in at.dataframe[0].value.columns
+    if page == "compare":  # a language model is judged by perplexity, its curve by validation perplexity
+        assert list(at.dataframe[0].value["test_perplexity"]) == [pytest.approx(lm_record["metrics"]["test_perplexity"])]
+        specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+        titles = [(s["layout"].get("title") or {}).get("text", "") for s in specs]
+        pareto = next((s for s, t in zip(specs, titles) if t.startswith("Perplexity")), titles)
+        assert isinstance(pareto, dict), pareto
+        assert pareto["data"][0]["y"] == [pytest.approx(lm_record["metrics"]["test_perplexity"])]
+        assert pareto["layout"]["yaxis"]["type"] == "log"
+        curve = specs[-1]["data"][0]
+        validation = [e["perplexity"] for e in RunStore(runs_dir).evals(run_id, "validation")]
+        assert curve["y"] == pytest.approx(validation)
     if page == "explain":  # the answer to the default prompt, its tokens' attributions and their heatmap
         assert not at.error, [e.value for e in at.error]
         assert any(m.value.startswith("**Answer:**") for m in at.markdown), [m.value for m in at.markdown]
         assert any("attribution" in (c.proto.spec or "") for c in at.get("plotly_chart"))
+
+
+def test_compare_judges_classifiers_by_accuracy_and_language_models_by_perplexity(lm_run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+    from streamlit.testing.v1 import AppTest
+
+    from app.store import RunStore
+    from conftest import ROOT
+
+    runs_dir, lm_id = lm_run_dir
+    mixed = tmp_path / "runs"
+    shutil.copytree(runs_dir, mixed)
+    classifier = train_now(RunStore(mixed), steps=2, eval_every=2)
+    monkeypatch.setenv("LAB_RUNS_DIR", str(mixed))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=240)
+    at.switch_page("../pages/compare.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    def pareto():
+        specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+        return next(s for s in specs if "against cost" in (s["layout"].get("title") or {}).get("text", ""))
+
+    table = at.dataframe[0].value.set_index("run")
+    assert pd.isna(table.loc[lm_id, "test_accuracy"])  # next-token accuracy is not put among classifiers'
+    assert pd.isna(table.loc[classifier["id"], "test_perplexity"]) and table.loc[lm_id, "test_perplexity"] > 1
+    assert pareto()["layout"]["title"]["text"].startswith("Accuracy")
+    assert [p["text"][0].endswith(classifier["id"][-6:]) for p in pareto()["data"] if p["name"] != "Pareto front"] == [True]
+    at.segmented_control(key="compare.score").set_value("test perplexity").run()
+    assert pareto()["layout"]["title"]["text"].startswith("Perplexity")
+    assert [p["text"][0].endswith(lm_id[-6:]) for p in pareto()["data"] if p["name"] != "Pareto front"] == [True]
 
 
 @pytest.fixture(scope="module")
