@@ -37,7 +37,7 @@ from .pipelines import asks_for_new_run, queue_recipe, theseus_recipe
 from .preparation import prepare_run
 from .runner import execute_run, failure_message, prepare_on_every_rank, train_on_this_rank
 from .store import ACTIVE_STATUSES, RunStore
-from .tasks import CLASSIFICATION
+from .tasks import CAUSAL_LM, CLASSIFICATION
 from .training import LANGUAGE_MODEL_SCORES, LoopHooks
 
 EXIT_BAD_INPUT = 2
@@ -365,9 +365,14 @@ def cmd_runs(args) -> int:
             _print_json({"runs": runs})
         else:
             for run in runs:
-                acc = run["metrics"].get("test_accuracy")
+                if run["task"] == CAUSAL_LM:
+                    ppl = run["metrics"].get("test_perplexity")
+                    score = f"test_ppl={'-' if ppl is None else f'{ppl:.2f}'}"
+                else:
+                    acc = run["metrics"].get("test_accuracy")
+                    score = f"test_acc={'-' if acc is None else f'{acc:.4f}'}"
                 print(f"{run['run_id']}  {run['status']:<11} {run['method']:<14} {run['backbone']:<12} "
-                      f"{run['dataset']:<16} test_acc={'-' if acc is None else f'{acc:.4f}'}")
+                      f"{run['dataset']:<16} {score}")
         return 0
     if args.runs_command == "show":
         record = store.get_run(args.run_id)

@@ -519,7 +519,7 @@ def test_compare_judges_classifiers_by_accuracy_and_language_models_by_perplexit
         return next(s for s in specs if "against cost" in (s["layout"].get("title") or {}).get("text", ""))
 
     table = at.dataframe[0].value.set_index("run")
-    assert pd.isna(table.loc[lm_id, "test_accuracy"])  # next-token accuracy is not put among classifiers'
+    assert pd.isna(table.loc[lm_id, "test_accuracy"])  # next-token accuracy is not put among classifiers
     assert pd.isna(table.loc[classifier["id"], "test_perplexity"]) and table.loc[lm_id, "test_perplexity"] > 1
     assert pareto()["layout"]["title"]["text"].startswith("Accuracy")
     assert [p["text"][0].endswith(classifier["id"][-6:]) for p in pareto()["data"] if p["name"] != "Pareto front"] == [True]
@@ -706,7 +706,7 @@ def test_a_bad_chat_file_is_refused_with_its_reason_before_anything_is_stored(ro
     assert store.list_runs() == []
 
 
-def test_train_json_reports_the_task_perplexity_and_token_accuracy(store, easy_text, capsys):
+def test_train_json_reports_the_task_perplexity_and_token_accuracy_and_the_list_shows_perplexity(store, easy_text, capsys):
     from app.cli import main
 
     code = main(["train", "--backbone", "tiny-random-llama", "--task", "causal-lm", "--dataset", str(easy_text),
@@ -720,6 +720,9 @@ def test_train_json_reports_the_task_perplexity_and_token_accuracy(store, easy_t
     assert metrics["test_perplexity"] == pytest.approx(math.exp(metrics["test_loss"]), rel=1e-6)
     assert 0 <= metrics["val_token_accuracy"] <= 1 and 0 <= metrics["test_token_accuracy"] <= 1
     assert 0 <= metrics["val_exact_match"] <= 1  # every labelled token of an example right under greedy decoding
+
+    assert main(["runs", "list", "--runs-dir", str(store.runs_dir)]) == 0
+    assert f"test_ppl={metrics['test_perplexity']:.2f}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("backbone_name,method", [(b, m) for b in DECODERS for m in ("full_ft", "lora", "lst")])
