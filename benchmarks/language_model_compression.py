@@ -4,7 +4,8 @@ pruning and quantization.
 Fine-tunes SmolLM2-135M on the shipped film dialogue (causal-lm, the loss on the reply) unless a
 finished run id is given, then sweeps it through `app.compression.compress_run`, the code behind
 `python -m app compress` and the Compress page: magnitude pruning, attention-head and FFN pruning,
-bf16, dynamic int8 (one activation scale per batch, and per token) and 8/4-bit weight fake-quant. Every point is scored on the run's test split's
+bf16, dynamic int8 (one activation scale per batch, and per token) and 8/4-bit weight fake-quant; the
+structured points twice, their heads and neurons ranked by measured activations and by weight magnitude. Every point is scored on the run's test split's
 labelled tokens against the uncompressed model on the same batches; latency is one pass over a batch
 of prompts up to the next token's scores, timed in alternating rounds with the fp32 model.
 
@@ -27,6 +28,9 @@ import torch  # noqa: E402
 from app.compression import compress_run  # noqa: E402
 from app.store import RunStore  # noqa: E402
 
+# The structured points again, ranked by weight magnitude instead of measured activations.
+WEIGHT_RANKED = {"structured_heads": 3, "structured_ffn": 0.25, "structured_importance": "weight",
+                 "latency_batch_size": 8, "latency_repeats": 5, "latency_warmup": 2}
 PLAN = {"sparsities": [0.3, 0.5], "structured_heads": 3, "structured_ffn": 0.25,
         "quantize": ["bf16", "int8", "int8_per_token", "8bit", "4bit"], "latency_batch_size": 8, "latency_repeats": 5,
         "latency_warmup": 2}
@@ -70,8 +74,11 @@ def main() -> int:
     store = RunStore(folder)
     run_id = args.run_id or train(store, args)
     started = time.perf_counter()
-    points = compress_run(store, run_id, PLAN,
-                          progress=lambda done, total, message: print(f"  [{done}/{total}] {message}", file=sys.stderr))
+    def progress(done, total, message):
+        print(f"  [{done}/{total}] {message}", file=sys.stderr)
+
+    points = compress_run(store, run_id, PLAN, progress=progress)
+    points += compress_run(store, run_id, WEIGHT_RANKED, progress=progress)[1:]
     record = store.get_run(run_id)
     baseline = points[0]
     print(f"run {run_id} ({record['config']['method']}, {record['config']['backbone']}), sweep "
@@ -85,6 +92,7 @@ def main() -> int:
               f"| {p['speedup']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"run_id": run_id, "config": record["config"], "plan": PLAN,
+                                               "weight_ranked_plan": WEIGHT_RANKED,
                                                "threads": torch.get_num_threads(), "points": points}, indent=1))
     return 0
 

@@ -325,7 +325,7 @@ def test_real_weights_compress_a_film_dialogue_model():
     """Real weights and real data for the methods that need a finished language model: SmolLM2-135M
     fine-tuned on film dialogue is the predecessor of a 15-layer Theseus successor and the teacher of a
     15-layer student; each lowers its validation perplexity by a quarter within 10 steps. Then it is
-    quantized to int8."""
+    quantized to int8 and its feed-forward layers pruned."""
     from app.compression import compress_run
     from app.store import RunStore
 
@@ -349,6 +349,16 @@ def test_real_weights_compress_a_film_dialogue_model():
             "latency_batch_size": 4})
         assert per_token["test_perplexity"] < 1.15 * baseline["test_perplexity"], (baseline, per_token)
         assert per_token["agreement"] > 0.8 and per_token["test_perplexity"] < per_batch["test_perplexity"]
+        # A quarter of every layer's feed-forward neurons removed: ranked by what they write the model keeps
+        # its perplexity near the fine-tuned one's; ranked by weight magnitude it loses the few neurons of
+        # the first and last layers whose huge activations go through small weights, and breaks.
+        timing = {"latency_repeats": 1, "latency_warmup": 0, "latency_batch_size": 4}
+        by_activation = compress_run(store, source["id"], {"structured_ffn": 0.25, **timing})[1]
+        by_weight = compress_run(store, source["id"], {"structured_ffn": 0.25, "structured_importance": "weight",
+                                                       **timing})[1]
+        assert by_activation["key"] == "ffn=0.25" and by_weight["key"] == "ffn=0.25/weight"
+        assert by_activation["test_perplexity"] < 2 * baseline["test_perplexity"], by_activation
+        assert by_weight["test_perplexity"] > 10 * by_activation["test_perplexity"], by_weight
 
 
 def test_the_launch_form_trains_a_language_model_and_the_run_page_shows_its_answers(runs_dir, monkeypatch):
@@ -429,6 +439,8 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
     assert by_kind["ffn"]["params"] < baseline["params"]
     for kind in ("unstructured", "ffn"):  # recovery: the next-token loss, from the pruned model's perplexity
         assert by_kind[kind]["perplexity_before_recovery"] > 1 and by_kind[kind]["recovery_steps"] == 2
+    # neurons ranked by what they write on the first training batches, prompts' padding left out
+    assert by_kind["ffn"]["importance"] == "activation" and by_kind["ffn"]["calibration_tokens"] > 0
     assert [p["key"] for p in store.records(record["id"], "compress")] == [p["key"] for p in points]
 
     assert main(["compress", record["id"], "--quantize", "bf16", "--latency-repeats", "1", "--latency-warmup", "0",

@@ -172,6 +172,56 @@ def test_ffn_pruning_really_shrinks_the_intermediate_layers():
         assert model(**tiny_inputs()).logits.shape == (3, 2)
 
 
+@pytest.mark.parametrize("backbone_name", ["tiny-random", "tiny-random-llama"])
+def test_calibration_measures_what_enters_every_output_projection_on_real_tokens_only(backbone_name):
+    """The input norms are the root sum of squares over the unpadded tokens of what each layer's
+    attention output and FFN down projection read, checked against the inputs captured directly."""
+    from app.backbones import get_backbone
+    from app.compression.calibration import measure_input_norms
+    from app.compression.pruning import output_projections
+
+    torch.manual_seed(0)
+    model = get_backbone(backbone_name).load_for_classification(["a", "b"]).eval()
+    batch = tiny_inputs(batch=3, length=10)
+    batch["attention_mask"][1, 6:] = 0  # padding: left out of the norms
+    attention, ffn = output_projections(model, heads=True, ffn=True)
+    captured = []
+    handle = ffn[1].register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    norms = measure_input_norms(model, attention, ffn, [batch, batch], lambda m, b: m(**b))
+    handle.remove()
+    real = batch["attention_mask"].bool()
+    expected = torch.cat([x[real] for x in captured]).double().pow(2).sum(0).sqrt().float()
+    torch.testing.assert_close(norms.ffn[1], expected, rtol=1e-5, atol=1e-6)
+    assert norms.tokens == 2 * int(real.sum())
+    assert len(norms.attention) == len(norms.ffn) == len(attention) and all((n > 0).all() for n in norms.ffn)
+    assert not model.training
+
+
+def test_a_neuron_with_small_weights_and_huge_inputs_is_kept_by_activation_and_removed_by_weight():
+    """Decoders have neurons like this (docs/language-models.md): weight L1 ranks them least important,
+    what they write (input norm x output weights' norm) ranks them first."""
+    import copy
+
+    from app.compression.pruning import feed_forward_parts, prune_ffn
+
+    model = tiny_model()
+    with torch.no_grad():
+        first = feed_forward_parts(model)[0]
+        first.up.weight[0] *= 0.001
+        first.down.weight[:, 0] *= 0.001
+    marked = first.down.weight[:, 0].clone()
+    norms = [torch.ones(parts.down.in_features) for parts in feed_forward_parts(model)]
+    norms[0][0] = 1e6  # what enters neuron 0 of layer 0 is huge
+
+    def keeps_the_neuron(pruned) -> bool:
+        return any(torch.equal(column, marked) for column in feed_forward_parts(pruned)[0].down.weight.T)
+
+    by_weight, by_activation = copy.deepcopy(model), copy.deepcopy(model)
+    prune_ffn(by_weight, 0.5)
+    prune_ffn(by_activation, 0.5, norms)
+    assert not keeps_the_neuron(by_weight) and keeps_the_neuron(by_activation)
+
+
 def test_structured_pruning_refuses_a_model_that_is_not_a_plain_transformer():
     from app.compression.pruning import prune_ffn, prune_heads
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import LabError
 from ..layer_stack import layer_list
+from .calibration import column_importance
 from .slicing import keep_columns, keep_rows, require_plain_model
 
 
@@ -66,28 +67,33 @@ def check_heads_request(model: nn.Module, per_layer: int | None = None, total: i
                            f"so give a multiple of {kv} up to {limit}")
 
 
-def _head_scores(attention: nn.Module) -> torch.Tensor:
+def _head_scores(attention: nn.Module, input_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Each query head's importance: what it writes through o_proj given its measured inputs, or
+    without them the L1 norm of its q rows and o columns."""
     heads, _ = _heads(attention)
+    if input_norm is not None:
+        return column_importance(input_norm, attention.o_proj).view(heads, -1).sum(1)
     with torch.no_grad():
         return (attention.q_proj.weight.abs().sum(1) + attention.o_proj.weight.abs().sum(0)).view(heads, -1).sum(1).float()
 
 
-def _removal_order(attention: nn.Module) -> list[list[int]]:
+def _removal_order(attention: nn.Module, input_norm: torch.Tensor | None = None) -> list[list[int]]:
     """Rounds of removal for one layer: round r takes the r-th least important head of every group."""
     heads, kv_heads = _heads(attention)
     group = heads // kv_heads
-    score = _head_scores(attention)
+    score = _head_scores(attention, input_norm)
     ranked = [(g * group + torch.argsort(score[g * group:(g + 1) * group])).tolist() for g in range(kv_heads)]
     return [[ranked[g][r] for g in range(kv_heads)] for r in range(group - 1)]
 
 
-def _plan_total(layers: nn.ModuleList, total: int) -> dict[int, int]:
+def _plan_total(layers: nn.ModuleList, total: int, norms: list[torch.Tensor] | None) -> dict[int, int]:
     """Rounds to take from each layer so that `total` heads go, cheapest normalised rounds first."""
     candidates = []
     for index, layer in enumerate(layers):
-        score = _head_scores(layer.self_attn)
+        norm = norms[index] if norms else None
+        score = _head_scores(layer.self_attn, norm)
         normalised = score / score.mean().clamp_min(1e-12)
-        for r, round_heads in enumerate(_removal_order(layer.self_attn)):
+        for r, round_heads in enumerate(_removal_order(layer.self_attn, norm)):
             candidates.append((float(normalised[round_heads].sum()), index, r))
     rounds = {index: 0 for index in range(len(layers))}
     kv_heads = _heads(layers[0].self_attn)[1] if len(layers) else 1
@@ -98,9 +104,11 @@ def _plan_total(layers: nn.ModuleList, total: int) -> dict[int, int]:
     return rounds
 
 
-def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: int | None = None) -> dict[int, list[int]]:
+def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: int | None = None,
+                        norms: list[torch.Tensor] | None = None) -> dict[int, list[int]]:
     """Remove query heads, equally from each key/value group of a layer: `per_layer` from every
-    layer, or `total` over the model. Returns {layer index: [removed query heads]}."""
+    layer, or `total` over the model; ranked by what they write given `norms` (each layer's o_proj
+    input norms, `calibration`), else by weight magnitude. Returns {layer index: [removed query heads]}."""
     if (per_layer is None) == (total is None):
         raise LabError("say how many heads to remove: per layer or in total")
     check_heads_request(model, per_layer=per_layer, total=total)
@@ -108,11 +116,12 @@ def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: i
     if per_layer is not None:
         rounds = {index: per_layer // _heads(layer.self_attn)[1] for index, layer in enumerate(layers)}
     else:
-        rounds = _plan_total(layers, total)
+        rounds = _plan_total(layers, total, norms)
     plan = {}
     for index, layer in enumerate(layers):
         attention = layer.self_attn
-        removed = sorted(h for round_heads in _removal_order(attention)[: rounds[index]] for h in round_heads)
+        order = _removal_order(attention, norms[index] if norms else None)
+        removed = sorted(h for round_heads in order[: rounds[index]] for h in round_heads)
         heads, kv_heads = _heads(attention)
         kept = [h for h in range(heads) if h not in set(removed)]
         size = attention.head_dim
@@ -124,17 +133,21 @@ def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: i
     return plan
 
 
-def prune_decoder_ffn(model: nn.Module, fraction: float) -> list[int]:
+def prune_decoder_ffn(model: nn.Module, fraction: float, norms: list[torch.Tensor] | None = None) -> list[int]:
     """Remove the least important `fraction` of every layer's SwiGLU neurons (rows of the gate and
-    up projections, columns of the down projection). Returns neurons kept per layer."""
+    up projections, columns of the down projection), ranked by what they write given `norms` (each
+    layer's down_proj input norms), else by weight magnitude. Returns neurons kept per layer."""
     kept = []
-    for layer in decoder_layers(model):
+    for index, layer in enumerate(decoder_layers(model)):
         mlp = layer.mlp
         width = mlp.up_proj.out_features
         keep_count = max(1, width - int(round(fraction * width)))
-        with torch.no_grad():
-            score = (mlp.gate_proj.weight.abs().sum(1) + mlp.up_proj.weight.abs().sum(1)
-                     + mlp.down_proj.weight.abs().sum(0)).float()
+        if norms:
+            score = column_importance(norms[index], mlp.down_proj)
+        else:
+            with torch.no_grad():
+                score = (mlp.gate_proj.weight.abs().sum(1) + mlp.up_proj.weight.abs().sum(1)
+                         + mlp.down_proj.weight.abs().sum(0)).float()
         keep = torch.sort(torch.argsort(score, descending=True)[:keep_count]).values.to(mlp.up_proj.weight.device)
         mlp.gate_proj = keep_rows(mlp.gate_proj, keep)
         mlp.up_proj = keep_rows(mlp.up_proj, keep)

@@ -17,6 +17,7 @@ from torch.nn.utils import prune
 from ..errors import LabError
 from ..families import BY_MODEL_TYPE
 from . import decoder_pruning
+from .calibration import column_importance
 from .slicing import keep_columns, keep_rows, require_plain_model
 
 # Names under which a module is a task head or an embedding, never a pruning/quantization target.
@@ -153,22 +154,38 @@ def _is_decoder(model: nn.Module) -> bool:
     return family is not None and family.causal
 
 
+def output_projections(model: nn.Module, *, heads: bool, ffn: bool) -> tuple[list[nn.Linear], list[nn.Linear]]:
+    """Every layer's attention output projection (when `heads`) and FFN down projection (when `ffn`):
+    the Linear layers whose input columns belong to one head or one neuron."""
+    if _is_decoder(model):
+        layers = decoder_pruning.decoder_layers(model)
+        return ([layer.self_attn.o_proj for layer in layers] if heads else [],
+                [layer.mlp.down_proj for layer in layers] if ffn else [])
+    return ([parts.output for parts in attention_parts(model)] if heads else [],
+            [parts.down for parts in feed_forward_parts(model)] if ffn else [])
+
+
 def heads_per_layer(model: nn.Module) -> list[int]:
     if _is_decoder(model):
         return decoder_pruning.heads_per_layer(model)
     return [p.attention.query.out_features // p.attention.attention_head_size for p in attention_parts(model)]
 
 
-def head_importance(parts: AttentionParts) -> torch.Tensor:
-    """L1 norm of every weight that belongs to one head: its q/k/v rows and output columns."""
+def head_importance(parts: AttentionParts, input_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """What each head writes through the output projection given its measured inputs, or without
+    them the L1 norm of every weight that belongs to it: its q/k/v rows and output columns."""
     size = parts.attention.attention_head_size
+    if input_norm is not None:
+        return column_importance(input_norm, parts.output).view(-1, size).sum(1)
     with torch.no_grad():
         rows = sum(getattr(parts.attention, name).weight.abs().sum(1) for name in ("query", "key", "value"))
         columns = parts.output.weight.abs().sum(0)
         return (rows + columns).view(-1, size).sum(1).float()
 
 
-def neuron_importance(parts: FeedForwardParts) -> torch.Tensor:
+def neuron_importance(parts: FeedForwardParts, input_norm: torch.Tensor | None = None) -> torch.Tensor:
+    if input_norm is not None:
+        return column_importance(input_norm, parts.down)
     with torch.no_grad():
         return (parts.up.weight.abs().sum(1) + parts.down.weight.abs().sum(0)).float()
 
@@ -200,15 +217,17 @@ def remove_heads(parts: AttentionParts, heads: list[int], owner: nn.Module) -> N
     attention.all_head_size = len(keep_heads) * size
 
 
-def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | None = None) -> dict:
+def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | None = None,
+                norms: list[torch.Tensor] | None = None) -> dict:
     """Remove the least important heads: `per_layer` from every layer, or `total` across the
     model (importance normalised within each layer so layers compare; every layer keeps a head).
-    Returns {layer index: [removed head indices]}."""
+    `norms`: each layer's measured attention-output input norms (`calibration`); without them heads
+    are ranked by weight magnitude. Returns {layer index: [removed head indices]}."""
     if _is_decoder(model):
-        return decoder_pruning.prune_decoder_heads(model, per_layer=per_layer, total=total)
+        return decoder_pruning.prune_decoder_heads(model, per_layer=per_layer, total=total, norms=norms)
     parts = attention_parts(model)
     counts = heads_per_layer(model)
-    scores = [head_importance(p) for p in parts]
+    scores = [head_importance(p, norms[i] if norms else None) for i, p in enumerate(parts)]
     plan: dict[int, list[int]] = {}
     if per_layer is not None:
         if per_layer < 0 or per_layer >= min(counts):
@@ -241,18 +260,21 @@ def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | 
     return plan
 
 
-def prune_ffn(model: nn.Module, fraction: float) -> list[int]:
+def prune_ffn(model: nn.Module, fraction: float, norms: list[torch.Tensor] | None = None) -> list[int]:
     """Remove the least important `fraction` of every layer's FFN neurons (rows of the
-    intermediate Linear, the matching columns of the output Linear). Returns neurons kept per layer."""
+    intermediate Linear, the matching columns of the output Linear), ranked by what they write given
+    `norms` (each layer's measured output-Linear input norms), else by weight magnitude. Returns
+    neurons kept per layer."""
     if not 0.0 <= fraction < 1.0:
         raise LabError(f"FFN pruning fraction must be in [0, 1), got {fraction}")
     if _is_decoder(model):
-        return decoder_pruning.prune_decoder_ffn(model, fraction)
+        return decoder_pruning.prune_decoder_ffn(model, fraction, norms)
     kept = []
-    for parts in feed_forward_parts(model):
+    for index, parts in enumerate(feed_forward_parts(model)):
         width = parts.up.out_features
         keep_count = max(1, width - int(round(fraction * width)))
-        keep = torch.sort(torch.argsort(neuron_importance(parts), descending=True)[:keep_count]).values
+        importance = neuron_importance(parts, norms[index] if norms else None)
+        keep = torch.sort(torch.argsort(importance, descending=True)[:keep_count]).values
         keep = keep.to(parts.up.weight.device)
         _set_child(parts.layer.intermediate, parts.up, keep_rows(parts.up, keep))
         _set_child(parts.layer.output, parts.down, keep_columns(parts.down, keep))

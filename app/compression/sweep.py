@@ -5,9 +5,11 @@ inference model, measured on the run's own test split and stored with the run. A
 Each point is stored as `store.put_record(run_id, "compress", key, point)` as soon as it is
 measured, so a page can draw the sweep while it runs. Point fields:
 
-    kind            baseline | unstructured | heads | ffn | fp16 | bf16 | int8 | kbit
+    kind            baseline | unstructured | heads | ffn | fp16 | bf16 | int8 | int8_per_token | kbit
     setting         short label of the setting ("0.3", "2 per layer", "4bit", ...)
-    key             the record key (unique per setting; "+recovery=N" when a recovery ran)
+    key             the record key (unique per setting; "/weight" on heads and FFN points ranked by weights,
+                    "+recovery=N" when a recovery ran)
+    importance      heads and FFN points: activation (calibration_tokens: tokens measured) or weight L1 norm
     test_accuracy   accuracy on the run's test split (None when the point could not run); classifiers
     test_perplexity, test_token_accuracy, test_tokens
                     causal-lm: perplexity and next-token accuracy over the test split's labelled tokens
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -43,12 +46,14 @@ from ..options import option, parse_config
 from ..preparation import prepare_run
 from ..training import adamw
 from . import measure
+from .calibration import InputNorms, measure_input_norms
 from .decoder_pruning import check_heads_request
 from .pruning import (
     check_ffn_prunable,
     heads_per_layer,
     magnitude_prune,
     make_pruning_permanent,
+    output_projections,
     prune_ffn,
     prune_heads,
     target_sparsity,
@@ -86,7 +91,8 @@ class CompressionPlan(MethodConfig):
         choices=list(QUANTIZE_KINDS),
     )
     structured_heads: int | None = option(
-        None, "Attention heads to remove from every layer, least important (L1 norm) first. On a decoder with "
+        None, "Attention heads to remove from every layer, least important first (structured_importance). On a "
+              "decoder with "
               "grouped-query attention, a multiple of its key/value heads (heads go equally from every group).", min=0
     )
     structured_heads_total: int | None = option(
@@ -96,7 +102,19 @@ class CompressionPlan(MethodConfig):
         min=0, advanced=True,
     )
     structured_ffn: float | None = option(
-        None, "Fraction of every layer's FFN neurons to remove, least important (L1 norm) first.", min=0.0, max=0.99
+        None, "Fraction of every layer's FFN neurons to remove, least important first (structured_importance).",
+        min=0.0, max=0.99
+    )
+    structured_importance: str = option(
+        "activation", "How heads and FFN neurons are ranked for removal. activation: by what each writes into "
+        "the residual stream on a few training batches (its inputs' norm times its output weights' norm, as "
+        "Wanda scores weights); weight: by the L1 norm of its weights alone, without data. Decoders have a few "
+        "neurons with huge activations and small weights, which weight ranking removes first.",
+        choices=["activation", "weight"], advanced=True,
+    )
+    calibration_batches: int = option(
+        4, "Training batches run to measure activations (structured_importance = activation).", min=1, max=1000,
+        advanced=True,
     )
     recovery_steps: int = option(
         0, "Fine-tune each pruned model for this many steps on the run's training data (0: none).",
@@ -118,6 +136,8 @@ class CompressionPlan(MethodConfig):
         unknown = [q for q in self.quantize if q not in QUANTIZE_KINDS]
         if unknown:
             raise ConfigError(f"unknown quantization '{unknown[0]}': use {', '.join(QUANTIZE_KINDS)}")
+        if self.structured_importance not in ("activation", "weight"):
+            raise ConfigError(f"unknown structured_importance '{self.structured_importance}': use activation or weight")
         if self.scope not in ("global", "per_layer"):
             raise ConfigError(f"unknown pruning scope '{self.scope}': use global or per_layer")
         if self.structured_ffn is not None and not 0.0 <= self.structured_ffn < 1.0:
@@ -163,6 +183,7 @@ class _Session:
     check_cancel: Callable[[], None]
     report: Callable[[str], None]
     batcher: Batcher = Batcher()
+    norms: InputNorms | None = None  # measured once, before the first structured point
     # causal-lm: how the method reads its language model; None on a classifier
     outputs_of: measure.LanguageModelOutputs | None = None
     forward: Callable[[nn.Module, dict], object] = measure.forward_pass  # what latency times
@@ -438,20 +459,37 @@ def _unstructured_point(session: _Session, sparsity: float) -> dict:
     return point
 
 
+def _measured_norms(session: _Session) -> tuple[InputNorms | None, dict]:
+    """The structured points' ranking: activations measured once per sweep on the first training
+    batches, or weights alone; and how the point records it."""
+    plan = session.plan
+    if plan.structured_importance == "weight":
+        return None, {"importance": "weight L1 norm", "key_suffix": "/weight"}
+    if session.norms is None:
+        session.report(f"measuring activations on {plan.calibration_batches} training batches")
+        heads = plan.structured_heads is not None or plan.structured_heads_total is not None
+        attention, ffn = output_projections(session.base, heads=heads, ffn=plan.structured_ffn is not None)
+        batches = (model_inputs(batch) for batch in itertools.islice(session.train_batches(), plan.calibration_batches))
+        session.norms = measure_input_norms(session.base, attention, ffn, batches, session.forward)
+    return session.norms, {"importance": "activation", "calibration_tokens": session.norms.tokens, "key_suffix": ""}
+
+
 def _heads_point(session: _Session, *, per_layer: int | None = None, total: int | None = None) -> dict:
     model = copy.deepcopy(session.base)
-    removed = prune_heads(model, per_layer=per_layer, total=total)
+    norms, importance = _measured_norms(session)
+    suffix = importance.pop("key_suffix")
+    removed = prune_heads(model, per_layer=per_layer, total=total, norms=norms.attention if norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     if per_layer is not None:
         setting, key = f"{per_layer} per layer", f"heads={per_layer}"
     else:
         setting, key = f"{total} in all", f"heads_total={total}"
     point = _measure(
-        session, model, kind="heads", setting=setting, key=key + _recovery_suffix(session),
+        session, model, kind="heads", setting=setting, key=key + suffix + _recovery_suffix(session),
         note="attention heads removed by slicing q/k/v rows and output columns: parameters, bytes and latency "
              "really drop; the saved state has per-layer shapes the model config cannot describe",
         heads_removed={str(i): heads for i, heads in removed.items()},
-        heads_left=heads_per_layer(model), **recovery,
+        heads_left=heads_per_layer(model), **importance, **recovery,
     )
     _release(model)
     return point
@@ -459,12 +497,15 @@ def _heads_point(session: _Session, *, per_layer: int | None = None, total: int 
 
 def _ffn_point(session: _Session, fraction: float) -> dict:
     model = copy.deepcopy(session.base)
-    kept = prune_ffn(model, fraction)
+    norms, importance = _measured_norms(session)
+    suffix = importance.pop("key_suffix")
+    kept = prune_ffn(model, fraction, norms.ffn if norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     point = _measure(
-        session, model, kind="ffn", setting=f"{fraction:g}", key=f"ffn={fraction:g}" + _recovery_suffix(session),
+        session, model, kind="ffn", setting=f"{fraction:g}",
+        key=f"ffn={fraction:g}" + suffix + _recovery_suffix(session),
         note="FFN neurons removed (intermediate rows and output columns): parameters, bytes and latency really drop",
-        ffn_fraction=fraction, ffn_neurons_kept=kept, **recovery,
+        ffn_fraction=fraction, ffn_neurons_kept=kept, **importance, **recovery,
     )
     _release(model)
     return point

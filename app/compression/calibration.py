@@ -1,0 +1,67 @@
+"""How much each attention head and FFN neuron actually writes, measured on a few training batches.
+
+A unit's weights alone can mislead: a decoder has a few FFN neurons whose activations are hundreds of
+times larger than the rest while their weights are small (SmolLM2's first and last layers have them),
+and ranking by weight magnitude removes them first, which breaks the model. Here a unit's importance
+is the size of what it adds to the residual stream: for input column j of a layer's output
+projection (the attention output, the FFN's down projection), the norm of its inputs over the
+calibration tokens times the norm of its weight column, as Wanda (Sun et al., 2024) scores weights.
+A head's score is the sum over its columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class InputNorms:
+    """Per layer, the root sum of squares of every input column of the output projections, over the
+    calibration tokens (padding left out)."""
+
+    attention: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+    tokens: int
+
+
+def measure_input_norms(model: nn.Module, attention_outputs: list[nn.Linear], ffn_outputs: list[nn.Linear],
+                        batches: Iterable[dict], run: Callable[[nn.Module, dict], object]) -> InputNorms:
+    """Run `model` on `batches` through `run` and record what enters the given projections."""
+    sums = {id(linear): torch.zeros(linear.in_features, dtype=torch.float64)
+            for linear in (*attention_outputs, *ffn_outputs)}
+    real: list[torch.Tensor] = []
+
+    def record(linear: nn.Module, args: tuple) -> None:
+        inputs = args[0].detach()
+        mask = real[0].to(inputs.device).bool()
+        if inputs.dim() == 3 and mask.shape == inputs.shape[:2]:
+            inputs = inputs[mask]
+        sums[id(linear)] += inputs.reshape(-1, inputs.shape[-1]).double().pow(2).sum(0).cpu()
+
+    handles = [linear.register_forward_pre_hook(record) for linear in (*attention_outputs, *ffn_outputs)]
+    tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                mask = batch.get("attention_mask")
+                real[:] = [mask if mask is not None else torch.ones_like(batch["input_ids"])]
+                tokens += int(real[0].sum())
+                run(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return InputNorms(attention=[sums[id(linear)].sqrt().float() for linear in attention_outputs],
+                      ffn=[sums[id(linear)].sqrt().float() for linear in ffn_outputs], tokens=tokens)
+
+
+def column_importance(input_norm: torch.Tensor, output: nn.Linear) -> torch.Tensor:
+    """What input column j of `output` writes: its inputs' norm times its weight column's norm."""
+    with torch.no_grad():
+        return input_norm.to(output.weight.device) * output.weight.float().norm(dim=0)
