@@ -464,20 +464,21 @@ def _measured_norms(session: _Session) -> tuple[InputNorms | None, dict]:
     batches, or weights alone; and how the point records it."""
     plan = session.plan
     if plan.structured_importance == "weight":
-        return None, {"importance": "weight L1 norm", "key_suffix": "/weight"}
+        return None, {"importance": "weight L1 norm", "key_suffix": "/weight", "ranked": "ranked by weight L1 norm"}
     if session.norms is None:
         session.report(f"measuring activations on {plan.calibration_batches} training batches")
         heads = plan.structured_heads is not None or plan.structured_heads_total is not None
         attention, ffn = output_projections(session.base, heads=heads, ffn=plan.structured_ffn is not None)
         batches = (model_inputs(batch) for batch in itertools.islice(session.train_batches(), plan.calibration_batches))
         session.norms = measure_input_norms(session.base, attention, ffn, batches, session.forward)
-    return session.norms, {"importance": "activation", "calibration_tokens": session.norms.tokens, "key_suffix": ""}
+    return session.norms, {"importance": "activation", "calibration_tokens": session.norms.tokens, "key_suffix": "",
+                           "ranked": f"ranked by what they write on {session.norms.tokens} training tokens"}
 
 
 def _heads_point(session: _Session, *, per_layer: int | None = None, total: int | None = None) -> dict:
     model = copy.deepcopy(session.base)
     norms, importance = _measured_norms(session)
-    suffix = importance.pop("key_suffix")
+    suffix, ranked = importance.pop("key_suffix"), importance.pop("ranked")
     removed = prune_heads(model, per_layer=per_layer, total=total, norms=norms.attention if norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     if per_layer is not None:
@@ -486,8 +487,8 @@ def _heads_point(session: _Session, *, per_layer: int | None = None, total: int 
         setting, key = f"{total} in all", f"heads_total={total}"
     point = _measure(
         session, model, kind="heads", setting=setting, key=key + suffix + _recovery_suffix(session),
-        note="attention heads removed by slicing q/k/v rows and output columns: parameters, bytes and latency "
-             "really drop; the saved state has per-layer shapes the model config cannot describe",
+        note=f"attention heads {ranked}, removed by slicing q/k/v rows and output columns: parameters, bytes and "
+             "latency really drop; the saved state has per-layer shapes the model config cannot describe",
         heads_removed={str(i): heads for i, heads in removed.items()},
         heads_left=heads_per_layer(model), **importance, **recovery,
     )
@@ -498,13 +499,14 @@ def _heads_point(session: _Session, *, per_layer: int | None = None, total: int 
 def _ffn_point(session: _Session, fraction: float) -> dict:
     model = copy.deepcopy(session.base)
     norms, importance = _measured_norms(session)
-    suffix = importance.pop("key_suffix")
+    suffix, ranked = importance.pop("key_suffix"), importance.pop("ranked")
     kept = prune_ffn(model, fraction, norms.ffn if norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     point = _measure(
         session, model, kind="ffn", setting=f"{fraction:g}",
         key=f"ffn={fraction:g}" + suffix + _recovery_suffix(session),
-        note="FFN neurons removed (intermediate rows and output columns): parameters, bytes and latency really drop",
+        note=f"FFN neurons {ranked}, removed (intermediate rows and output columns): parameters, bytes and latency "
+             "really drop",
         ffn_fraction=fraction, ffn_neurons_kept=kept, **importance, **recovery,
     )
     _release(model)
