@@ -5,7 +5,8 @@ Fine-tunes SmolLM2-135M on the shipped film dialogue (causal-lm, the loss on the
 finished run id is given, then sweeps it through `app.compression.compress_run`, the code behind
 `python -m app compress` and the Compress page: magnitude pruning, attention-head and FFN pruning,
 bf16, dynamic int8 (one activation scale per batch, and per token) and 8/4-bit weight fake-quant; the
-structured points twice, their heads and neurons ranked by measured activations and by weight magnitude. Every point is scored on the run's test split's
+pruning points twice, weights, heads and neurons ranked by measured activations (Wanda's score for
+single weights) and by weight magnitude alone. Every point is scored on the run's test split's
 labelled tokens against the uncompressed model on the same batches; latency is one pass over a batch
 of prompts up to the next token's scores, timed in alternating rounds with the fp32 model.
 
@@ -28,10 +29,10 @@ import torch  # noqa: E402
 from app.compression import compress_run  # noqa: E402
 from app.store import RunStore  # noqa: E402
 
-# The structured points again, ranked by weight magnitude instead of measured activations.
-WEIGHT_RANKED = {"structured_heads": 3, "structured_ffn": 0.25, "structured_importance": "weight",
-                 "latency_batch_size": 8, "latency_repeats": 5, "latency_warmup": 2}
-PLAN = {"sparsities": [0.3, 0.5], "structured_heads": 3, "structured_ffn": 0.25,
+# The pruning points again, ranked by weights alone instead of measured activations.
+WEIGHT_RANKED = {"sparsities": [0.3, 0.5], "structured_heads": 3, "structured_ffn": 0.25,
+                 "structured_importance": "weight", "latency_batch_size": 8, "latency_repeats": 5, "latency_warmup": 2}
+PLAN = {"sparsities": [0.3, 0.5], "unstructured_score": "wanda", "structured_heads": 3, "structured_ffn": 0.25,
         "quantize": ["bf16", "int8", "int8_per_token", "8bit", "4bit"], "latency_batch_size": 8, "latency_repeats": 5,
         "latency_warmup": 2}
 

@@ -36,9 +36,10 @@ st.subheader("Run a sweep")
 with st.form("compress.plan"):
     fields = describe_fields(CompressionPlan)
     defaults = shrink_plan()
-    if record["config"].get("task") == "causal-lm":  # a decoder needs one activation scale per token
+    if record["config"].get("task") == "causal-lm":  # a decoder's few huge activations: measure them
         defaults["quantize"] = [kind for q in defaults["quantize"]
                                 for kind in ((q, "int8_per_token") if q == "int8" else (q,))]
+        defaults["unstructured_score"] = "wanda"
     overrides = {name: {"default": value} for name, value in defaults.items()}
     plan = settings_form(fields, "plan", columns=3, overrides=overrides)
     submitted = st.form_submit_button("Start the sweep", type="primary", icon=":material/compress:")

@@ -353,12 +353,16 @@ def test_real_weights_compress_a_film_dialogue_model():
         # its perplexity near the fine-tuned one's; ranked by weight magnitude it loses the few neurons of
         # the first and last layers whose huge activations go through small weights, and breaks.
         timing = {"latency_repeats": 1, "latency_warmup": 0, "latency_batch_size": 4}
-        by_activation = compress_run(store, source["id"], {"structured_ffn": 0.25, **timing})[1]
-        by_weight = compress_run(store, source["id"], {"structured_ffn": 0.25, "structured_importance": "weight",
-                                                       **timing})[1]
+        # Unstructured: Wanda (|w| x input norm, per row) against plain magnitude, 30% of the weights.
+        _, wanda, by_activation = compress_run(store, source["id"], {
+            "sparsities": [0.3], "unstructured_score": "wanda", "structured_ffn": 0.25, **timing})
+        _, magnitude, by_weight = compress_run(store, source["id"], {
+            "sparsities": [0.3], "structured_ffn": 0.25, "structured_importance": "weight", **timing})
         assert by_activation["key"] == "ffn=0.25" and by_weight["key"] == "ffn=0.25/weight"
         assert by_activation["test_perplexity"] < 2 * baseline["test_perplexity"], by_activation
         assert by_weight["test_perplexity"] > 10 * by_activation["test_perplexity"], by_weight
+        assert wanda["test_perplexity"] < 1.3 * baseline["test_perplexity"], wanda
+        assert magnitude["test_perplexity"] > 1.5 * wanda["test_perplexity"], magnitude
 
 
 def test_the_launch_form_trains_a_language_model_and_the_run_page_shows_its_answers(runs_dir, monkeypatch):
@@ -418,7 +422,8 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
     record = train_now(store, backbone="tiny-random-llama", method="full_ft", task="causal-lm", dataset=str(easy_text),
                        steps=6, eval_every=6, batch_size=8, lr=1e-3, generations=0, max_train_examples=None)
     assert record["status"] == "finished", record.get("error")
-    points = compress_run(store, record["id"], {"sparsities": [0.5], "quantize": ["int8", "int8_per_token", "1bit"],
+    points = compress_run(store, record["id"], {"sparsities": [0.5], "unstructured_score": "wanda",
+                                                 "quantize": ["int8", "int8_per_token", "1bit"],
                                                  "structured_ffn": 0.5, "recovery_steps": 2, "latency_repeats": 1,
                                                  "latency_warmup": 0})
     by_kind = {p["kind"]: p for p in points}
@@ -435,7 +440,8 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
         assert by_kind[kind]["agreement"] > by_kind["kbit"]["agreement"]
     # both store every Linear as int8 beside its scales (a tied LM head as an int8 copy beside the embeddings)
     assert by_kind["int8_per_token"]["params"] == by_kind["int8"]["params"] > baseline["params"]
-    assert by_kind["unstructured"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert by_kind["unstructured"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)  # kept through recovery
+    assert by_kind["unstructured"]["key"] == "sparsity=0.5/wanda+recovery=2"
     assert by_kind["ffn"]["params"] < baseline["params"]
     for kind in ("unstructured", "ffn"):  # recovery: the next-token loss, from the pruned model's perplexity
         assert by_kind[kind]["perplexity_before_recovery"] > 1 and by_kind[kind]["recovery_steps"] == 2

@@ -187,13 +187,16 @@ def test_calibration_measures_what_enters_every_output_projection_on_real_tokens
     attention, ffn = output_projections(model, heads=True, ffn=True)
     captured = []
     handle = ffn[1].register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
-    norms = measure_input_norms(model, attention, ffn, [batch, batch], lambda m, b: m(**b))
+    norms = measure_input_norms(model, {"attention": attention, "ffn": ffn, "both": [attention[0], ffn[1]]},
+                                [batch, batch], lambda m, b: m(**b))
     handle.remove()
     real = batch["attention_mask"].bool()
     expected = torch.cat([x[real] for x in captured]).double().pow(2).sum(0).sqrt().float()
-    torch.testing.assert_close(norms.ffn[1], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norms.groups["ffn"][1], expected, rtol=1e-5, atol=1e-6)
+    assert len(captured) == 2  # a Linear in two groups is measured once per pass
+    torch.testing.assert_close(norms.groups["both"][1], norms.groups["ffn"][1])
     assert norms.tokens == 2 * int(real.sum())
-    assert len(norms.attention) == len(norms.ffn) == len(attention) and all((n > 0).all() for n in norms.ffn)
+    assert len(norms.groups["attention"]) == len(ffn) and all((n > 0).all() for n in norms.groups["ffn"])
     assert not model.training
 
 
@@ -220,6 +223,26 @@ def test_a_neuron_with_small_weights_and_huge_inputs_is_kept_by_activation_and_r
     prune_ffn(by_weight, 0.5)
     prune_ffn(by_activation, 0.5, norms)
     assert not keeps_the_neuron(by_weight) and keeps_the_neuron(by_activation)
+
+
+def test_wanda_zeroes_each_rows_lowest_weight_times_input_norm():
+    """Within every output row the same share goes; a small weight on a loud input outlives a larger
+    weight on a quiet one."""
+    from app.compression.pruning import linear_targets, make_pruning_permanent, wanda_prune
+
+    model = tiny_model()
+    first = linear_targets(model).modules[0][1]
+    with torch.no_grad():
+        first.weight[:, 0] = 0.01  # small weights on input 0
+        first.weight[:, 1] = 1.0  # large weights on input 1
+    norms = [torch.ones(m.in_features) for _, m in linear_targets(model).modules]
+    norms[0][0], norms[0][1] = 1e4, 1e-4  # input 0 is loud, input 1 quiet
+    targets = wanda_prune(model, 0.5, norms)
+    make_pruning_permanent(model)
+    weight = linear_targets(model).modules[0][1].weight
+    assert ((weight == 0).sum(1) == weight.shape[1] // 2).all()
+    assert (weight[:, 0] != 0).all() and (weight[:, 1] == 0).all()
+    assert targets.weight_count == sum(m.weight.numel() for _, m in linear_targets(model).modules)
 
 
 def test_structured_pruning_refuses_a_model_that_is_not_a_plain_transformer():

@@ -6,7 +6,8 @@ and ranking by weight magnitude removes them first, which breaks the model. Here
 is the size of what it adds to the residual stream: for input column j of a layer's output
 projection (the attention output, the FFN's down projection), the norm of its inputs over the
 calibration tokens times the norm of its weight column, as Wanda (Sun et al., 2024) scores weights.
-A head's score is the sum over its columns.
+A head's score is the sum over its columns. Unstructured pruning by the same measurements is
+Wanda itself: each weight scored |w_ij| times the norm of input j, compared within its output row.
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from torch import nn
 
 @dataclass
 class InputNorms:
-    """Per layer, the root sum of squares of every input column of the output projections, over the
-    calibration tokens (padding left out)."""
+    """Per group of Linear layers (e.g. every layer's attention output), the root sum of squares of each
+    input column over the calibration tokens, padding left out; `tokens`: how many were measured."""
 
-    attention: list[torch.Tensor]
-    ffn: list[torch.Tensor]
+    groups: dict[str, list[torch.Tensor]]
     tokens: int
 
 
-def measure_input_norms(model: nn.Module, attention_outputs: list[nn.Linear], ffn_outputs: list[nn.Linear],
-                        batches: Iterable[dict], run: Callable[[nn.Module, dict], object]) -> InputNorms:
-    """Run `model` on `batches` through `run` and record what enters the given projections."""
-    sums = {id(linear): torch.zeros(linear.in_features, dtype=torch.float64)
-            for linear in (*attention_outputs, *ffn_outputs)}
+def measure_input_norms(model: nn.Module, groups: dict[str, list[nn.Linear]], batches: Iterable[dict],
+                        run: Callable[[nn.Module, dict], object]) -> InputNorms:
+    """Run `model` on `batches` through `run` and record what enters every Linear of `groups` (a
+    Linear may sit in several groups: it is measured once)."""
+    linears = {id(linear): linear for group in groups.values() for linear in group}
+    sums = {key: torch.zeros(linear.in_features, dtype=torch.float64) for key, linear in linears.items()}
     real: list[torch.Tensor] = []
 
     def record(linear: nn.Module, args: tuple) -> None:
@@ -42,7 +43,7 @@ def measure_input_norms(model: nn.Module, attention_outputs: list[nn.Linear], ff
             inputs = inputs[mask]
         sums[id(linear)] += inputs.reshape(-1, inputs.shape[-1]).double().pow(2).sum(0).cpu()
 
-    handles = [linear.register_forward_pre_hook(record) for linear in (*attention_outputs, *ffn_outputs)]
+    handles = [linear.register_forward_pre_hook(record) for linear in linears.values()]
     tokens = 0
     was_training = model.training
     model.eval()
@@ -57,8 +58,8 @@ def measure_input_norms(model: nn.Module, attention_outputs: list[nn.Linear], ff
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return InputNorms(attention=[sums[id(linear)].sqrt().float() for linear in attention_outputs],
-                      ffn=[sums[id(linear)].sqrt().float() for linear in ffn_outputs], tokens=tokens)
+    return InputNorms({name: [sums[id(linear)].sqrt().float() for linear in group] for name, group in groups.items()},
+                      tokens)
 
 
 def column_importance(input_norm: torch.Tensor, output: nn.Linear) -> torch.Tensor:

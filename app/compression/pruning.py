@@ -76,6 +76,24 @@ def magnitude_prune(model: nn.Module, sparsity: float, scope: str) -> Targets:
     return targets
 
 
+def wanda_prune(model: nn.Module, sparsity: float, norms: list[torch.Tensor]) -> Targets:
+    """Zero the fraction `sparsity` of every output row's weights with the lowest |w_ij| x norm of
+    input j (Wanda, Sun et al., 2024): `norms` holds each target's measured input norms, in the order
+    of `linear_targets`. Masks stay attached like `magnitude_prune`'s."""
+    targets = linear_targets(model)
+    if len(norms) != len(targets.modules):
+        raise LabError(f"Wanda needs the input norms of the {len(targets.modules)} target matrices, got {len(norms)}")
+    for (_, module), norm in zip(targets.modules, norms):
+        with torch.no_grad():
+            score = module.weight.abs().float() * norm.to(module.weight.device)
+            count = int(round(float(sparsity) * score.shape[1]))
+            mask = torch.ones_like(module.weight)
+            if count:
+                mask.scatter_(1, torch.argsort(score, dim=1, stable=True)[:, :count], 0.0)
+        prune.custom_from_mask(module, "weight", mask)
+    return targets
+
+
 def make_pruning_permanent(model: nn.Module) -> None:
     for module in model.modules():
         if prune.is_pruned(module) and hasattr(module, "weight_orig"):

@@ -52,11 +52,13 @@ from .pruning import (
     check_ffn_prunable,
     heads_per_layer,
     magnitude_prune,
+    linear_targets,
     make_pruning_permanent,
     output_projections,
     prune_ffn,
     prune_heads,
     target_sparsity,
+    wanda_prune,
 )
 from .quantization import (
     HALF_KINDS,
@@ -83,6 +85,12 @@ class CompressionPlan(MethodConfig):
     scope: str = option(
         "global", "Rank weights for unstructured pruning over all target matrices together, or within each.",
         choices=["global", "per_layer"],
+    )
+    unstructured_score: str = option(
+        "magnitude", "How unstructured pruning ranks weights. magnitude: |w|, over the scope. wanda: |w| times the "
+        "norm of its input measured on a few training batches, within each output row (Wanda, Sun et al. 2024; "
+        "scope does not apply). Decoders need wanda: their few huge activations go through small weights.",
+        choices=["magnitude", "wanda"],
     )
     quantize: list[str] = option(
         [], "Quantizations to try: fp16, bf16, int8 (dynamic, one activation scale per batch), int8_per_token "
@@ -113,7 +121,8 @@ class CompressionPlan(MethodConfig):
         choices=["activation", "weight"], advanced=True,
     )
     calibration_batches: int = option(
-        4, "Training batches run to measure activations (structured_importance = activation).", min=1, max=1000,
+        4, "Training batches run to measure activations (structured_importance = activation, unstructured_score "
+        "= wanda).", min=1, max=1000,
         advanced=True,
     )
     recovery_steps: int = option(
@@ -138,6 +147,8 @@ class CompressionPlan(MethodConfig):
             raise ConfigError(f"unknown quantization '{unknown[0]}': use {', '.join(QUANTIZE_KINDS)}")
         if self.structured_importance not in ("activation", "weight"):
             raise ConfigError(f"unknown structured_importance '{self.structured_importance}': use activation or weight")
+        if self.unstructured_score not in ("magnitude", "wanda"):
+            raise ConfigError(f"unknown unstructured_score '{self.unstructured_score}': use magnitude or wanda")
         if self.scope not in ("global", "per_layer"):
             raise ConfigError(f"unknown pruning scope '{self.scope}': use global or per_layer")
         if self.structured_ffn is not None and not 0.0 <= self.structured_ffn < 1.0:
@@ -440,18 +451,25 @@ def _sparse_bytes(model: nn.Module, targets) -> int:
 
 
 def _unstructured_point(session: _Session, sparsity: float) -> dict:
-    scope = session.plan.scope
+    wanda = session.plan.unstructured_score == "wanda"
+    scope = "per_row" if wanda else session.plan.scope  # Wanda compares the weights of one output row
     model = copy.deepcopy(session.base)
-    targets = magnitude_prune(model, sparsity, scope)
+    if wanda:
+        norms = _input_norms(session)
+        targets = wanda_prune(model, sparsity, norms.groups["targets"])
+        ranked = f"|w| times its input's norm on {norms.tokens} training tokens (Wanda)"
+    else:
+        targets, ranked = magnitude_prune(model, sparsity, scope), "|w|"
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     make_pruning_permanent(model)
     achieved = target_sparsity(targets)
     point = _measure(
-        session, model, kind="unstructured", setting=f"{sparsity:g}", key=f"sparsity={sparsity:g}/{scope}"
-        + _recovery_suffix(session),
-        note="magnitude pruning masks weights to zero: bytes is the dense safetensors file (zeros take as much "
-             "room as any weight) and latency uses the same dense kernels; sparse_bytes estimates CSR storage "
-             "of the pruned matrices, smaller only at high sparsity",
+        session, model, kind="unstructured", setting=f"{sparsity:g}",
+        key=f"sparsity={sparsity:g}/{'wanda' if wanda else scope}" + _recovery_suffix(session),
+        note=f"pruning masks the weights with the lowest {ranked} to zero: bytes is the dense safetensors file "
+             "(zeros take as much room as any weight) and latency uses the same dense kernels; sparse_bytes "
+             "estimates CSR storage of the pruned matrices, smaller only at high sparsity",
+        score=session.plan.unstructured_score,
         sparsity=sparsity, scope=scope, achieved_sparsity=achieved, targets=targets.description,
         target_weights=targets.weight_count, sparse_bytes=_sparse_bytes(model, targets), **recovery,
     )
@@ -459,27 +477,39 @@ def _unstructured_point(session: _Session, sparsity: float) -> dict:
     return point
 
 
-def _measured_norms(session: _Session) -> tuple[InputNorms | None, dict]:
-    """The structured points' ranking: activations measured once per sweep on the first training
-    batches, or weights alone; and how the point records it."""
-    plan = session.plan
-    if plan.structured_importance == "weight":
-        return None, {"importance": "weight L1 norm", "key_suffix": "/weight", "ranked": "ranked by weight L1 norm"}
+def _input_norms(session: _Session) -> InputNorms:
+    """What enters every Linear the plan's activation-ranked points read, measured once per sweep on
+    the first training batches of the run's own order."""
     if session.norms is None:
+        plan = session.plan
         session.report(f"measuring activations on {plan.calibration_batches} training batches")
-        heads = plan.structured_heads is not None or plan.structured_heads_total is not None
-        attention, ffn = output_projections(session.base, heads=heads, ffn=plan.structured_ffn is not None)
+        groups = {}
+        if plan.structured_importance == "activation":
+            heads = plan.structured_heads is not None or plan.structured_heads_total is not None
+            groups["attention"], groups["ffn"] = output_projections(session.base, heads=heads,
+                                                                    ffn=plan.structured_ffn is not None)
+        if plan.unstructured_score == "wanda" and plan.sparsities:
+            groups["targets"] = [module for _, module in linear_targets(session.base).modules]
         batches = (model_inputs(batch) for batch in itertools.islice(session.train_batches(), plan.calibration_batches))
-        session.norms = measure_input_norms(session.base, attention, ffn, batches, session.forward)
-    return session.norms, {"importance": "activation", "calibration_tokens": session.norms.tokens, "key_suffix": "",
-                           "ranked": f"ranked by what they write on {session.norms.tokens} training tokens"}
+        session.norms = measure_input_norms(session.base, groups, batches, session.forward)
+    return session.norms
+
+
+def _measured_norms(session: _Session) -> tuple[InputNorms | None, dict]:
+    """The structured points' ranking: measured activations, or weights alone; and how the point
+    records it."""
+    if session.plan.structured_importance == "weight":
+        return None, {"importance": "weight L1 norm", "key_suffix": "/weight", "ranked": "ranked by weight L1 norm"}
+    norms = _input_norms(session)
+    return norms, {"importance": "activation", "calibration_tokens": norms.tokens, "key_suffix": "",
+                   "ranked": f"ranked by what they write on {norms.tokens} training tokens"}
 
 
 def _heads_point(session: _Session, *, per_layer: int | None = None, total: int | None = None) -> dict:
     model = copy.deepcopy(session.base)
     norms, importance = _measured_norms(session)
     suffix, ranked = importance.pop("key_suffix"), importance.pop("ranked")
-    removed = prune_heads(model, per_layer=per_layer, total=total, norms=norms.attention if norms else None)
+    removed = prune_heads(model, per_layer=per_layer, total=total, norms=norms.groups["attention"] if norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     if per_layer is not None:
         setting, key = f"{per_layer} per layer", f"heads={per_layer}"
@@ -500,7 +530,7 @@ def _ffn_point(session: _Session, fraction: float) -> dict:
     model = copy.deepcopy(session.base)
     norms, importance = _measured_norms(session)
     suffix, ranked = importance.pop("key_suffix"), importance.pop("ranked")
-    kept = prune_ffn(model, fraction, norms.ffn if norms else None)
+    kept = prune_ffn(model, fraction, norms.groups["ffn"] if norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     point = _measure(
         session, model, kind="ffn", setting=f"{fraction:g}",
