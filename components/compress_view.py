@@ -85,7 +85,7 @@ def render_sweep(run_id: str) -> bool:
         st.plotly_chart(figures.compress_figure(timed, "speedup", "speed-up over fp32 (×, timed side by side)",
                                                 dict(baseline, speedup=1.0) if baseline else None, score),
                         key="compress.latency")
-    st.dataframe([{"kind": p.get("kind"), "setting": p.get("setting"), **_scores(p, language_model),
+    st.dataframe([{"kind": figures.compress_series(p), "setting": p.get("setting"), **_scores(p, language_model),
                    "size": fmt_mib(p.get("bytes")),
                    "latency (ms)": None if p.get("latency_ms") is None else round(p["latency_ms"], 2),
                    "speed-up": None if p.get("speedup") is None else f"{p['speedup']:.2f}×",

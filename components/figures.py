@@ -484,6 +484,17 @@ COMPRESS_SCORES = {
 }
 
 
+def compress_series(point: dict) -> str:
+    """The line a compression point belongs to: its kind, and how it ranked what it pruned when two
+    rankings can sit in one sweep's records (points stored before a ranking was recorded used weights)."""
+    kind = str(point.get("kind"))
+    if kind == "unstructured":
+        return f"unstructured ({point.get('score', 'magnitude')})"
+    if kind in ("heads", "ffn"):
+        return f"{kind} (by {'activation' if point.get('importance') == 'activation' else 'weight'})"
+    return kind
+
+
 def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict | None = None,
                     score: str = "test_accuracy") -> go.Figure:
     """A classifier's accuracy or a language model's perplexity against size or latency, one line per
@@ -492,11 +503,11 @@ def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict
     fig = go.Figure()
     kinds = []
     for p in points:
-        if p.get("kind") not in kinds:
-            kinds.append(p.get("kind"))
+        if compress_series(p) not in kinds:
+            kinds.append(compress_series(p))
     scale = (1 / MIB) if x_key == "bytes" else 1.0
     for index, kind in enumerate(kinds):
-        chosen = sorted((p for p in points if p.get("kind") == kind and p.get(x_key) is not None
+        chosen = sorted((p for p in points if compress_series(p) == kind and p.get(x_key) is not None
                          and p.get(score) is not None), key=lambda p: p[x_key])
         if not chosen:
             continue
@@ -509,7 +520,8 @@ def compress_figure(points: list[dict], x_key: str, x_title: str, baseline: dict
     if baseline and baseline.get(x_key) is not None and baseline.get(score) is not None:
         fig.add_trace(go.Scatter(x=[baseline[x_key] * scale], y=[factor * baseline[score]], mode="markers",
                                  name="original", marker=dict(size=14, symbol="star", color=NEUTRAL)))
-    fig = _layout(fig, x_title, y_title, None, height=360)
+    # the legend sits below the plot: each row of it (two or three entries) takes room from the plot
+    fig = _layout(fig, x_title, y_title, None, height=300 + 22 * ((len(kinds) + 2) // 2))
     if log:
         fig.update_yaxes(type="log")
     # Below the plot: at the top the chart's toolbar would cover the legend.
