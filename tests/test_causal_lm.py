@@ -455,6 +455,23 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
     assert "perplexity" in table.splitlines()[1] and "bf16" in table
 
 
+def test_gpt2s_transposed_layers_are_pruned_and_quantized_like_linear_ones(store, easy_text):
+    """GPT-2 keeps its layers as Conv1D (weight transposed): the sweep turns them into the same Linear
+    function first, so masks and int8 reach the layers, not only the LM head."""
+    from app.compression import compress_run
+
+    record = train_now(store, backbone="tiny-random-gpt2", method="full_ft", task="causal-lm", dataset=str(easy_text),
+                       steps=4, eval_every=4, batch_size=8, lr=1e-3, generations=0, max_train_examples=None)
+    assert record["status"] == "finished", record.get("error")
+    baseline, masked, quantized = compress_run(store, record["id"], {
+        "sparsities": [0.5], "unstructured_score": "wanda", "quantize": ["int8_per_token"], "latency_repeats": 1,
+        "latency_warmup": 0})
+    assert baseline["test_perplexity"] == pytest.approx(record["metrics"]["test_perplexity"], rel=1e-4)
+    assert masked["achieved_sparsity"] == pytest.approx(0.5, abs=0.01) and "Linear" in masked["targets"]
+    assert masked["nonzero_params"] < baseline["nonzero_params"]
+    assert 0 < quantized["logit_drift"] < 0.2
+
+
 def test_an_lst_language_model_is_compressed_through_its_own_side_stream(store, easy_text):
     """LST's inference model is its side network on the frozen backbone: the sweep scores it the way
     the run does, and structured pruning, which needs a plain transformers model, is refused first."""

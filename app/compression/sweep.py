@@ -55,6 +55,7 @@ from .pruning import (
     linear_targets,
     make_pruning_permanent,
     output_projections,
+    plain_linears,
     prune_ffn,
     prune_heads,
     target_sparsity,
@@ -236,6 +237,7 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(id(parameter) in trained)  # recovery trains what the method trained
     base = loaded.method.inference_model(loaded.model).eval()
+    plain_linears(base)  # GPT-2's Conv1D layers are pruned and quantized like any Linear
     prepared = prepare_run(dict(record["config"], device="cpu"), store)
     config = prepared.config
     tokenizer = prepared.backbone.tokenizer
@@ -484,8 +486,8 @@ def _input_norms(session: _Session) -> InputNorms:
         plan = session.plan
         session.report(f"measuring activations on {plan.calibration_batches} training batches")
         groups = {}
-        if plan.structured_importance == "activation":
-            heads = plan.structured_heads is not None or plan.structured_heads_total is not None
+        heads = plan.structured_heads is not None or plan.structured_heads_total is not None
+        if plan.structured_importance == "activation" and (heads or plan.structured_ffn is not None):
             groups["attention"], groups["ffn"] = output_projections(session.base, heads=heads,
                                                                     ffn=plan.structured_ffn is not None)
         if plan.unstructured_score == "wanda" and plan.sparsities:
