@@ -36,20 +36,17 @@ class Targets:
         return sum(m.weight.numel() for _, m in self.modules)
 
 
-def plain_linears(model: nn.Module) -> int:
+def plain_linears(model: nn.Module) -> None:
     """Replace GPT-2's transposed linear layers (`Conv1D`) by `nn.Linear` layers computing the same, each
-    weight keeping whether it trains, so that pruning and quantization find them. Returns how many."""
+    weight keeping whether it trains, so that pruning and quantization find them."""
     from ..precision import as_linear, is_transposed_linear
 
-    replaced = 0
     for parent in list(model.modules()):
         for attribute, child in list(parent.named_children()):
             if is_transposed_linear(child):
                 linear = as_linear(child)
                 linear.weight.requires_grad_(child.weight.requires_grad)
                 setattr(parent, attribute, linear)
-                replaced += 1
-    return replaced
 
 
 def linear_targets(model: nn.Module) -> Targets:

@@ -202,6 +202,11 @@ class _Session:
     baseline_logits: torch.Tensor | None = None
     baseline_bytes: int | None = None
 
+    @property
+    def score(self) -> str:
+        """The point field the run's task is judged by."""
+        return "test_perplexity" if self.outputs_of is not None else "test_accuracy"
+
 
 def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None, *,
                  progress: ProgressCallback | None = None,
@@ -290,12 +295,9 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
         store.put_record(run_id, RECORD_KIND, point["key"], point)
         points.append(point)
         done += 1
-        if outputs_of is not None:
-            score = point.get("test_perplexity")
-            report(f"{point['key']}: perplexity {'n/a' if score is None else f'{score:.2f}'}")
-        else:
-            accuracy = point.get("test_accuracy")
-            report(f"{point['key']}: accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}")
+        value, digits = point.get(session.score), 2 if outputs_of is not None else 4
+        report(f"{point['key']}: {session.score.removeprefix('test_')} "
+               f"{'n/a' if value is None else f'{value:.{digits}f}'}")
 
     # Every check above runs before the first report, so bad input fails before any progress shows.
     report("measuring the uncompressed model")
@@ -390,8 +392,7 @@ def _quality(session: _Session, model: nn.Module) -> dict:
 def _baseline_point(session: _Session, record: dict) -> dict:
     point = _measure(session, session.base, kind="baseline", setting="fp32", key="baseline",
                      note="the run's inference model as trained, fp32, nothing removed",
-                     **{f"run_{name}": record.get("metrics", {}).get(name) for name in
-                        (("test_perplexity",) if session.outputs_of else ("test_accuracy",))})
+                     **{f"run_{session.score}": record.get("metrics", {}).get(session.score)})
     session.baseline_bytes = point["bytes"]
     point["size_ratio"] = 1.0
     return point
@@ -426,9 +427,9 @@ def _recover(session: _Session, model: nn.Module) -> dict:
         if step % 10 == 0 or step == steps:
             session.report(f"recovery step {step}/{steps}, loss {losses[-1]:.4f}")
     model.eval()
-    score = "test_perplexity" if session.outputs_of else "test_accuracy"
-    return {"recovery_steps": steps, "recovery_lr": session.lr, f"{score.removeprefix('test_')}_before_recovery":
-            before[score], "recovery_loss_first": losses[0], "recovery_loss_last": losses[-1]}
+    return {"recovery_steps": steps, "recovery_lr": session.lr,
+            f"{session.score.removeprefix('test_')}_before_recovery": before[session.score],
+            "recovery_loss_first": losses[0], "recovery_loss_last": losses[-1]}
 
 
 def _training_loss(session: _Session, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -497,32 +498,40 @@ def _input_norms(session: _Session) -> InputNorms:
     return session.norms
 
 
-def _measured_norms(session: _Session) -> tuple[InputNorms | None, dict]:
-    """The structured points' ranking: measured activations, or weights alone; and how the point
-    records it."""
+@dataclass
+class _Ranking:
+    """How a structured point ranks heads or neurons, and how the point says so."""
+
+    norms: InputNorms | None  # None: by weights alone
+    fields: dict  # stored with the point
+    key_suffix: str
+    phrase: str  # for the point's note
+
+
+def _structured_ranking(session: _Session) -> _Ranking:
     if session.plan.structured_importance == "weight":
-        return None, {"importance": "weight L1 norm", "key_suffix": "/weight", "ranked": "ranked by weight L1 norm"}
+        return _Ranking(None, {"importance": "weight L1 norm"}, "/weight", "ranked by weight L1 norm")
     norms = _input_norms(session)
-    return norms, {"importance": "activation", "calibration_tokens": norms.tokens, "key_suffix": "",
-                   "ranked": f"ranked by what they write on {norms.tokens} training tokens"}
+    return _Ranking(norms, {"importance": "activation", "calibration_tokens": norms.tokens}, "",
+                    f"ranked by what they write on {norms.tokens} training tokens")
 
 
 def _heads_point(session: _Session, *, per_layer: int | None = None, total: int | None = None) -> dict:
     model = copy.deepcopy(session.base)
-    norms, importance = _measured_norms(session)
-    suffix, ranked = importance.pop("key_suffix"), importance.pop("ranked")
-    removed = prune_heads(model, per_layer=per_layer, total=total, norms=norms.groups["attention"] if norms else None)
+    ranking = _structured_ranking(session)
+    removed = prune_heads(model, per_layer=per_layer, total=total,
+                          norms=ranking.norms.groups["attention"] if ranking.norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     if per_layer is not None:
         setting, key = f"{per_layer} per layer", f"heads={per_layer}"
     else:
         setting, key = f"{total} in all", f"heads_total={total}"
     point = _measure(
-        session, model, kind="heads", setting=setting, key=key + suffix + _recovery_suffix(session),
-        note=f"attention heads {ranked}, removed by slicing q/k/v rows and output columns: parameters, bytes and "
+        session, model, kind="heads", setting=setting, key=key + ranking.key_suffix + _recovery_suffix(session),
+        note=f"attention heads {ranking.phrase}, removed by slicing q/k/v rows and output columns: parameters, bytes and "
              "latency really drop; the saved state has per-layer shapes the model config cannot describe",
         heads_removed={str(i): heads for i, heads in removed.items()},
-        heads_left=heads_per_layer(model), **importance, **recovery,
+        heads_left=heads_per_layer(model), **ranking.fields, **recovery,
     )
     _release(model)
     return point
@@ -530,16 +539,15 @@ def _heads_point(session: _Session, *, per_layer: int | None = None, total: int 
 
 def _ffn_point(session: _Session, fraction: float) -> dict:
     model = copy.deepcopy(session.base)
-    norms, importance = _measured_norms(session)
-    suffix, ranked = importance.pop("key_suffix"), importance.pop("ranked")
-    kept = prune_ffn(model, fraction, norms.groups["ffn"] if norms else None)
+    ranking = _structured_ranking(session)
+    kept = prune_ffn(model, fraction, ranking.norms.groups["ffn"] if ranking.norms else None)
     recovery = _recover(session, model) if session.plan.recovery_steps else {}
     point = _measure(
         session, model, kind="ffn", setting=f"{fraction:g}",
-        key=f"ffn={fraction:g}" + suffix + _recovery_suffix(session),
-        note=f"FFN neurons {ranked}, removed (intermediate rows and output columns): parameters, bytes and latency "
+        key=f"ffn={fraction:g}" + ranking.key_suffix + _recovery_suffix(session),
+        note=f"FFN neurons {ranking.phrase}, removed (intermediate rows and output columns): parameters, bytes and latency "
              "really drop",
-        ffn_fraction=fraction, ffn_neurons_kept=kept, **importance, **recovery,
+        ffn_fraction=fraction, ffn_neurons_kept=kept, **ranking.fields, **recovery,
     )
     _release(model)
     return point
