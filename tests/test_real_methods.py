@@ -115,10 +115,11 @@ def test_theseus_lesson_successor_leaves_the_majority_class(tmp_path):
 # --- the shipped decoder -------------------------------------------------------------------------
 # SmolLM2-135M (30 layers) on Rotten Tomatoes: batch 8, length 40, one evaluation on 200 examples.
 # Its majority class is 57% of them, so MIN_DECODER_ACCURACY is clearly above it. Measured here:
-# full_ft 0.705, p_tuning 0.645, lst 0.69. The other methods' real rows on the decoder family are
-# language models (tests/test_causal_lm.py: SmolLM2 learning film dialogue, compressed by Theseus
-# and distillation); full fine-tuning and LST are held here as classifiers too, the linear probe
-# and P-tuning only here.
+# full_ft 0.705, p_tuning 0.645. The other methods' real rows on the decoder family are language
+# models (tests/test_causal_lm.py: SmolLM2 learning film dialogue, compressed by Theseus and
+# distillation); full fine-tuning is held here as a classifier too, the linear probe and P-tuning only
+# here. LST as a SmolLM2 classifier on these reviews is held by tests/test_precision.py, on the int8
+# frozen backbone its successors use (60 steps, above 0.6 where the majority class scores 0.5).
 MIN_DECODER_ACCURACY = 0.62
 DECODER_BASE = dict(backbone="smollm2-135m", dataset="rotten-tomatoes", max_length=40, batch_size=8,
                     max_train_examples=None, max_eval_examples=200, seed=0)
@@ -126,9 +127,6 @@ DECODER_REAL: dict[str, dict] = {
     # 1e-4 (the encoders' default) overshoots on a 135M-parameter decoder with batch 8.
     "full_ft": dict(steps=30, eval_every=30, lr=3e-5),
     "p_tuning": dict(steps=40, eval_every=40),
-    # At 40 steps on these reviews the depth-scaled gate start (0.895 on 30 blocks) stayed at the
-    # majority class (validation 0.535); the paper's 0.5 clears it. Measured, not yet understood.
-    "lst": dict(steps=40, eval_every=40, method_config={"gate_init": 0.5}),
     # Its batch-8 losses on frozen SmolLM2 features start near their floor (first five 0.58) and stay
     # noisy for 40 steps, so only validation accuracy is held here.
     "linear_probe": dict(steps=40, eval_every=40, loss_falls=False),
