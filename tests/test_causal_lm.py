@@ -459,19 +459,54 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
 
 def test_gpt2s_transposed_layers_are_pruned_and_quantized_like_linear_ones(store, easy_text):
     """GPT-2 keeps its layers as Conv1D (weight transposed): the sweep turns them into the same Linear
-    function first, so masks and int8 reach the layers, not only the LM head."""
+    function first, so masks, int8 and the removal of heads and neurons reach the layers, not only the
+    LM head."""
     from app.compression import compress_run
+    from app.errors import LabError
 
     record = train_now(store, backbone="tiny-random-gpt2", method="full_ft", task="causal-lm", dataset=str(easy_text),
                        steps=4, eval_every=4, batch_size=8, lr=1e-3, generations=0, max_train_examples=None)
     assert record["status"] == "finished", record.get("error")
-    baseline, masked, quantized = compress_run(store, record["id"], {
-        "sparsities": [0.5], "unstructured_score": "wanda", "quantize": ["int8_per_token"], "latency_repeats": 1,
-        "latency_warmup": 0})
+    with pytest.raises(LabError, match="at most 12"):  # 4 layers of 4 heads, each keeping one
+        compress_run(store, record["id"], {"structured_heads_total": 13})
+    baseline, masked, heads, total, ffn, quantized = compress_run(store, record["id"], {
+        "sparsities": [0.5], "unstructured_score": "wanda", "structured_heads": 1, "structured_heads_total": 6,
+        "structured_ffn": 0.5, "quantize": ["int8_per_token"], "latency_repeats": 1, "latency_warmup": 0})
     assert baseline["test_perplexity"] == pytest.approx(record["metrics"]["test_perplexity"], rel=1e-4)
     assert masked["achieved_sparsity"] == pytest.approx(0.5, abs=0.01) and "Linear" in masked["targets"]
     assert masked["nonzero_params"] < baseline["nonzero_params"]
+    assert heads["heads_left"] == [3, 3, 3, 3] and sum(total["heads_left"]) == 10 and min(total["heads_left"]) >= 1
+    # each head is 16 of the 64 columns: its q, k and v rows and output columns go
+    assert baseline["params"] - heads["params"] == 4 * (3 * 16 * 64 + 3 * 16 + 16 * 64)
+    assert baseline["params"] - ffn["params"] == 4 * 64 * (64 + 1 + 64)  # half of 128 neurons per layer
+    for point in (heads, total, ffn):
+        assert math.isfinite(point["test_perplexity"]) and point["agreement"] > 0
     assert 0 < quantized["logit_drift"] < 0.2
+
+
+def test_gpt2_head_removal_keeps_the_kept_heads_exact():
+    """With heads gone from GPT-2's fused q|k|v projection, the attention output equals the full
+    layer's with those heads' output columns zeroed."""
+    from app.backbones import get_backbone
+    from app.compression.pruning import plain_linears, prune_heads
+
+    def attention_of(model):
+        plain_linears(model)
+        return model.transformer.h[0].attn
+
+    pruned = get_backbone("tiny-random-gpt2").load_for_classification(["a", "b"]).eval()
+    full = get_backbone("tiny-random-gpt2").load_for_classification(["a", "b"]).eval()
+    attention, full_attention = attention_of(pruned), attention_of(full)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 64)
+    with torch.no_grad():
+        removed = prune_heads(pruned, per_layer=2)[0]
+        size = full_attention.head_dim
+        for h in removed:
+            full_attention.c_proj.weight[:, h * size:(h + 1) * size] = 0
+        got, expected = attention(hidden)[0], full_attention(hidden)[0]
+    assert len(removed) == 2 and attention.num_heads == 2
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_an_lst_language_model_is_compressed_through_its_own_side_stream(store, easy_text):

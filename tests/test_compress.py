@@ -172,16 +172,17 @@ def test_ffn_pruning_really_shrinks_the_intermediate_layers():
         assert model(**tiny_inputs()).logits.shape == (3, 2)
 
 
-@pytest.mark.parametrize("backbone_name", ["tiny-random", "tiny-random-llama"])
+@pytest.mark.parametrize("backbone_name", ["tiny-random", "tiny-random-llama", "tiny-random-gpt2"])
 def test_calibration_measures_what_enters_every_output_projection_on_real_tokens_only(backbone_name):
     """The input norms are the root sum of squares over the unpadded tokens of what each layer's
     attention output and FFN down projection read, checked against the inputs captured directly."""
     from app.backbones import get_backbone
     from app.compression.calibration import measure_input_norms
-    from app.compression.pruning import output_projections
+    from app.compression.pruning import output_projections, plain_linears
 
     torch.manual_seed(0)
     model = get_backbone(backbone_name).load_for_classification(["a", "b"]).eval()
+    plain_linears(model)  # GPT-2's Conv1D layers, as the sweep does first
     batch = tiny_inputs(batch=3, length=10)
     batch["attention_mask"][1, 6:] = 0  # padding: left out of the norms
     attention, ffn = output_projections(model, heads=True, ffn=True)

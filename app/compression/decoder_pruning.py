@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import LabError
 from ..layer_stack import layer_list
 from .calibration import column_importance
+from .removal_plans import neuron_scores, neurons_to_keep
 from .slicing import keep_columns, keep_rows, require_plain_model
 
 
@@ -140,17 +141,10 @@ def prune_decoder_ffn(model: nn.Module, fraction: float, norms: list[torch.Tenso
     kept = []
     for index, layer in enumerate(decoder_layers(model)):
         mlp = layer.mlp
-        width = mlp.up_proj.out_features
-        keep_count = max(1, width - int(round(fraction * width)))
-        if norms:
-            score = column_importance(norms[index], mlp.down_proj)
-        else:
-            with torch.no_grad():
-                score = (mlp.gate_proj.weight.abs().sum(1) + mlp.up_proj.weight.abs().sum(1)
-                         + mlp.down_proj.weight.abs().sum(0)).float()
-        keep = torch.sort(torch.argsort(score, descending=True)[:keep_count]).values.to(mlp.up_proj.weight.device)
+        score = neuron_scores([mlp.gate_proj, mlp.up_proj], mlp.down_proj, norms[index] if norms else None)
+        keep = neurons_to_keep(score, fraction, mlp.up_proj.weight.device)
         mlp.gate_proj = keep_rows(mlp.gate_proj, keep)
         mlp.up_proj = keep_rows(mlp.up_proj, keep)
         mlp.down_proj = keep_columns(mlp.down_proj, keep)
-        kept.append(int(keep_count))
+        kept.append(len(keep))
     return kept

@@ -16,8 +16,9 @@ from torch.nn.utils import prune
 
 from ..errors import LabError
 from ..families import BY_MODEL_TYPE
-from . import decoder_pruning
+from . import decoder_pruning, gpt2_pruning
 from .calibration import column_importance
+from .removal_plans import check_head_request, neuron_scores, neurons_to_keep, plan_head_removal
 from .slicing import keep_columns, keep_rows, require_plain_model
 
 # Names under which a module is a task head or an embedding, never a pruning/quantization target.
@@ -162,10 +163,22 @@ def attention_parts(model: nn.Module) -> list[AttentionParts]:
 
 def check_ffn_prunable(model: nn.Module) -> None:
     """Raise a clear LabError when this model's feed-forward blocks cannot be pruned."""
-    if _is_decoder(model):
+    decoder = _decoder_pruning(model)
+    if decoder is gpt2_pruning:
+        gpt2_pruning.gpt2_layers(model)
+    elif decoder is decoder_pruning:
         decoder_pruning.decoder_layers(model)
     else:
         feed_forward_parts(model)
+
+
+def check_heads_request(model: nn.Module, *, per_layer: int | None = None, total: int | None = None) -> None:
+    """Raise a clear LabError for a number of heads this model cannot give up, before any is scored."""
+    decoder = _decoder_pruning(model)
+    if decoder is not None:
+        decoder.check_heads_request(model, per_layer=per_layer, total=total)
+    else:
+        check_head_request(heads_per_layer(model), per_layer=per_layer, total=total)
 
 
 def feed_forward_parts(model: nn.Module) -> list[FeedForwardParts]:
@@ -180,15 +193,22 @@ def feed_forward_parts(model: nn.Module) -> list[FeedForwardParts]:
     return parts
 
 
-def _is_decoder(model: nn.Module) -> bool:
+def _decoder_pruning(model: nn.Module):
+    """The module that slices this decoder's layers (`gpt2_pruning`, or `decoder_pruning` for the LLaMA
+    family), or None for an encoder."""
     family = BY_MODEL_TYPE.get(getattr(getattr(model, "config", None), "model_type", None))
-    return family is not None and family.causal
+    if family is None or not family.causal:
+        return None
+    return gpt2_pruning if model.config.model_type == "gpt2" else decoder_pruning
 
 
 def output_projections(model: nn.Module, *, heads: bool, ffn: bool) -> tuple[list[nn.Linear], list[nn.Linear]]:
     """Every layer's attention output projection (when `heads`) and FFN down projection (when `ffn`):
     the Linear layers whose input columns belong to one head or one neuron."""
-    if _is_decoder(model):
+    decoder = _decoder_pruning(model)
+    if decoder is gpt2_pruning:
+        return gpt2_pruning.output_projections(model, heads=heads, ffn=ffn)
+    if decoder is decoder_pruning:
         layers = decoder_pruning.decoder_layers(model)
         return ([layer.self_attn.o_proj for layer in layers] if heads else [],
                 [layer.mlp.down_proj for layer in layers] if ffn else [])
@@ -197,8 +217,9 @@ def output_projections(model: nn.Module, *, heads: bool, ffn: bool) -> tuple[lis
 
 
 def heads_per_layer(model: nn.Module) -> list[int]:
-    if _is_decoder(model):
-        return decoder_pruning.heads_per_layer(model)
+    decoder = _decoder_pruning(model)
+    if decoder is not None:
+        return decoder.heads_per_layer(model)
     return [p.attention.query.out_features // p.attention.attention_head_size for p in attention_parts(model)]
 
 
@@ -215,10 +236,7 @@ def head_importance(parts: AttentionParts, input_norm: torch.Tensor | None = Non
 
 
 def neuron_importance(parts: FeedForwardParts, input_norm: torch.Tensor | None = None) -> torch.Tensor:
-    if input_norm is not None:
-        return column_importance(input_norm, parts.down)
-    with torch.no_grad():
-        return (parts.up.weight.abs().sum(1) + parts.down.weight.abs().sum(0)).float()
+    return neuron_scores([parts.up], parts.down, input_norm)
 
 
 def _set_child(parent: nn.Module, child: nn.Module, new: nn.Module) -> None:
@@ -254,37 +272,14 @@ def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | 
     model (importance normalised within each layer so layers compare; every layer keeps a head).
     `norms`: each layer's measured attention-output input norms (`calibration`); without them heads
     are ranked by weight magnitude. Returns {layer index: [removed head indices]}."""
-    if _is_decoder(model):
+    decoder = _decoder_pruning(model)
+    if decoder is gpt2_pruning:
+        return gpt2_pruning.prune_heads(model, per_layer=per_layer, total=total, norms=norms)
+    if decoder is decoder_pruning:
         return decoder_pruning.prune_decoder_heads(model, per_layer=per_layer, total=total, norms=norms)
     parts = attention_parts(model)
-    counts = heads_per_layer(model)
-    scores = [head_importance(p, norms[i] if norms else None) for i, p in enumerate(parts)]
-    plan: dict[int, list[int]] = {}
-    if per_layer is not None:
-        if per_layer < 0 or per_layer >= min(counts):
-            raise LabError(f"cannot remove {per_layer} heads per layer: layers have {min(counts)} heads "
-                           f"(remove between 0 and {min(counts) - 1})")
-        for i, s in enumerate(scores):
-            plan[i] = sorted(torch.argsort(s)[:per_layer].tolist())
-    elif total is not None:
-        limit = sum(c - 1 for c in counts)
-        if total < 0 or total > limit:
-            raise LabError(f"cannot remove {total} heads in all: the model has {sum(counts)} heads in "
-                           f"{len(counts)} layers and every layer keeps one (at most {limit})")
-        ranked = []
-        for i, s in enumerate(scores):
-            normalised = s / s.mean().clamp_min(1e-12)
-            ranked.extend((float(v), i, h) for h, v in enumerate(normalised))
-        ranked.sort()
-        removed = {i: [] for i in range(len(parts))}
-        for _, i, h in ranked:
-            if sum(len(v) for v in removed.values()) >= total:
-                break
-            if len(removed[i]) < counts[i] - 1:
-                removed[i].append(h)
-        plan = {i: sorted(v) for i, v in removed.items()}
-    else:
-        raise LabError("say how many heads to remove: per layer or in total")
+    plan = plan_head_removal([head_importance(p, norms[i] if norms else None) for i, p in enumerate(parts)],
+                             per_layer=per_layer, total=total)
     layers = encoder_layers(model)
     for i, heads in plan.items():
         remove_heads(parts[i], heads, layers[i].attention.output)
@@ -298,16 +293,16 @@ def prune_ffn(model: nn.Module, fraction: float, norms: list[torch.Tensor] | Non
     neurons kept per layer."""
     if not 0.0 <= fraction < 1.0:
         raise LabError(f"FFN pruning fraction must be in [0, 1), got {fraction}")
-    if _is_decoder(model):
+    decoder = _decoder_pruning(model)
+    if decoder is gpt2_pruning:
+        return gpt2_pruning.prune_ffn(model, fraction, norms)
+    if decoder is decoder_pruning:
         return decoder_pruning.prune_decoder_ffn(model, fraction, norms)
     kept = []
     for index, parts in enumerate(feed_forward_parts(model)):
-        width = parts.up.out_features
-        keep_count = max(1, width - int(round(fraction * width)))
-        importance = neuron_importance(parts, norms[index] if norms else None)
-        keep = torch.sort(torch.argsort(importance, descending=True)[:keep_count]).values
-        keep = keep.to(parts.up.weight.device)
+        keep = neurons_to_keep(neuron_importance(parts, norms[index] if norms else None), fraction,
+                               parts.up.weight.device)
         _set_child(parts.layer.intermediate, parts.up, keep_rows(parts.up, keep))
         _set_child(parts.layer.output, parts.down, keep_columns(parts.down, keep))
-        kept.append(int(keep_count))
+        kept.append(len(keep))
     return kept

@@ -39,7 +39,6 @@ from torch import nn
 from ..batching import Batcher
 from ..checkpoints import load_run_model
 from ..errors import ConfigError, LabError, RunCancelled
-from ..families import BY_MODEL_TYPE
 from ..lm_loss import causal_lm_loss
 from ..methods.base import MethodConfig, language_model_outputs, logits_of, model_inputs
 from ..options import option, parse_config
@@ -47,8 +46,8 @@ from ..preparation import prepare_run
 from ..training import adamw
 from . import measure
 from .calibration import InputNorms, measure_input_norms
-from .decoder_pruning import check_heads_request
 from .pruning import (
+    check_heads_request,
     check_ffn_prunable,
     heads_per_layer,
     magnitude_prune,
@@ -72,7 +71,6 @@ from .quantization import (
     per_token_int8,
 )
 
-DECODER_TYPES = {model_type for model_type, family in BY_MODEL_TYPE.items() if family.causal}
 
 RECORD_KIND = "compress"
 ProgressCallback = Callable[[int, int, str], None]
@@ -247,19 +245,8 @@ def compress_run(store, run_id: str, plan: CompressionPlan | dict | None = None,
     config = prepared.config
     tokenizer = prepared.backbone.tokenizer
 
-    decoder = getattr(getattr(base, "config", None), "model_type", None) in DECODER_TYPES
-    if decoder and (plan.structured_heads is not None or plan.structured_heads_total is not None):
+    if plan.structured_heads is not None or plan.structured_heads_total is not None:
         check_heads_request(base, per_layer=plan.structured_heads, total=plan.structured_heads_total)
-    if plan.structured_heads is not None:
-        counts = heads_per_layer(base)
-        if plan.structured_heads >= min(counts):
-            raise ConfigError(f"cannot remove {plan.structured_heads} heads per layer: layers have {min(counts)} "
-                              f"heads; give at most {min(counts) - 1}")
-    if plan.structured_heads_total is not None:
-        counts = heads_per_layer(base)
-        if plan.structured_heads_total > sum(c - 1 for c in counts):
-            raise ConfigError(f"cannot remove {plan.structured_heads_total} heads in all: every one of the "
-                              f"{len(counts)} layers keeps one head (at most {sum(c - 1 for c in counts)})")
     if plan.structured_ffn is not None:
         check_ffn_prunable(base)
     if plan.recovery_steps and not any(p.requires_grad for p in base.parameters()):
