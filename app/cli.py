@@ -536,13 +536,16 @@ def cmd_compress(args) -> int:
         print(f"run {args.run_id}: {len(points)} points")
         score, title, digits = (("test_perplexity", "perplexity", 2) if any("test_perplexity" in p for p in points)
                                 else ("test_accuracy", "accuracy", 4))
-        print(f"  {'kind':<13}{'setting':<14}{title:>11}{'agree':>8}{'params':>12}{'MiB':>9}{'ms/batch':>10}")
+        kind_width = max(len("kind"), *(len(str(p["kind"])) for p in points)) + 2
+        setting_width = max(len("setting"), *(len(str(p["setting"])) for p in points)) + 2
+        print(f"  {'kind':<{kind_width}}{'setting':<{setting_width}}{title:>11}{'agree':>8}{'params':>12}{'MiB':>9}"
+              f"{'ms/batch':>10}")
         for p in points:
             accuracy = "-" if p.get(score) is None else f"{p[score]:.{digits}f}"
             agreement = "-" if p.get("agreement") is None else f"{p['agreement']:.3f}"
             latency = "-" if p.get("latency_ms") is None else f"{p['latency_ms']:.1f}"
             params = "-" if p.get("params") is None else f"{p['params']:,}"
-            print(f"  {p['kind']:<13}{p['setting']:<14}{accuracy:>11}{agreement:>8}{params:>12}"
+            print(f"  {p['kind']:<{kind_width}}{p['setting']:<{setting_width}}{accuracy:>11}{agreement:>8}{params:>12}"
                   f"{p['bytes'] / 2**20:>9.2f}{latency:>10}")
     return 0
 

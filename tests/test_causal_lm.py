@@ -451,10 +451,14 @@ def test_a_language_model_is_compressed_and_scored_on_its_labelled_tokens(store,
     assert by_kind["ffn"]["importance"] == "activation" and by_kind["ffn"]["calibration_tokens"] > 0
     assert [p["key"] for p in store.records(record["id"], "compress")] == [p["key"] for p in points]
 
-    assert main(["compress", record["id"], "--quantize", "bf16", "--latency-repeats", "1", "--latency-warmup", "0",
-                 "--quiet"]) == 0
-    table = capsys.readouterr().out
-    assert "perplexity" in table.splitlines()[1] and "bf16" in table
+    assert main(["compress", record["id"], "--quantize", "bf16,int8_per_token", "--latency-repeats", "1",
+                 "--latency-warmup", "0", "--quiet"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "perplexity" in table[1] and "bf16" in table[3]
+    # the longest kind still leaves its setting a column of its own
+    assert table[4].split()[:2] == ["int8_per_token", "int8_per_token"]
+    column = table[1].index("setting")
+    assert all(row[column - 1] == " " and row[column] != " " for row in table[2:]), table
 
 
 def test_gpt2s_transposed_layers_are_pruned_and_quantized_like_linear_ones(store, easy_text):
