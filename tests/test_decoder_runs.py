@@ -68,7 +68,7 @@ def test_decoder_run_compresses_its_layers(decoder_store, decoder_run):
 
 def test_a_total_of_decoder_heads_comes_first_from_the_least_important_layer():
     from app.backbones import get_backbone
-    from app.compression.decoder_pruning import heads_per_layer, prune_decoder_heads
+    from app.compression.decoder_pruning import heads_per_layer, prune_heads
     from app.layer_stack import LayerStack
 
     model = get_backbone("tiny-random-llama").load_for_classification(["a", "b"]).eval()
@@ -78,7 +78,7 @@ def test_a_total_of_decoder_heads_comes_first_from_the_least_important_layer():
         for h in (0, 3):
             layers[2].self_attn.q_proj.weight[h * size:(h + 1) * size] *= 1e-3
             layers[2].self_attn.o_proj.weight[:, h * size:(h + 1) * size] *= 1e-3
-    plan = prune_decoder_heads(model, total=2)
+    plan = prune_heads(model, total=2)
     assert plan == {0: [], 1: [], 2: [0, 3], 3: []}
     assert heads_per_layer(model) == [4, 4, 2, 4]
 
@@ -87,7 +87,7 @@ def test_grouped_query_head_pruning_keeps_the_kept_heads_exact():
     """With two of four query heads gone (one from each key/value group), the attention output of the
     pruned layer equals the full layer's with those heads' output columns zeroed."""
     from app.backbones import get_backbone
-    from app.compression.decoder_pruning import prune_decoder_heads
+    from app.compression.decoder_pruning import prune_heads
     from app.layer_stack import LayerStack
 
     model = get_backbone("tiny-random-llama").load_for_classification(["a", "b"]).eval()
@@ -98,7 +98,7 @@ def test_grouped_query_head_pruning_keeps_the_kept_heads_exact():
     context = view.layer_context(hidden)
     size = attention.head_dim
     with torch.no_grad():
-        plan = prune_decoder_heads(model, 2)
+        plan = prune_heads(model, 2)
         removed = plan[0]
         assert len(removed) == 2 and {h // 2 for h in removed} == {0, 1}  # one head from each group
     full = get_backbone("tiny-random-llama").load_for_classification(["a", "b"]).eval()

@@ -36,6 +36,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def output_projections(model: nn.Module, *, heads: bool, ffn: bool) -> tuple[list[nn.Linear], list[nn.Linear]]:
+    layers = decoder_layers(model)
+    return ([layer.self_attn.o_proj for layer in layers] if heads else [],
+            [layer.mlp.down_proj for layer in layers] if ffn else [])
+
+
 def _heads(attention: nn.Module) -> tuple[int, int]:
     """(query heads, key/value heads) of one attention module as it is now."""
     kv_heads = attention.k_proj.out_features // attention.head_dim
@@ -105,7 +111,7 @@ def _plan_total(layers: nn.ModuleList, total: int, norms: list[torch.Tensor] | N
     return rounds
 
 
-def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: int | None = None,
+def prune_heads(model: nn.Module, per_layer: int | None = None, total: int | None = None,
                         norms: list[torch.Tensor] | None = None) -> dict[int, list[int]]:
     """Remove query heads, equally from each key/value group of a layer: `per_layer` from every
     layer, or `total` over the model; ranked by what they write given `norms` (each layer's o_proj
@@ -134,7 +140,7 @@ def prune_decoder_heads(model: nn.Module, per_layer: int | None = None, total: i
     return plan
 
 
-def prune_decoder_ffn(model: nn.Module, fraction: float, norms: list[torch.Tensor] | None = None) -> list[int]:
+def prune_ffn(model: nn.Module, fraction: float, norms: list[torch.Tensor] | None = None) -> list[int]:
     """Remove the least important `fraction` of every layer's SwiGLU neurons (rows of the gate and
     up projections, columns of the down projection), ranked by what they write given `norms` (each
     layer's down_proj input norms), else by weight magnitude. Returns neurons kept per layer."""

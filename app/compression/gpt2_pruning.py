@@ -66,7 +66,7 @@ def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | 
     plan = plan_head_removal(scores, per_layer=per_layer, total=total)
     for index, removed in plan.items():
         attention = layers[index].attn
-        kept = [h for h in range(attention.num_heads) if h not in set(removed)]
+        kept = sorted(set(range(attention.num_heads)) - set(removed))
         size, width = attention.head_dim, attention.split_size
         device = attention.c_attn.weight.device
         columns = torch.cat([torch.arange(h * size, (h + 1) * size) for h in kept]).to(device)

@@ -163,13 +163,7 @@ def attention_parts(model: nn.Module) -> list[AttentionParts]:
 
 def check_ffn_prunable(model: nn.Module) -> None:
     """Raise a clear LabError when this model's feed-forward blocks cannot be pruned."""
-    decoder = _decoder_pruning(model)
-    if decoder is gpt2_pruning:
-        gpt2_pruning.gpt2_layers(model)
-    elif decoder is decoder_pruning:
-        decoder_pruning.decoder_layers(model)
-    else:
-        feed_forward_parts(model)
+    output_projections(model, heads=False, ffn=True)
 
 
 def check_heads_request(model: nn.Module, *, per_layer: int | None = None, total: int | None = None) -> None:
@@ -195,7 +189,8 @@ def feed_forward_parts(model: nn.Module) -> list[FeedForwardParts]:
 
 def _decoder_pruning(model: nn.Module):
     """The module that slices this decoder's layers (`gpt2_pruning`, or `decoder_pruning` for the LLaMA
-    family), or None for an encoder."""
+    family), or None for an encoder. Both offer output_projections, heads_per_layer,
+    check_heads_request, prune_heads and prune_ffn."""
     family = BY_MODEL_TYPE.get(getattr(getattr(model, "config", None), "model_type", None))
     if family is None or not family.causal:
         return None
@@ -206,12 +201,8 @@ def output_projections(model: nn.Module, *, heads: bool, ffn: bool) -> tuple[lis
     """Every layer's attention output projection (when `heads`) and FFN down projection (when `ffn`):
     the Linear layers whose input columns belong to one head or one neuron."""
     decoder = _decoder_pruning(model)
-    if decoder is gpt2_pruning:
-        return gpt2_pruning.output_projections(model, heads=heads, ffn=ffn)
-    if decoder is decoder_pruning:
-        layers = decoder_pruning.decoder_layers(model)
-        return ([layer.self_attn.o_proj for layer in layers] if heads else [],
-                [layer.mlp.down_proj for layer in layers] if ffn else [])
+    if decoder is not None:
+        return decoder.output_projections(model, heads=heads, ffn=ffn)
     return ([parts.output for parts in attention_parts(model)] if heads else [],
             [parts.down for parts in feed_forward_parts(model)] if ffn else [])
 
@@ -273,10 +264,8 @@ def prune_heads(model: nn.Module, *, per_layer: int | None = None, total: int | 
     `norms`: each layer's measured attention-output input norms (`calibration`); without them heads
     are ranked by weight magnitude. Returns {layer index: [removed head indices]}."""
     decoder = _decoder_pruning(model)
-    if decoder is gpt2_pruning:
-        return gpt2_pruning.prune_heads(model, per_layer=per_layer, total=total, norms=norms)
-    if decoder is decoder_pruning:
-        return decoder_pruning.prune_decoder_heads(model, per_layer=per_layer, total=total, norms=norms)
+    if decoder is not None:
+        return decoder.prune_heads(model, per_layer=per_layer, total=total, norms=norms)
     parts = attention_parts(model)
     plan = plan_head_removal([head_importance(p, norms[i] if norms else None) for i, p in enumerate(parts)],
                              per_layer=per_layer, total=total)
@@ -294,10 +283,8 @@ def prune_ffn(model: nn.Module, fraction: float, norms: list[torch.Tensor] | Non
     if not 0.0 <= fraction < 1.0:
         raise LabError(f"FFN pruning fraction must be in [0, 1), got {fraction}")
     decoder = _decoder_pruning(model)
-    if decoder is gpt2_pruning:
-        return gpt2_pruning.prune_ffn(model, fraction, norms)
-    if decoder is decoder_pruning:
-        return decoder_pruning.prune_decoder_ffn(model, fraction, norms)
+    if decoder is not None:
+        return decoder.prune_ffn(model, fraction, norms)
     kept = []
     for index, parts in enumerate(feed_forward_parts(model)):
         keep = neurons_to_keep(neuron_importance(parts, norms[index] if norms else None), fraction,
